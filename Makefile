@@ -1,0 +1,111 @@
+# Every user-facing target creates .venv and installs the pinned dependencies on first use.
+# `make help` lists the targets.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+EXTRAS ?= dev
+# The stamp names the hash of pyproject.toml and constraints.txt: editing either reinstalls.
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
+comma := ,
+
+# Study variables (see README): empty means "the study file's value" or the embedded default.
+NAME ?=
+DATASET ?=
+DATA_DIR ?=
+STORAGE ?=
+WORKERS ?= 1
+TRIALS ?=
+EPOCHS ?=
+PROFILE ?=
+PORT ?= 8080
+N ?= 4
+
+export KERAS_BACKEND ?= tensorflow
+export TF_CPP_MIN_LOG_LEVEL ?= 2
+export DATA_DIR STORAGE
+
+STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
+	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
+
+.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-storage up down clean require-name
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
+	@echo "  variables: NAME DATASET DATA_DIR STORAGE WORKERS TRIALS EPOCHS PROFILE=smoke PORT N"
+
+$(STAMP): pyproject.toml constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+venv: $(STAMP) ## create .venv and install the pinned dependencies
+
+require-name:
+	@test -n "$(NAME)" || { echo "NAME is required, e.g. make $(MAKECMDGOALS) NAME=fc_head (studies: $$(ls search/studies | sed 's/.yaml//' | tr '\n' ' '))"; exit 2; }
+
+study: $(STAMP) require-name ## create study NAME (idempotent) and run WORKERS workers until its budget is met
+	$(PY) -m search run $(NAME) --workers $(WORKERS) $(STUDY_ARGS)
+
+status: $(STAMP) require-name ## readable summary of study NAME
+	$(PY) -m search status $(NAME)
+
+worker: $(STAMP) require-name ## run one worker for study NAME (the study must exist)
+	$(PY) -m search.worker $(NAME) $(STUDY_ARGS)
+
+workers: $(STAMP) require-name ## run N workers for study NAME as separate processes
+	$(PY) -m search run $(NAME) --workers $(N) --no-create $(STUDY_ARGS)
+
+evaluate: $(STAMP) require-name ## retrain study NAME's best trial with 3 seeds, then score it once on the test split
+	$(PY) -m search evaluate $(NAME) $(STUDY_ARGS)
+
+report: $(STAMP) require-name ## write reports/NAME/index.html (offline, plotly embedded)
+	$(PY) -m dashboards.report $(NAME)
+
+dashboard: $(STAMP) ## optuna-dashboard on the study store at http://127.0.0.1:$(PORT)
+	$(PY) -m dashboards.launcher --port $(PORT)
+
+models: $(STAMP) ## table of presets and parameter counts for DATASET (default cifar10)
+	$(PY) -m models list --dataset $(or $(DATASET),cifar10)
+
+# The browser test drives Debian's chromium headless and the compose test validates the file with
+# Debian's docker-compose: install whichever is missing (root only; no Docker engine is needed).
+TEST_TOOLS := chromium:chromium docker-compose:docker-compose
+test-tools:
+	@missing=$$(for t in $(TEST_TOOLS); do command -v $${t%%:*} >/dev/null || echo $${t#*:}; done); \
+	  [ -z "$$missing" ] && exit 0; \
+	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	  || { echo "the tests need: $$missing (apt-get install $$missing)"; exit 1; }
+
+test: $(STAMP) test-tools ## the whole test suite
+	$(PY) -m pytest -q
+
+test-faults: $(STAMP) ## only the fault matrix on PostgreSQL (README, "Reliability"); make test runs it too
+	$(PY) -m pytest -q tests/test_service.py tests/test_faults.py
+
+test-fast: $(STAMP) ## the suite without the slow end-to-end tests
+	$(PY) -m pytest -q -m "not slow"
+
+bench-data: $(STAMP) ## augmentation throughput vs ImageDataGenerator; appends to BENCHMARKS.md
+	$(PY) -m data.bench --data-dir $(or $(DATA_DIR),../shared/datasets)
+
+bench-search: $(STAMP) ## random search vs TPE+Hyperband on fc_head's cached features; appends to BENCHMARKS.md
+	$(PY) -m search.bench --data-dir $(or $(DATA_DIR),../shared/datasets)
+
+bench-storage: $(STAMP) ## ask/tell latency and worker scaling on the local PostgreSQL; appends to BENCHMARKS.md
+	$(PY) -m storage.bench
+
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+up: require-name ## one GPU box: PostgreSQL, study creation, WORKERS GPU workers and the dashboard (docker compose)
+	@test -f .env || { echo "copy .env.example to .env first"; exit 2; }
+	@test -s secrets/postgres_password || { echo "put the database password in secrets/postgres_password (e.g. openssl rand -hex 24)"; exit 2; }
+	STUDY=$(NAME) $(COMPOSE) up -d --build --scale worker=$(WORKERS)
+
+down: ## stop the compose services (volumes are kept)
+	$(COMPOSE) down
+
+clean: ## remove caches and generated files (not .venv)
+	rm -rf .cache .pytest_cache reports bench-out test-output
+	find . -name __pycache__ -not -path './.venv/*' -exec rm -rf {} +

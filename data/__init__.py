@@ -1,0 +1,27 @@
+"""The data layer: loading, caching, splitting, preprocessing and augmentation.
+
+Trials see `Splits` (train and validation). The test split is reachable only through
+`Dataset.test_split()` inside `with final_evaluation():`.
+"""
+
+from data._errors import DatasetError, TestSplitAccessError
+from data._load import Dataset, array_fingerprint, default_cache_dir, final_evaluation, load_dataset
+from data._specs import DATASETS, DatasetSpec, dataset_spec
+from data._splits import Splits, stratified_split, stratified_subset, train_val_splits
+
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DatasetError",
+    "DatasetSpec",
+    "Splits",
+    "TestSplitAccessError",
+    "array_fingerprint",
+    "dataset_spec",
+    "default_cache_dir",
+    "final_evaluation",
+    "load_dataset",
+    "stratified_split",
+    "stratified_subset",
+    "train_val_splits",
+]

@@ -1,0 +1,219 @@
+"""Frozen-base feature cache (fc_head): train the conv base once, run it once over the data,
+then every trial trains only the head on the cached features; no conv layer runs in a trial.
+
+Keys: base weights by (preset, dataset, labels, seed, base training setup, training data);
+features by (sha256 of the base weights file, the split's fingerprint). A different base or
+dataset can never reuse features. Both live under the artifact directory shared by workers.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from data import Splits, stratified_subset
+from data.preprocessing import normalization_layer
+from models import build, get_preset
+from models._blocks import classifier_head
+from search._space import TrainParams, TrialConfig
+from search._spec import StudySpec
+from search._train import ModelBuilder, release, train
+from storage import cache_path
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FeatureCache:
+    base_weights: Path
+    key: str
+    splits: Splits  # x_* are feature vectors, float32
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@contextlib.contextmanager
+def _locked(path: Path):
+    """One process builds a cache entry; the others wait for it, then reuse it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(f"{path}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _base_params(spec: StudySpec, splits: Splits):
+    return get_preset(spec.architecture).params(input_shape=splits.input_shape, num_classes=splits.num_classes)
+
+
+def base_key(spec: StudySpec, splits: Splits) -> str:
+    fc = spec.feature_cache
+    blob = json.dumps({"preset": spec.architecture, "dataset": spec.dataset, "labels": spec.label_mode,
+                       "seed": spec.seed, "normalization": spec.normalization,
+                       "training": dataclasses.asdict(fc), "data": splits.fingerprint}, sort_keys=True, default=str)
+    return f"{spec.architecture}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+def ensure_base(spec: StudySpec, splits: Splits) -> Path:
+    """The base weights file: given in the study file, cached, or trained now (once)."""
+    fc = spec.feature_cache
+    if fc.base_weights:
+        path = Path(fc.base_weights)
+        if not path.is_file():
+            raise FileNotFoundError(f"feature_cache.base_weights {path} does not exist")
+        return path
+    folder = cache_path("bases", base_key(spec, splits))
+    target = folder / "base.weights.h5"
+    with _locked(folder):
+        if target.is_file():
+            logger.info("reusing trained base %s", target)
+            return target
+        idx = stratified_subset(splits.y_train, fc.base_max_train, spec.seed) if fc.base_max_train else slice(None)
+        base_splits = dataclasses.replace(splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx])
+        logger.info("training the %s base once: %d epochs on %d images (cached as %s)", spec.architecture,
+                    fc.base_epochs, len(base_splits.y_train), target)
+        cfg = TrialConfig(_base_params(spec, splits), TrainParams("adam", 1e-3, batch_size=fc.base_batch_size), None)
+        from search._train import image_model
+
+        result, model = train(cfg, base_splits, max_epochs=fc.base_epochs, patience=fc.base_epochs,
+                              seed=spec.seed, label="base", make_model=image_model(spec.normalization),
+                              verbose=1 if sys.stderr.isatty() else 0)  # Keras's bar on a terminal
+        arch = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+        folder.mkdir(parents=True, exist_ok=True)
+        tmp = folder / f".tmp-{os.getpid()}.weights.h5"
+        arch.save_weights(tmp)
+        os.replace(tmp, target)
+        (folder / "base.json").write_text(json.dumps({"val_accuracy": result.best_val_accuracy,
+                                                      "epochs": result.epochs_run, "seconds": result.train_seconds}))
+        release()
+        logger.info("base trained: val_accuracy %.4f in %.0fs", result.best_val_accuracy, result.train_seconds)
+    return target
+
+
+def feature_extractor(spec: StudySpec, splits: Splits, weights: Path) -> keras.Model:
+    """uint8 images -> the base's flattened features, with the study's normalisation."""
+    arch = build(_base_params(spec, splits))
+    arch.load_weights(weights)
+    inputs = keras.Input(splits.input_shape, dtype="uint8")
+    x = keras.layers.Rescaling(1.0)(inputs)
+    x = normalization_layer(spec.normalization, splits.x_train)(x)
+    features = keras.Model(arch.inputs, arch.get_layer("features").output)
+    return keras.Model(inputs, features(x), name="feature_extractor")
+
+
+def extract(extractor: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    started = time.perf_counter()
+    out = np.asarray(extractor.predict(x, batch_size=batch_size, verbose=1 if sys.stderr.isatty() else 0),
+                     dtype=np.float32)
+    logger.info("features of %d images in %.0fs (%.0f images/s)", len(x), time.perf_counter() - started,
+                len(x) / max(time.perf_counter() - started, 1e-9))
+    return out
+
+
+def ensure_features(spec: StudySpec, splits: Splits) -> FeatureCache:
+    weights = ensure_base(spec, splits)
+    key = hashlib.sha256(f"{_sha256(weights)}|{splits.fingerprint}|{spec.normalization}".encode()).hexdigest()[:20]
+    folder = cache_path("features", key)
+    with _locked(folder):
+        if not (folder / "meta.json").is_file():
+            logger.info("computing base features once for %d train and %d validation images",
+                        len(splits.y_train), len(splits.y_val))
+            extractor = feature_extractor(spec, splits, weights)
+            tmp = Path(tempfile.mkdtemp(prefix=".features-", dir=folder.parent))
+            np.save(tmp / "x_train.npy", extract(extractor, splits.x_train))
+            np.save(tmp / "x_val.npy", extract(extractor, splits.x_val))
+            (tmp / "meta.json").write_text(json.dumps({"weights": str(weights), "splits": splits.fingerprint}))
+            if folder.exists():
+                shutil.rmtree(folder)
+            os.rename(tmp, folder)
+            release()
+        else:
+            logger.info("reusing cached features %s", folder)
+    features = dataclasses.replace(
+        splits, x_train=np.load(folder / "x_train.npy"), x_val=np.load(folder / "x_val.npy"),
+        fingerprint=f"{splits.fingerprint}:features:{key}",
+    )
+    return FeatureCache(weights, key, features)
+
+
+def head_model() -> ModelBuilder:
+    """Feature vectors in: only the dense head trains. No conv layer exists in this model."""
+
+    def make(cfg: TrialConfig, splits: Splits, seed: int) -> keras.Model:
+        inputs = keras.Input(splits.x_train.shape[1:], name="features_in")
+        outputs = classifier_head(inputs, cfg.model.head, num_classes=splits.num_classes, l2=cfg.model.l2,
+                                  flatten=False)
+        return keras.Model(inputs, outputs, name="head")
+
+    return make
+
+
+def frozen_base_model(spec: StudySpec, weights: Path) -> ModelBuilder:
+    """Images in, for studies that augment: the base (weights loaded, frozen) runs every batch."""
+    from search._train import image_model
+
+    images = image_model(spec.normalization)
+
+    def make(cfg: TrialConfig, splits: Splits, seed: int) -> keras.Model:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze_base=True))
+        model = images(cfg, splits, seed)
+        arch = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+        source = build(_base_params(spec, splits))
+        source.load_weights(weights)
+        for layer in arch.layers:
+            if layer.name.startswith("stage"):
+                layer.set_weights(source.get_layer(layer.name).get_weights())
+        return model
+
+    return make
+
+
+def full_model(spec: StudySpec, splits: Splits, weights: Path, cfg: TrialConfig, head: keras.Model) -> keras.Model:
+    """The usable model on images: base weights plus a head trained on features."""
+    arch = build(dataclasses.replace(cfg.model, freeze_base=True))
+    source = build(_base_params(spec, splits))
+    source.load_weights(weights)
+    for layer in arch.layers:
+        if layer.name.startswith("stage"):
+            layer.set_weights(source.get_layer(layer.name).get_weights())
+        elif layer.weights and layer.name in {l.name for l in head.layers}:
+            layer.set_weights(head.get_layer(layer.name).get_weights())
+    inputs = keras.Input(splits.input_shape, dtype="uint8", name="pixels")
+    x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
+    x = normalization_layer(spec.normalization, splits.x_train)(x)
+    return keras.Model(inputs, arch(x), name=f"final_{spec.name}")
+
+
+def trial_builder(spec: StudySpec, splits: Splits) -> tuple[Splits, ModelBuilder]:
+    """What the workers of a feature-cache study train on, and how they build trial models."""
+    if spec.augments:
+        weights = ensure_base(spec, splits)
+        logger.warning("study %s augments its images, so the feature cache cannot apply: the frozen base "
+                       "runs on every batch of every trial", spec.name)
+        return splits, frozen_base_model(spec, weights)
+    cache = ensure_features(spec, splits)
+    logger.info("study %s trains only the head on cached %d-d features; no conv layer runs in a trial",
+                spec.name, cache.splits.x_train.shape[1])
+    return cache.splits, head_model()

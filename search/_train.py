@@ -1,0 +1,163 @@
+"""One trial's training: compile, fit with early stopping, measure. Backend-agnostic Keras 3."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from data import Splits
+from data.preprocessing import normalization_layer, training_model
+from models import build, count_params
+from search._space import TrialConfig, TrainParams
+from search.errors import TrialFailure
+
+logger = logging.getLogger(__name__)
+
+
+def make_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
+    lr = train.learning_rate
+    factories = {
+        "sgd": lambda: keras.optimizers.SGD(lr, momentum=train.momentum),
+        "adam": lambda: keras.optimizers.Adam(lr),
+        "adamax": lambda: keras.optimizers.Adamax(lr),
+        "adagrad": lambda: keras.optimizers.Adagrad(lr),
+        "adadelta": lambda: keras.optimizers.Adadelta(lr),
+        "rmsprop": lambda: keras.optimizers.RMSprop(lr, momentum=train.momentum),
+        "nadam": lambda: keras.optimizers.Nadam(lr),
+    }
+    if train.optimizer not in factories:
+        raise ValueError(f"unknown optimizer {train.optimizer!r}; known: {', '.join(factories)}")
+    return factories[train.optimizer]()
+
+
+class NanGuard(keras.callbacks.Callback):
+    """After Keras's TerminateOnNaN stops an epoch, fail the trial with reason 'nan' (before
+    any pruner sees the epoch)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrialFailure("nan", f"training loss became {loss} at epoch {epoch + 1}")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One progress line per epoch: trial, epoch, validation accuracy, seconds per epoch."""
+
+    def __init__(self, label: str, max_epochs: int) -> None:
+        super().__init__()
+        self.label, self.max_epochs = label, max_epochs
+        self.best = 0.0
+        self.curve: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        acc = float(logs.get("val_accuracy", float("nan")))
+        self.curve.append(acc)
+        self.best = max(self.best, acc) if math.isfinite(acc) else self.best
+        logger.info("%s epoch %d/%d val_accuracy=%.4f best=%.4f loss=%.4f %.1fs/epoch", self.label, epoch + 1,
+                    self.max_epochs, acc, self.best, float(logs.get("loss", float("nan"))),
+                    time.perf_counter() - self._t0)
+
+
+@dataclass
+class TrainResult:
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    images_per_s: float
+    n_params: int
+    curve: list[float] = field(default_factory=list)
+
+
+def is_oom(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return isinstance(exc, MemoryError) or "ResourceExhausted" in text or "RESOURCE_EXHAUSTED" in text \
+        or "out of memory" in text.lower()
+
+
+ModelBuilder = Callable[[TrialConfig, Splits, int], keras.Model]
+
+
+def image_model(normalization: str = "scale") -> ModelBuilder:
+    """Images in: the architecture behind normalisation and (training-only) augmentation."""
+
+    def make(cfg: TrialConfig, splits: Splits, seed: int) -> keras.Model:
+        try:
+            arch = build(cfg.model)
+        except ValueError as exc:
+            raise TrialFailure("build", f"the architecture cannot be built: {exc}") from exc
+        return training_model(arch, normalization=normalization_layer(normalization, splits.x_train),
+                              augment=cfg.augment, seed=seed)
+
+    return make
+
+
+def train(
+    cfg: TrialConfig,
+    splits: Splits,
+    *,
+    max_epochs: int,
+    patience: int,
+    seed: int,
+    label: str = "trial",
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    make_model: ModelBuilder | None = None,
+    verbose: int | None = None,
+) -> tuple[TrainResult, keras.Model]:
+    """Fit the config on splits.train, validate on splits.val every epoch; keep the best epoch.
+
+    Returns the result and the trained model (best weights restored); the caller drops it.
+    """
+    keras.utils.set_random_seed(seed)
+    try:
+        model = (make_model or image_model())(cfg, splits, seed)
+        model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"])
+        log = EpochLog(label, max_epochs)
+        stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
+                                             restore_best_weights=True)
+        started = time.perf_counter()
+        history = model.fit(
+            splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=max_epochs,
+            validation_data=(splits.x_val, splits.y_val), verbose=0 if verbose is None else verbose,
+            callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *callbacks, stop],
+        )
+        seconds = time.perf_counter() - started
+        accs = [a if math.isfinite(a) else 0.0 for a in history.history.get("val_accuracy", [])]
+        if not accs:
+            raise TrialFailure("error", "training ran no epoch")
+        result = TrainResult(
+            best_val_accuracy=float(max(accs)), best_epoch=int(np.argmax(accs)) + 1, epochs_run=len(accs),
+            train_seconds=seconds, images_per_s=len(accs) * len(splits.x_train) / max(seconds, 1e-9),
+            n_params=architecture_params(model), curve=log.curve,
+        )
+        return result, model
+    except TrialFailure:
+        raise
+    except Exception as exc:
+        if is_oom(exc):
+            raise TrialFailure("oom", f"out of memory: {str(exc).splitlines()[0][:300]}") from exc
+        raise
+
+
+def architecture_params(model: keras.Model) -> int:
+    """Parameters of the architecture inside a training model (not normalisation statistics)."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return sum(count_params(m)[0] for m in nested) if nested else count_params(model)[0]
+
+
+def release() -> None:
+    """Free what the last trial built: Keras's global state and Python garbage."""
+    keras.backend.clear_session()
+    gc.collect()

@@ -1,0 +1,141 @@
+"""make bench-search: seed 002's randomized search against our default, on fc_head's cached features.
+
+(1) random sampler, no pruning, no early stopping, a fixed number of epochs per trial;
+(2) our default: TPE, Hyperband pruning, early stopping.
+Same space (fc_head's), same number of trials, several seeds each; warm starts are left out of
+both so only the search methods differ. The base is trained once (PROFILE=quick: briefly, on a
+subset) and its features cached; the comparison holds on any fixed features.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import math
+import os
+import resource
+import statistics
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import optuna
+
+from data import load_dataset, stratified_subset, train_val_splits
+from data.machine import publish
+from search._features import ensure_features, head_model
+from search._objective import Objective
+from search._spec import load_spec
+from search._strategies import make_pruner, make_sampler
+from search.errors import TrialFailure
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Run:
+    best: list[float]  # best value so far after each trial
+    epochs: list[int]  # cumulative epochs after each trial
+    seconds: float
+
+    @property
+    def final(self) -> float:
+        return self.best[-1]
+
+
+def run_search(spec, features, *, trials: int, warm_start: tuple = ()) -> Run:
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(spec), pruner=make_pruner(spec))
+    for params in warm_start:
+        study.enqueue_trial(params)
+    started = time.perf_counter()
+    objective = Objective(spec, features, make_model=head_model(), image_shape=(32, 32, 3))
+    study.optimize(objective, n_trials=trials, catch=(TrialFailure,))
+    seconds = time.perf_counter() - started
+    best, epochs, b, total = [], [], -math.inf, 0
+    for t in study.trials:
+        total += len(t.intermediate_values)
+        if t.state == optuna.trial.TrialState.COMPLETE:
+            b = max(b, t.value)
+        best.append(b)
+        epochs.append(total)
+    return Run(best, epochs, seconds)
+
+
+def epochs_to_reach(run: Run, target: float) -> int | None:
+    return next((e for b, e in zip(run.best, run.epochs) if b >= target), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m search.bench")
+    parser.add_argument("--data-dir", default="../shared/datasets")
+    parser.add_argument("--seeds", type=int, default=5)
+    # The figures in BENCHMARKS.md use these defaults; seed 002's own protocol is --trials 11 --epochs 20.
+    parser.add_argument("--trials", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=8, help="random search's fixed epochs; our maximum")
+    parser.add_argument("--max-train", type=int, default=5_000, help="training images (features) per trial")
+    parser.add_argument("--profile", default="quick", help="base training profile (quick: 2 epochs, 5,000 images)")
+    parser.add_argument("--warm-start", action="store_true",
+                        help="give (2) the study's warm starts (the document's best head), as the service does")
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    import keras
+
+    spec = load_spec("fc_head", dataset="cifar10", profile=args.profile, epochs=args.epochs)
+    warm = spec.warm_start if args.warm_start else ()
+    spec = dataclasses.replace(spec, warm_start=(), max_train=None)
+    dataset = load_dataset("cifar10", data_dir=args.data_dir)
+    splits = train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed)
+    t0 = time.perf_counter()
+    cache = ensure_features(spec, splits)
+    one_time = time.perf_counter() - t0
+    idx = stratified_subset(cache.splits.y_train, args.max_train, seed=0)
+    features = dataclasses.replace(cache.splits, x_train=cache.splits.x_train[idx], y_train=cache.splits.y_train[idx])
+
+    random_spec = dataclasses.replace(spec, sampler="random", pruner="none", patience=args.epochs + 1)
+    rows, fractions, finals = [], [], []
+    for seed in range(args.seeds):
+        rnd = run_search(dataclasses.replace(random_spec, seed=seed), features, trials=args.trials)
+        ours = run_search(dataclasses.replace(spec, seed=seed), features, trials=args.trials, warm_start=warm)
+        reached = epochs_to_reach(ours, rnd.final)
+        fraction = reached / rnd.epochs[-1] if reached is not None else math.inf
+        fractions.append(fraction)
+        finals.append((rnd.final, ours.final, rnd.seconds, ours.seconds))
+        rows.append(f"   seed {seed}: random best {rnd.final:.4f} in {rnd.epochs[-1]} epochs, {rnd.seconds:.0f}s | "
+                    f"ours best {ours.final:.4f} in {ours.epochs[-1]} epochs, {ours.seconds:.0f}s | ours reached "
+                    f"random's best after {reached if reached is not None else 'never'} epochs "
+                    f"({'%.1f%%' % (100 * fraction) if reached is not None else 'n/a'})")
+        print(rows[-1], flush=True)
+
+    finite = [f for f in fractions if math.isfinite(f)]
+    median = statistics.median(fractions)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    lines = [
+        f"fc_head space on cached CIFAR-10 features of the s002 base ({spec.feature_cache.base_epochs} epoch(s) on "
+        f"{spec.feature_cache.base_max_train or 'all'} images; one-time base + features: {one_time:.0f}s this run, 0 if cached)",
+        f"{args.trials} trials per run, {args.seeds} seeds, head trained on {len(features.y_train):,} training "
+        f"features, validated on {len(features.y_val):,}",
+        f"(1) random, no pruning, no early stopping, {args.epochs} epochs each; (2) TPE + Hyperband + early stopping "
+        f"(patience {spec.patience}), at most {args.epochs} epochs"
+        + (", with the study's warm start (the document's best head) enqueued first" if warm else ", no warm start"),
+        "TPE's first 10 trials are seeded random samples (Optuna's default n_startup_trials), the same configurations "
+        "random search draws with that seed",
+        *rows,
+        f"median fraction of (1)'s epochs that (2) needs to reach (1)'s final best: "
+        f"{'%.1f%%' % (100 * median) if math.isfinite(median) else 'not reached in most seeds'} "
+        f"(reached in {len(finite)}/{len(fractions)} seeds; goal: at most 10%)",
+        f"final best, mean over seeds: random {statistics.mean(f[0] for f in finals):.4f}, ours "
+        f"{statistics.mean(f[1] for f in finals):.4f}; ours at least as high in "
+        f"{sum(f[1] >= f[0] for f in finals)}/{len(finals)} seeds (goal: ends at least as high)",
+        f"wall time per run, mean: random {statistics.mean(f[2] for f in finals):.0f}s, ours "
+        f"{statistics.mean(f[3] for f in finals):.0f}s",
+        f"peak resident memory of this process: {peak_mb:,.0f} MB",
+    ]
+    publish(args.output, "bench-search: randomized search vs TPE + Hyperband on fc_head", keras.backend.backend(), lines)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,20 @@
+"""Stores (embedded journal file or PostgreSQL) and the artifact directory shared by workers."""
+
+from storage._artifacts import artifact_root, artifact_store, cache_path, upload
+from storage._rdb import StorageUnavailableError
+from storage._urls import StorageConfigError, check_study_name, describe, journal_path, open_storage, redact, resolve_url
+
+__all__ = [
+    "StorageConfigError",
+    "StorageUnavailableError",
+    "artifact_root",
+    "artifact_store",
+    "cache_path",
+    "check_study_name",
+    "describe",
+    "journal_path",
+    "open_storage",
+    "redact",
+    "resolve_url",
+    "upload",
+]

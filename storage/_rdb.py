@@ -1,0 +1,57 @@
+"""PostgreSQL (or SQLite) through SQLAlchemy: connections that survive a server restart."""
+
+from __future__ import annotations
+
+import optuna
+
+from storage._urls import redact
+
+
+class StorageUnavailableError(RuntimeError):
+    """The database cannot be reached or refuses us; the message names it (never the password)."""
+
+
+# The connection budget: a worker's three threads (trials, heartbeat, reaper) share one pool of
+# POOL_SIZE + MAX_OVERFLOW connections, so N workers hold at most 2N (README, "Reliability").
+POOL_SIZE = 1
+MAX_OVERFLOW = 1
+APPLICATION_NAME = "cnn-search"  # how the service's sessions show in pg_stat_activity
+
+
+def open_rdb(url: str, *, create_schema: bool = False) -> optuna.storages.RDBStorage:
+    engine_kwargs: dict = {}
+    if url.startswith("postgresql"):
+        engine_kwargs = {
+            "pool_pre_ping": True,  # a connection killed by a restart is replaced, not used
+            "pool_recycle": 300,
+            "pool_size": POOL_SIZE,
+            "max_overflow": MAX_OVERFLOW,
+            "connect_args": {"connect_timeout": 10, "application_name": APPLICATION_NAME},
+        }
+    if not create_schema:
+        _require_schema(url, engine_kwargs.get("connect_args", {}))
+    try:
+        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create_schema)
+    except Exception as exc:
+        detail = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageUnavailableError(f"cannot open {redact(url)}: {type(exc).__name__}: {detail}") from None
+
+
+def _require_schema(url: str, connect_args: dict) -> None:
+    """Fail closed, with a clear message, on a database without Optuna's tables."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(url, connect_args=connect_args)
+    try:
+        with engine.connect() as conn:
+            present = sqlalchemy.inspect(conn).has_table("version_info")
+    except Exception as exc:
+        detail = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+        raise StorageUnavailableError(f"cannot open {redact(url)}: {type(exc).__name__}: {detail}") from None
+    finally:
+        engine.dispose()
+    if not present:
+        raise StorageUnavailableError(
+            f"{redact(url)} has no Optuna schema; create the study first (`make study NAME=...` or the "
+            "create-study service): workers and dashboards never create tables"
+        )

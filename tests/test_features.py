@@ -1,0 +1,136 @@
+"""fc_head's feature cache and the honest final evaluation."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import keras
+import numpy as np
+import optuna
+import pytest
+
+from data import Dataset, load_dataset, train_val_splits
+from search import TrialFailure, create_study, make_pruner, make_sampler, parse_spec
+from search._evaluate import evaluate
+from search._features import ensure_base, ensure_features, trial_builder
+from search._objective import Objective
+from synthetic import easy_splits
+
+FEATURE_STUDY = """
+architecture: s000_model_3_1
+dataset: cifar10
+fixed: {freeze_base: true}
+space:
+  optimizer: {choices: [adam]}
+  learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
+  dense_units: {choices: [32, 64]}
+  dense_layers: {low: 1, high: 2}
+  activation: {choices: [relu, tanh]}
+  batch_size: {choices: [64]}
+sampler: {name: random, seed: 0}
+pruner: none
+budget: {trials: 2, max_epochs: 2}
+feature_cache: {base_epochs: 1}
+"""
+
+
+@pytest.fixture
+def artifacts(tmp_path, monkeypatch):
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    return tmp_path / "artifacts"
+
+
+def test_trials_train_only_the_head_on_cached_features(artifacts):
+    spec = parse_spec(FEATURE_STUDY, name="feat")
+    splits = easy_splits(300, 100)
+    features, make_model = trial_builder(spec, splits)
+    assert features.x_train.shape == (300, 4 * 4 * 128) and features.x_train.dtype == np.float32
+    study = optuna.create_study(sampler=make_sampler(spec), pruner=make_pruner(spec), direction="maximize")
+    built = []
+
+    def spy(cfg, s, seed):
+        model = make_model(cfg, s, seed)
+        built.append([type(layer).__name__ for layer in model.layers])
+        return model
+
+    study.optimize(Objective(spec, features, make_model=spy, image_shape=splits.input_shape), n_trials=2,
+                   catch=(TrialFailure,))
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert built and all("Conv2D" not in names and "Dense" in names for names in built)
+    assert study.best_value > 0.3  # the synthetic classes are separable from the base's features
+
+
+def test_cache_is_reused_and_keyed_by_base_and_data(artifacts):
+    spec = parse_spec(FEATURE_STUDY, name="feat")
+    splits = easy_splits(200, 50)
+    first = ensure_features(spec, splits)
+    again = ensure_features(spec, splits)
+    assert again.key == first.key and again.base_weights == first.base_weights
+    np.testing.assert_array_equal(again.splits.x_train, first.splits.x_train)
+
+    other_data = easy_splits(200, 50, seed=1)
+    other_data = dataclasses.replace(other_data, fingerprint="other-data")
+    assert ensure_features(spec, other_data).key != first.key  # other dataset: other base, other features
+
+    other_base = parse_spec(FEATURE_STUDY.replace("base_epochs: 1", "base_epochs: 2"), name="feat")
+    assert ensure_base(other_base, splits) != first.base_weights
+    assert ensure_features(other_base, splits).key != first.key
+
+
+def test_augmenting_study_runs_the_frozen_base_per_batch(artifacts, caplog):
+    spec = parse_spec(FEATURE_STUDY + "augment: {horizontal_flip: true}\n", name="feat")
+    splits = easy_splits(200, 50)
+    with caplog.at_level("WARNING"):
+        same_splits, make_model = trial_builder(spec, splits)
+    assert same_splits is splits  # images, not features
+    assert "the feature cache cannot apply" in caplog.text
+    from search._space import trial_config
+
+    cfg = trial_config(spec, {"learning_rate": 0.01, "dense_layers": 1, "dense_units_0": 32, "optimizer": "adam",
+                              "activation": "relu", "batch_size": 64}, input_shape=(32, 32, 3), num_classes=10)
+    model = make_model(cfg, splits, 0)
+    arch = next(layer for layer in model.layers if isinstance(layer, keras.Model))
+    assert all(not layer.trainable for layer in arch.layers if layer.name.startswith("stage"))
+
+
+def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_path, artifacts, monkeypatch):
+    from conftest import write_cifar10_pickles
+
+    write_cifar10_pickles(tmp_path / "data", n_per_batch=60)
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    reads = []
+    real = Dataset.test_split
+    monkeypatch.setattr(Dataset, "test_split", lambda self: (reads.append(1), real(self))[1])
+
+    spec = parse_spec(FEATURE_STUDY, name="feat")
+    study = create_study(spec, optuna.storages.InMemoryStorage())
+    study.sampler, study.pruner = make_sampler(spec), make_pruner(spec)
+    dataset = load_dataset("cifar10")
+    splits = train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed)
+    features, make_model = trial_builder(spec, splits)
+    study.optimize(Objective(spec, features, make_model=make_model, image_shape=splits.input_shape), n_trials=2,
+                   catch=(TrialFailure,))
+    assert reads == []  # the whole search never looked at the test split
+
+    record = evaluate(spec, study, seeds=(0, 1, 2))
+    assert reads == [1]  # evaluation looked exactly once
+    assert len(record["val_accuracy_per_seed"]) == 3 and record["val_accuracy_std"] >= 0
+    assert 0 <= record["test_accuracy"] <= 1 and record["n_test"] == 60
+    assert np.asarray(record["confusion_matrix"]).sum() == 60
+    assert len(record["per_class_accuracy"]) == 10
+    stored = study.user_attrs["final_evaluation"]
+    assert stored["test_accuracy"] == record["test_accuracy"]
+    assert study.user_attrs["final_confusion_matrix"] == record["confusion_matrix"]
+    from optuna.artifacts import download_artifact
+    from storage import artifact_store
+
+    out = tmp_path / "model.keras"
+    download_artifact(artifact_store=artifact_store(), artifact_id=record["model_artifact_id"], file_path=str(out))
+    model = keras.models.load_model(out)
+    assert model.input.dtype == "uint8" and model.output_shape == (None, 10)  # usable on raw images
+    assert any(isinstance(layer, keras.Model) for layer in model.layers)
+    evaluation = tmp_path / "evaluation.json"
+    download_artifact(artifact_store=artifact_store(), artifact_id=record["evaluation_artifact_id"],
+                      file_path=str(evaluation))
+    assert json.loads(evaluation.read_text())["test_accuracy"] == record["test_accuracy"]

@@ -1,0 +1,263 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import keras
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import (StudyMismatchError, TrialFailure, check_compatible, create_study, load_spec, make_pruner,
+                    make_sampler, parse_spec, suggest, trial_config)
+from search._objective import Objective
+from synthetic import easy_splits
+
+TINY = """
+architecture: s000_model_1
+dataset: cifar10
+space:
+  optimizer: {choices: [adam, sgd]}
+  learning_rate: {low: 1.0e-7, high: 1.0e+4, log: true}
+  momentum: {low: 0.5, high: 0.99, when: {optimizer: sgd}}
+  batch_size: {choices: [32]}
+sampler: {name: random, seed: 0}
+pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}
+budget: {trials: 3, max_epochs: 3}
+early_stopping: {patience: 3}
+"""
+
+
+def _study(text: str, name: str = "tiny"):
+    spec = parse_spec(text, name=name)
+    storage = optuna.storages.InMemoryStorage()
+    study = create_study(spec, storage)
+    study.sampler, study.pruner = make_sampler(spec), make_pruner(spec)
+    return spec, study
+
+
+def test_conditional_knob_only_when_its_condition_holds():
+    spec = parse_spec(TINY, name="tiny")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1))
+    seen = []
+    for _ in range(20):
+        trial = study.ask()
+        values = suggest(trial, spec)
+        seen.append(values)
+        assert ("momentum" in values) == (values["optimizer"] == "sgd")
+        study.tell(trial, 0.0)
+    assert {v["optimizer"] for v in seen} == {"adam", "sgd"}
+
+
+def test_dense_units_follow_dense_layers():
+    spec = load_spec("fc_head")
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(10):
+        trial = study.ask()
+        values = suggest(trial, spec)
+        units = [k for k in values if k.startswith("dense_units_")]
+        assert len(units) == values["dense_layers"]
+        cfg = trial_config(spec, values, input_shape=(32, 32, 3), num_classes=100)
+        assert cfg.model.head.dense_units == tuple(values[k] for k in units)
+        assert cfg.model.head.activation == values["activation"]
+        assert cfg.train.batch_size == values["batch_size"]
+        study.tell(trial, 0.0)
+
+
+def test_augmentation_knobs_reach_the_config():
+    spec = load_spec("vgg_bn")
+    on = trial_config(spec, {"augment": True, "rotation": 5.0}, input_shape=(32, 32, 3), num_classes=10)
+    off = trial_config(spec, {"augment": False}, input_shape=(32, 32, 3), num_classes=10)
+    assert on.augment.rotation == 5.0 and on.augment.width_shift == 0.1 and on.augment.horizontal_flip
+    assert off.augment is None
+
+
+def test_warm_starts_run_first_and_the_pruner_prunes():
+    text = TINY + """warm_start:
+  - {optimizer: adam, learning_rate: 0.003}
+  - {optimizer: sgd, learning_rate: 1.0e-7, momentum: 0.9}
+"""
+    spec, study = _study(text)
+    study.optimize(Objective(spec, easy_splits()), n_trials=2, catch=(TrialFailure,))
+    first, second = study.trials
+    assert first.params == {"optimizer": "adam", "learning_rate": 0.003, "batch_size": 32}
+    assert second.params["learning_rate"] == 1e-7
+    assert first.state == TrialState.COMPLETE and first.value > 0.5
+    assert second.state == TrialState.PRUNED  # at chance after epoch 1, below the first trial's median
+    assert len(second.intermediate_values) < 3
+    for key in ("epochs_run", "best_epoch", "n_params", "train_seconds", "images_per_s", "device", "backend",
+                "dataset_fingerprint", "space_hash", "code_version"):
+        assert key in first.user_attrs, key
+    assert first.user_attrs["n_params"] == 42_442
+    assert first.user_attrs["backend"] == keras.backend.backend()
+
+
+def test_nan_loss_fails_the_trial_and_the_worker_goes_on():
+    text = TINY.replace("n_startup_trials: 1", "n_startup_trials: 5") + """warm_start:
+  - {optimizer: adam, learning_rate: 0.003}
+  - {optimizer: sgd, learning_rate: 10000.0, momentum: 0.99}
+  - {optimizer: adam, learning_rate: 0.001}
+"""
+    spec, study = _study(text)
+    study.optimize(Objective(spec, easy_splits()), n_trials=3, catch=(TrialFailure,))
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[1].user_attrs["fail_reason"] == "nan"
+    assert study.best_trial.number in (0, 2)
+    assert all(t.value is None or 0 <= t.value <= 1 for t in study.trials)
+
+
+def test_out_of_memory_fails_with_reason_oom_and_the_next_trial_finishes(monkeypatch):
+    text = TINY.replace("n_startup_trials: 1", "n_startup_trials: 5") + """warm_start:
+  - {optimizer: adam, learning_rate: 0.003}
+  - {optimizer: adam, learning_rate: 0.002}
+"""
+    spec, study = _study(text)
+    real_fit = keras.Model.fit
+    calls = {"n": 0}
+
+    def fit_once_oom(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise MemoryError("Unable to allocate 80.0 GiB for an array")
+        return real_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", fit_once_oom)
+    study.optimize(Objective(spec, easy_splits()), n_trials=2, catch=(TrialFailure,))
+    assert [t.state for t in study.trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert study.trials[0].user_attrs["fail_reason"] == "oom"
+    assert "80.0 GiB" in study.trials[0].user_attrs["fail_message"]
+
+
+def test_unbuildable_config_fails_the_trial_not_the_worker():
+    text = """
+architecture: s000_model_2_3
+dataset: cifar10
+space:
+  depth: {choices: [9]}
+sampler: random
+pruner: none
+budget: {trials: 1, max_epochs: 1}
+"""
+    spec, study = _study(text)
+    study.optimize(Objective(spec, easy_splits(100, 20)), n_trials=1, catch=(TrialFailure,))
+    assert study.trials[0].state == TrialState.FAIL
+    assert study.trials[0].user_attrs["fail_reason"] == "build"
+
+
+def test_changed_space_is_refused_naming_the_difference():
+    spec, study = _study(TINY)
+    changed = parse_spec(TINY.replace("choices: [32]", "choices: [32, 64]"), name="tiny")
+    with pytest.raises(StudyMismatchError, match=r"space: study has .*this file has"):
+        check_compatible(study, changed)
+    check_compatible(study, parse_spec(TINY.replace("trials: 3", "trials: 30"), name="tiny"))  # budget may change
+
+
+def test_seeded_workers_sample_differently():
+    spec = parse_spec(TINY.replace("{name: random, seed: 0}", "tpe"), name="tiny")
+    first = []
+    for worker in range(4):
+        study = optuna.create_study(sampler=make_sampler(spec, worker_index=worker))
+        first.append(suggest(study.ask(), spec)["learning_rate"])
+    assert len(set(first)) == 4
+
+
+# --- end to end, as a user runs it ---------------------------------------------------------------
+
+
+def _cli(*args: str, env: dict | None = None, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "search", *args], capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_smoke_study_two_workers_on_the_embedded_store(tmp_path, shared_datasets, shared_cache):
+    env = {"DATA_DIR": str(shared_datasets), "DATA_CACHE": str(shared_cache)}
+    store = f"journal://{tmp_path / 'studies.journal'}"
+    run = _cli("run", "simple_cnn", "--workers", "2", "--profile", "smoke", "--trials", "6", "--storage", store,
+               "--poll", "0.5", env=env)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "[study simple_cnn] 6/6 finished" in run.stdout
+    assert "epoch 1/2 val_accuracy=" in run.stderr
+    assert "database is locked" not in run.stderr and "Traceback" not in run.stderr
+    status = json.loads(_cli("status", "simple_cnn", "--json", "--storage", store).stdout)
+    assert status["n_complete"] + status["n_pruned"] + status["n_fail"] == 6
+    assert status["n_running"] == 0 and status["n_fail"] == 0
+    assert 0.1 < status["best_value"] < 1
+    # Running again with the budget met does nothing and duplicates nothing.
+    again = _cli("run", "simple_cnn", "--workers", "2", "--profile", "smoke", "--trials", "6", "--storage", store,
+                 env=env)
+    assert again.returncode == 0
+    assert json.loads(_cli("status", "simple_cnn", "--json", "--storage", store).stdout)["n_complete"] == status["n_complete"]
+
+
+@pytest.mark.slow
+def test_smoke_study_on_postgresql(tmp_path, postgres_url, shared_datasets, shared_cache):
+    name = f"pg_smoke_{uuid.uuid4().hex[:8]}"
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / f"{name}.yaml").write_text(Path("search/studies/mnist_cnn.yaml").read_text())
+    env = {"DATA_DIR": str(shared_datasets), "DATA_CACHE": str(shared_cache), "STUDIES_DIR": str(studies),
+           "STORAGE": postgres_url}
+    try:
+        run = _cli("run", name, "--workers", "2", "--profile", "smoke", "--trials", "4", "--epochs", "1",
+                   "--poll", "0.5", env=env)
+        assert run.returncode == 0, run.stderr[-3000:]
+        status = json.loads(_cli("status", name, "--json", env=env).stdout)
+        assert status["n_complete"] + status["n_pruned"] == 4 and status["n_running"] == 0
+        assert status["best_value"] > 0.5  # MNIST after one epoch on 2,000 images
+    finally:
+        from storage import open_storage
+
+        optuna.delete_study(study_name=name, storage=open_storage(postgres_url))
+
+
+def test_checkpoints_resume_retries_only_and_do_not_outlive_their_trial(tmp_path):
+    """Regression: a re-created study with the same name loaded a pruned trial's stale checkpoint."""
+    text = TINY + """warm_start:
+  - {optimizer: adam, learning_rate: 0.003}
+  - {optimizer: sgd, learning_rate: 1.0e-7, momentum: 0.9}
+"""
+    spec, study = _study(text)
+    uid = study.user_attrs["uid"]
+    stale = tmp_path / f"tiny-{uid}-0"
+    stale.mkdir(parents=True)
+    (stale / "training_metadata.json").write_text('{"epoch": 2}')  # junk from an older study of that name
+    objective = Objective(spec, easy_splits(), checkpoint_root=tmp_path)
+    study.optimize(objective, n_trials=2, catch=(TrialFailure,))
+    first, second = study.trials
+    assert first.state == TrialState.COMPLETE and "resumed_from_epoch" not in first.user_attrs
+    assert len(first.intermediate_values) == 3  # trained from epoch 1, not resumed at 3
+    assert second.state == TrialState.PRUNED
+    assert list(tmp_path.iterdir()) == []  # neither the completed nor the pruned trial left a checkpoint
+    other = create_study(parse_spec(TINY, name="tiny2"), optuna.storages.InMemoryStorage())
+    assert other.user_attrs["uid"] != uid
+
+
+@pytest.mark.parametrize("damage", ["truncated weights", "no previous copy"])
+def test_a_retry_whose_checkpoint_was_cut_off_mid_write_trains_from_scratch(tmp_path, damage):
+    """A worker SIGKILLed while Keras wrote its checkpoint leaves a broken file; the retry must not fail."""
+    from search._lifecycle import fail_and_retry
+
+    text = TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}", "pruner: none")
+    spec, study = _study(text)
+    original = study.ask()
+    suggest(original, spec)
+    fail_and_retry(study, original.number, "stale", "no heartbeat (test)")
+    folder = tmp_path / f"tiny-{study.user_attrs['uid']}-{original.number}"
+    folder.mkdir()
+    (folder / "latest.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n" + b"\0" * 40)  # cut off after the header
+    (folder / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+    if damage == "truncated weights":  # the previous epoch's copy is cut off too
+        (folder / "latest.weights.h5.bkp").write_bytes(b"\x89HDF")
+    study.optimize(Objective(spec, easy_splits(), checkpoint_root=tmp_path), n_trials=1, catch=(TrialFailure,))
+    retry = study.trials[-1]
+    assert retry.system_attrs["failed_trial"] == original.number
+    assert retry.state == TrialState.COMPLETE, retry.user_attrs
+    assert "checkpoint_unreadable" in retry.user_attrs
+    assert len(retry.intermediate_values) == 3 and "resumed_from_epoch" not in retry.user_attrs  # from epoch 1
+    assert not folder.exists()

@@ -1,0 +1,203 @@
+"""One contract, run against both stores: the embedded journal file and PostgreSQL."""
+
+from __future__ import annotations
+
+import io
+import time
+import uuid
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from search import create_study, parse_spec
+from search._lifecycle import HEARTBEAT_ATTR, reap
+from search._study import budget_used, counts, load_existing
+from search.errors import StudyMismatchError
+from storage import StorageConfigError, StorageUnavailableError, open_storage, redact, resolve_url
+
+SPEC = """
+architecture: s000_model_1
+dataset: cifar10
+space:
+  optimizer: {choices: [adam, sgd]}
+  learning_rate: {low: 1.0e-4, high: 1.0e-1, log: true}
+budget: {trials: 5}
+warm_start:
+  - {optimizer: adam, learning_rate: 0.001}
+"""
+
+
+@pytest.fixture(params=["journal", "postgres"])
+def store(request, tmp_path):
+    if request.param == "journal":
+        yield f"journal://{tmp_path / 'studies.journal'}"
+        return
+    url = request.getfixturevalue("postgres_url")
+    yield url
+    storage = open_storage(url)
+    for summary in optuna.get_all_study_summaries(storage):
+        if summary.study_name.startswith("contract_"):
+            optuna.delete_study(study_name=summary.study_name, storage=storage)
+
+
+def _name() -> str:
+    return f"contract_{uuid.uuid4().hex[:8]}"
+
+
+def test_create_is_idempotent_and_enqueues_warm_starts_once(store):
+    spec = parse_spec(SPEC, name=(name := _name()))
+    storage = open_storage(store, create_schema=True)
+    create_study(spec, storage)
+    create_study(spec, storage)
+    study = load_existing(name, open_storage(store))
+    assert [t.state for t in study.trials] == [TrialState.WAITING]
+    assert study.user_attrs["space_hash"] == spec.space_hash() and study.user_attrs["budget"] == 5
+
+
+def test_ask_tell_counts_and_budget(store):
+    spec = parse_spec(SPEC, name=(name := _name()))
+    study = create_study(spec, open_storage(store, create_schema=True))
+    first = study.ask()
+    assert first.params == {} and first.number == 0
+    assert first.suggest_categorical("optimizer", ["adam", "sgd"]) == "adam"  # the warm start
+    study.tell(first, 0.5)
+    second = study.ask()
+    assert budget_used(study) == 2
+    study.tell(second, state=TrialState.PRUNED)
+    c = counts(load_existing(name, open_storage(store)))
+    assert (c["n_complete"], c["n_pruned"], c["n_running"], c["best_value"]) == (1, 1, 0, 0.5)
+
+
+def test_a_changed_space_cannot_join(store):
+    name = _name()
+    create_study(parse_spec(SPEC, name=name), open_storage(store, create_schema=True))
+    with pytest.raises(StudyMismatchError, match="space"):
+        create_study(parse_spec(SPEC.replace("[adam, sgd]", "[adam]"), name=name), open_storage(store))
+
+
+def test_a_missing_study_is_named(store):
+    open_storage(store, create_schema=True)
+    with pytest.raises(StudyMismatchError, match="does not exist in this store; create it first"):
+        load_existing("no_such_study", open_storage(store))
+
+
+def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
+    study = create_study(parse_spec(SPEC.replace("warm_start:\n  - {optimizer: adam, learning_rate: 0.001}\n", ""),
+                                    name=_name()), open_storage(store, create_schema=True))
+    trial = study.ask()  # never beats
+    trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    time.sleep(1.5)
+    live = study.ask()  # beats now: must survive
+    study._storage.set_trial_system_attr(live._trial_id, HEARTBEAT_ATTR, time.time())
+    assert reap(study, grace=1.0) == [trial.number]
+    trials = study.trials
+    assert trials[trial.number].state == TrialState.FAIL and trials[trial.number].user_attrs["fail_reason"] == "stale"
+    assert trials[live.number].state == TrialState.RUNNING
+    retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
+    assert len(retries) == 1 and retries[0].state == TrialState.WAITING and retries[0].params == trials[trial.number].params
+    assert reap(study, grace=1.0) == []  # nothing twice
+    assert budget_used(study) == 1  # the live trial; the failed one's retry will count in its place
+
+
+def test_a_worker_back_after_an_outage_does_not_fail_a_reaped_trial_twice(store):
+    """Regression (fault row 4): the worker whose store calls failed found its trial already reaped
+    and crashed with UpdateFinishedTrialError instead of going on."""
+    from search._lifecycle import fail_and_retry
+
+    study = create_study(parse_spec(SPEC.replace("warm_start:\n  - {optimizer: adam, learning_rate: 0.001}\n", ""),
+                                    name=_name()), open_storage(store, create_schema=True))
+    trial = study.ask()
+    trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    time.sleep(1.5)
+    assert reap(study, grace=1.0) == [trial.number]
+    fail_and_retry(study, trial.number, "store", "store outage: OperationalError")  # must not raise
+    trials = study.trials
+    assert trials[trial.number].user_attrs["fail_reason"] == "stale"  # the reaper's record stands
+    assert len([t for t in trials if t.system_attrs.get("failed_trial") == trial.number]) == 1  # one retry
+
+
+def test_unreachable_and_malformed_urls_fail_fast_and_never_print_the_password():
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError) as err:
+        open_storage("postgresql+psycopg2://worker:hunter2secret@127.0.0.1:1/studies")
+    assert time.monotonic() - started < 15
+    assert "127.0.0.1:1/studies" in str(err.value) and "hunter2secret" not in str(err.value)
+    with pytest.raises(StorageConfigError, match="unsupported store URL"):
+        open_storage("mongodb://somewhere/db")
+    assert redact("postgresql://u:p4ss@h/d") == "postgresql://u:***@h/d"
+
+
+def test_wrong_password_is_reported_without_it(postgres_url, tmp_path):
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_url)
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("DROP ROLE IF EXISTS cnn_pw_test"))
+        conn.execute(sqlalchemy.text("CREATE ROLE cnn_pw_test LOGIN PASSWORD 'right-one'"))
+        conn.commit()
+    try:
+        url = postgres_url.replace("postgres@", "cnn_pw_test:wrong-one@")
+        with pytest.raises(StorageUnavailableError) as err:
+            open_storage(url)
+        assert "wrong-one" not in str(err.value) and "cnn_pw_test:***@" in str(err.value)
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text("DROP ROLE IF EXISTS cnn_pw_test"))
+            conn.commit()
+        engine.dispose()
+
+
+def test_an_empty_database_fails_closed(postgres_url):
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT")
+    db = f"empty_{uuid.uuid4().hex[:6]}"
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text(f"CREATE DATABASE {db}"))
+    try:
+        with pytest.raises(StorageUnavailableError, match="has no Optuna schema; create the study first"):
+            open_storage(postgres_url.rsplit("/", 1)[0] + f"/{db}")
+    finally:
+        with engine.connect() as conn:
+            conn.execute(sqlalchemy.text(f"DROP DATABASE {db} WITH (FORCE)"))
+        engine.dispose()
+
+
+def test_password_file_fills_the_url(tmp_path, monkeypatch):
+    (tmp_path / "pw").write_text("s3cr/t@x\n")
+    monkeypatch.setenv("STORAGE_PASSWORD_FILE", str(tmp_path / "pw"))
+    assert resolve_url("postgresql+psycopg2://optuna@db:5432/optuna") == "postgresql+psycopg2://optuna:s3cr%2Ft%40x@db:5432/optuna"
+    monkeypatch.setenv("STORAGE_PASSWORD_FILE", str(tmp_path / "missing"))
+    with pytest.raises(StorageConfigError, match="cannot read it"):
+        resolve_url("postgresql+psycopg2://optuna@db:5432/optuna")
+
+
+@pytest.mark.parametrize("bad", ["../outside", "a/../../outside", "/etc/passwd"])
+def test_artifact_ids_that_escape_the_store_are_refused(tmp_path, bad):
+    from storage import artifact_store
+
+    (tmp_path / "outside").write_text("secret")
+    store = artifact_store(tmp_path / "artifacts")
+    with pytest.raises(ValueError, match="Invalid artifact_id"):
+        store.open_reader(bad)
+    with pytest.raises(ValueError, match="Invalid artifact_id"):
+        store.write(bad, io.BytesIO(b"overwrite"))
+    assert (tmp_path / "outside").read_text() == "secret"
+
+
+@pytest.mark.parametrize("kind,key", [("base", "../x"), ("base", "a/b"), ("..", "x"), ("base", ""), ("/etc", "x")])
+def test_cache_keys_that_escape_the_cache_are_refused(tmp_path, kind, key):
+    from storage import cache_path
+
+    with pytest.raises(ValueError, match="is not allowed"):
+        cache_path(kind, key, root=tmp_path)
+
+
+def test_a_report_with_a_hostile_artifact_id_renders_without_reading_it(tmp_path, monkeypatch, caplog):
+    from dashboards.report import _evaluation_images
+
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    (tmp_path / "secret.json").write_text('{"worst_misclassified": [{"png": "leaked"}]}')
+    assert _evaluation_images({"evaluation_artifact_id": "../secret.json"}) == []
+    assert "Invalid artifact_id" in caplog.text

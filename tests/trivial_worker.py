@@ -1,0 +1,39 @@
+"""A worker with the service's own loop, heartbeat and reaper, but a trivial objective (no Keras).
+
+Load and privilege tests start many of these: `python tests/trivial_worker.py URL STUDY INDEX BUDGET`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+import types
+
+import optuna
+
+from search._lifecycle import Background, StopFlag
+from search.worker import run_loop
+from storage import open_storage
+
+
+def objective(trial: optuna.Trial) -> float:
+    x = trial.suggest_float("x", -10, 10)
+    time.sleep(0.02)  # a little work, so workers overlap
+    return x * x
+
+
+def main(url: str, name: str, index: int, budget: int) -> int:
+    logging.basicConfig(level=logging.WARNING, format=f"[t{index}] %(message)s")
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = open_storage(url)
+    study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=index))
+    spec = types.SimpleNamespace(trials=budget, timeout_s=None)
+    stop = StopFlag().install()
+    with Background(study, interval=1, grace=30) as background:
+        run_loop(study, spec, objective, stop, background, f"t{index}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])))
