@@ -39,8 +39,19 @@ def _pinned_experimental():
         yield
 
 
+STALE_ATTR = "cnn_search:stale_failures"
+# A trial whose worker went silent may itself be the cause (the kernel's OOM killer, a crash in native
+# code), so a lineage is retried after at most this many such failures. A SIGTERM or a store outage is
+# never the trial's doing: those are retried without limit.
+MAX_STALE_RETRIES = int(os.environ.get("MAX_STALE_RETRIES", "2"))
+
 with _pinned_experimental():
-    retry_once = RetryHeartbeatStaleTrialCallback(max_retry=1, inherit_intermediate_values=True)
+    _requeue = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
+
+
+def _queue_retry(study: optuna.Study, trial_id: int) -> None:
+    with _pinned_experimental():
+        _requeue(study, study._storage.get_trial(trial_id))
 
 
 class WorkerStopping(Exception):
@@ -93,30 +104,38 @@ def _last_beat(trial: FrozenTrial) -> float:
 
 
 def reap(study: optuna.Study, grace: float = GRACE_PERIOD) -> list[int]:
-    """Fail RUNNING trials whose heartbeat is older than `grace`, and queue one retry of each."""
+    """Fail RUNNING trials whose heartbeat is older than `grace`, and queue a retry of each (at most MAX_STALE_RETRIES per lineage)."""
     now = time.time()
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         if now - _last_beat(trial) <= grace:
             continue
         silent = now - _last_beat(trial)
+        stale = int(trial.system_attrs.get(STALE_ATTR, 0)) + 1  # inherited along the lineage
+        retry = stale <= MAX_STALE_RETRIES
+        message = f"no heartbeat for {silent:.0f}s (grace {grace:.0f}s)"
+        if not retry:
+            message += (f"; not retried: its lineage went silent {stale} times (MAX_STALE_RETRIES="
+                        f"{MAX_STALE_RETRIES}), so the trial itself may kill its worker")
         try:  # the reason first: once failed, the trial is read-only
+            study._storage.set_trial_system_attr(trial._trial_id, STALE_ATTR, stale)
             study._storage.set_trial_user_attr(trial._trial_id, "fail_reason", "stale")
-            study._storage.set_trial_user_attr(trial._trial_id, "fail_message",
-                                               f"no heartbeat for {silent:.0f}s (grace {grace:.0f}s)")
+            study._storage.set_trial_user_attr(trial._trial_id, "fail_message", message)
             if not study._storage.set_trial_state_values(trial._trial_id, state=TrialState.FAIL):
                 continue
         except optuna.exceptions.UpdateFinishedTrialError:
             continue  # it finished, or another reaper got there first
-        with _pinned_experimental():
-            retry_once(study, study._storage.get_trial(trial._trial_id))
-        logger.warning("trial %d had no heartbeat for %.0fs: failed it and queued its retry", trial.number, silent)
+        if retry:
+            _queue_retry(study, trial._trial_id)
+        logger.warning("trial %d had no heartbeat for %.0fs: failed it%s", trial.number, silent,
+                       " and queued its retry" if retry else f" for good ({message})")
         reaped.append(trial.number)
     return reaped
 
 
 def fail_and_retry(study: optuna.Study, trial_number: int, reason: str, message: str) -> None:
-    """Record a trial as failed for `reason` and queue one retry (same parameters)."""
+    """Record a trial as failed for a cause outside it (`interrupted`, `store`, `stale` in tests) and
+    queue its retry (same parameters, resuming from the checkpoint)."""
     storage = study._storage
     frozen = storage.get_trial(study.get_trials(deepcopy=False)[trial_number]._trial_id)  # fresh, not cached
     try:  # the reason first: once failed, the trial is read-only
@@ -131,8 +150,7 @@ def fail_and_retry(study: optuna.Study, trial_number: int, reason: str, message:
         logger.warning("trial %d was already failed by the reaper (its retry is queued); nothing more to do",
                        trial_number)
         return
-    with _pinned_experimental():
-        retry_once(study, storage.get_trial(frozen._trial_id))
+    _queue_retry(study, frozen._trial_id)
 
 
 class Background:

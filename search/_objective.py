@@ -13,7 +13,7 @@ import optuna
 from optuna_integration import KerasPruningCallback
 
 from data import Splits
-from search._lifecycle import StopFlag, TrialLost, WorkerStopping, lineage, storage_errors
+from search._lifecycle import StopFlag, TrialLost, WorkerStopping, lineage, storage_errors, with_retry
 from search._runtime import code_version, device
 from search._space import suggest, trial_config
 from search._spec import StudySpec
@@ -21,6 +21,26 @@ from search._train import ModelBuilder, image_model, release, train
 from search.errors import TrialFailure
 
 logger = logging.getLogger(__name__)
+
+
+def _patiently(call, what: str, stop: StopFlag | None):
+    """A store call made while a trial trains waits through an outage (backing off) instead of
+    failing the trial: a PostgreSQL restart costs a pause, not the epochs trained so far.
+    Only a stop request (SIGTERM) during the outage gives up, and the trial is then retried."""
+    return with_retry(call, what, stop=None if stop is None else stop.event)
+
+
+class PatientPruningCallback(KerasPruningCallback):
+    """Optuna's Keras pruning callback (report + should_prune each epoch), waiting through store
+    outages. Re-reporting a step after a partial failure is harmless: the value is the same."""
+
+    def __init__(self, trial: optuna.Trial, monitor: str, stop: StopFlag | None) -> None:
+        super().__init__(trial, monitor)
+        self.stop = stop
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        _patiently(lambda: super(PatientPruningCallback, self).on_epoch_end(epoch, logs),
+                   f"report epoch {epoch + 1} of trial {self._trial.number}", self.stop)
 
 
 def _forget(folder: Path | None) -> None:
@@ -33,9 +53,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     and starting from scratch, with a warning, when no checkpoint can be read: a worker killed
     while it wrote one must not make its retry fail."""
 
-    def __init__(self, folder: Path, trial: optuna.Trial) -> None:
+    def __init__(self, folder: Path, trial: optuna.Trial, stop: StopFlag | None = None) -> None:
         super().__init__(str(folder), save_freq="epoch", double_checkpoint=True)
-        self.folder, self.trial = folder, trial
+        self.folder, self.trial, self.stop = folder, trial, stop
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         fresh = self.model.get_weights()
@@ -47,7 +67,8 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             self.model.set_weights(fresh)
             self.model._initial_epoch = 0
             _forget(self.folder)
-            self.trial.set_user_attr("checkpoint_unreadable", f"{type(exc).__name__}: {exc}"[:300])
+            note = f"{type(exc).__name__}: {exc}"[:300]
+            _patiently(lambda: self.trial.set_user_attr("checkpoint_unreadable", note), "record a note", self.stop)
 
 
 class TrialGuard(keras.callbacks.Callback):
@@ -61,12 +82,13 @@ class TrialGuard(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         if not self.after_checkpoint and epoch > 0 and not getattr(self, "_seen", False):
             # Keras's BackupAndRestore restored a checkpoint: this trial resumes its lineage.
-            self.trial.set_user_attr("resumed_from_epoch", epoch)
+            _patiently(lambda: self.trial.set_user_attr("resumed_from_epoch", epoch), "record a note", self.stop)
         self._seen = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.after_checkpoint:
-            state = self.trial.study._storage.get_trial(self.trial._trial_id).state
+            state = _patiently(lambda: self.trial.study._storage.get_trial(self.trial._trial_id).state,
+                               "check the trial's state", self.stop)
             if state != optuna.trial.TrialState.RUNNING:
                 raise TrialLost(f"trial {self.trial.number} is {state.name} in the store (failed by the reaper "
                                 f"while this worker was paused or cut off)")
@@ -96,25 +118,28 @@ class Objective:
         }
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
-        for key, value in self.static_attrs.items():
-            trial.set_user_attr(key, value)
-        values = suggest(trial, self.spec)
+        def store(call, what: str):
+            return _patiently(call, f"{what} (trial {trial.number})", self.stop)
+
+        store(lambda: [trial.set_user_attr(k, v) for k, v in self.static_attrs.items()], "record the worker")
+        values = store(lambda: suggest(trial, self.spec), "sample parameters")  # idempotent: kept params are reused
         cfg = trial_config(self.spec, values, input_shape=self.image_shape, num_classes=self.splits.num_classes)
         multi = self.spec.second_objective is not None
         callbacks = [TrialGuard(trial, self.stop, after_checkpoint=False)]
-        callbacks += [] if multi else [KerasPruningCallback(trial, "val_accuracy")]
+        callbacks += [] if multi else [PatientPruningCallback(trial, "val_accuracy", self.stop)]
         folder = None
         if self.checkpoint_root is not None:
             # Only a retry of a failed trial (same lineage, same parameters) resumes from its checkpoint.
-            origin = lineage(trial.study._storage.get_trial(trial._trial_id))
-            folder = self.checkpoint_root / f"{self.spec.name}-{trial.study.user_attrs.get('uid', 'nouid')}-{origin}"
+            origin = lineage(store(lambda: trial.study._storage.get_trial(trial._trial_id), "read the lineage"))
+            uid = store(lambda: trial.study.user_attrs.get("uid", "nouid"), "read the study")
+            folder = self.checkpoint_root / f"{self.spec.name}-{uid}-{origin}"
             if origin != trial.number:
-                trial.set_user_attr("retry_of", origin)
-                for key in ("fail_reason", "fail_message"):  # inherited from the failed original
-                    trial.set_user_attr(key, None)
+                # fail_reason/fail_message are inherited from the failed original: cleared
+                store(lambda: [trial.set_user_attr(k, v) for k, v in
+                               (("retry_of", origin), ("fail_reason", None), ("fail_message", None))], "mark the retry")
             else:
                 _forget(folder)  # a first attempt never resumes (stale files of an older study)
-            callbacks.append(ResumableBackup(folder, trial))
+            callbacks.append(ResumableBackup(folder, trial, self.stop))
         callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True))
         try:
             result, _ = train(cfg, self.splits, max_epochs=self.spec.max_epochs, patience=self.spec.patience,
@@ -124,8 +149,8 @@ class Objective:
             raise  # the checkpoint stays: this trial's retry resumes from it
         except TrialFailure as failure:
             _forget(folder)
-            trial.set_user_attr("fail_reason", failure.reason)
-            trial.set_user_attr("fail_message", failure.message[:500])
+            store(lambda: (trial.set_user_attr("fail_reason", failure.reason),
+                           trial.set_user_attr("fail_message", failure.message[:500])), "record the failure")
             logger.warning("trial %d failed (%s): %s", trial.number, failure.reason, failure.message)
             raise
         except BaseException:  # pruned, or failed for good: nothing will resume it
@@ -134,9 +159,10 @@ class Objective:
         finally:
             release()
         _forget(folder)
-        for key in ("epochs_run", "best_epoch", "n_params", "train_seconds", "images_per_s"):
-            trial.set_user_attr(key, getattr(result, key))
-        trial.set_user_attr("val_accuracy_curve", [round(a, 5) for a in result.curve])
+        attrs = {key: getattr(result, key) for key in ("epochs_run", "best_epoch", "n_params", "train_seconds",
+                                                          "images_per_s")}
+        attrs["val_accuracy_curve"] = [round(a, 5) for a in result.curve]
+        store(lambda: [trial.set_user_attr(k, v) for k, v in attrs.items()], "record the result")
         if not multi:
             return result.best_val_accuracy
         second = result.n_params if self.spec.second_objective == "params" else result.train_seconds

@@ -238,6 +238,57 @@ def test_checkpoints_resume_retries_only_and_do_not_outlive_their_trial(tmp_path
     assert other.user_attrs["uid"] != uid
 
 
+class _FlakyStorage(optuna.storages.InMemoryStorage):
+    """In-memory store that drops the connection once for each named call, after `armed` is set:
+    a PostgreSQL restart as a training trial sees it."""
+
+    def __init__(self, flaky: set[str]) -> None:
+        super().__init__()
+        self.pending, self.armed, self.dropped = set(flaky), False, []
+
+    def _maybe_drop(self, name: str) -> None:
+        if self.armed and name in self.pending:
+            import sqlalchemy.exc
+
+            self.pending.discard(name)
+            self.dropped.append(name)
+            raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+
+    def set_trial_intermediate_value(self, *args, **kwargs):
+        self._maybe_drop("report")
+        return super().set_trial_intermediate_value(*args, **kwargs)
+
+    def get_trial(self, *args, **kwargs):
+        self._maybe_drop("get_trial")
+        return super().get_trial(*args, **kwargs)
+
+    def set_trial_user_attr(self, trial_id, key, value):
+        if key == "epochs_run":
+            self._maybe_drop("record the result")
+        return super().set_trial_user_attr(trial_id, key, value)
+
+
+def test_a_training_trial_waits_through_a_store_outage_instead_of_failing(tmp_path, monkeypatch):
+    """Regression (CI, fault row 3): each store call a trial made while training raised on a
+    PostgreSQL restart, failing the trial; two restarts then used up its retries. Now it waits."""
+    from search import _lifecycle
+
+    monkeypatch.setattr(_lifecycle.random, "random", lambda: 0.0)  # back off 0.5 s, not up to 1.5 s
+    spec = parse_spec(TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}",
+                                   "pruner: none"), name="tiny")
+    storage = _FlakyStorage({"report", "get_trial", "record the result"})
+    study = create_study(spec, storage)
+    objective = Objective(spec, easy_splits(), checkpoint_root=tmp_path)
+    trial = study.ask()
+    storage.armed = True
+    value = objective(trial)
+    study.tell(trial, value)
+    assert sorted(storage.dropped) == ["get_trial", "record the result", "report"]  # every outage was hit
+    done = study.trials[0]
+    assert done.state == TrialState.COMPLETE and len(done.intermediate_values) == 3
+    assert done.user_attrs["epochs_run"] == 3 and "fail_reason" not in done.user_attrs
+
+
 @pytest.mark.parametrize("damage", ["truncated weights", "no previous copy"])
 def test_a_retry_whose_checkpoint_was_cut_off_mid_write_trains_from_scratch(tmp_path, damage):
     """A worker SIGKILLed while Keras wrote its checkpoint leaves a broken file; the retry must not fail."""

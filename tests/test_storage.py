@@ -100,6 +100,47 @@ def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
     assert budget_used(study) == 1  # the live trial; the failed one's retry will count in its place
 
 
+def _no_warm_start(store):
+    return create_study(parse_spec(SPEC.replace("warm_start:\n  - {optimizer: adam, learning_rate: 0.001}\n", ""),
+                                   name=_name()), open_storage(store, create_schema=True))
+
+
+def _run_next(study):
+    """Ask for the next trial (the queued retry, if any) and sample its parameter as a worker would."""
+    trial = study.ask()
+    trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    return trial
+
+
+def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twice(store, monkeypatch):
+    """Regression (CI, fault row 3): a trial failed by one PostgreSQL restart and its retry failed by
+    the next one ended the lineage, because every retry counted against max_retry=1."""
+    from search import _lifecycle
+    from search._lifecycle import fail_and_retry, lineage
+
+    study = _no_warm_start(store)
+    first = _run_next(study)
+    for reason in ("store", "store", "interrupted", "store"):  # none is the trial's doing
+        fail_and_retry(study, study.trials[-1].number, reason, f"{reason} (test)")
+        retry = _run_next(study)
+        assert lineage(study._storage.get_trial(retry._trial_id)) == first.number
+        assert retry.params == first.params
+    # A worker going silent may be the trial's fault (OOM killer): MAX_STALE_RETRIES per lineage.
+    monkeypatch.setattr(_lifecycle, "MAX_STALE_RETRIES", 2)
+    for expect_retry in (True, True, False):
+        time.sleep(1.2)
+        running = study.trials[-1].number
+        assert reap(study, grace=1.0) == [running]
+        waiting = [t for t in study.trials if t.state == TrialState.WAITING]
+        assert len(waiting) == (1 if expect_retry else 0)
+        if expect_retry:
+            _run_next(study)
+    last = study.trials[-1]
+    assert last.state == TrialState.FAIL and last.system_attrs[_lifecycle.STALE_ATTR] == 3
+    assert "not retried: its lineage went silent 3 times (MAX_STALE_RETRIES=2)" in last.user_attrs["fail_message"]
+    assert {lineage(t) for t in study.trials} == {first.number} and len(study.trials) == 1 + 4 + 2
+
+
 def test_a_worker_back_after_an_outage_does_not_fail_a_reaped_trial_twice(store):
     """Regression (fault row 4): the worker whose store calls failed found its trial already reaped
     and crashed with UpdateFinishedTrialError instead of going on."""
