@@ -64,7 +64,7 @@ def evaluate(spec: StudySpec, study: optuna.Study, *, seeds: tuple[int, ...] = (
     if spec.feature_cache is not None:
         from search._features import ensure_features, trial_builder
 
-        train_splits, make_model = trial_builder(spec, splits)
+        train_splits, make_model = trial_builder(spec, splits, search=False)  # all features, not the search subset
         cache = None if spec.augments else ensure_features(spec, splits)
     cfg = trial_config(spec, trial.params, input_shape=splits.input_shape, num_classes=splits.num_classes)
 
@@ -94,6 +94,7 @@ def evaluate(spec: StudySpec, study: optuna.Study, *, seeds: tuple[int, ...] = (
         "params": trial.params,
         "study_best_value": trial.values[0],
         "seeds": list(seeds),
+        "n_train": len(train_splits.y_train),  # all of it, even when the search used a subset
         "val_accuracy_per_seed": [round(a, 5) for a in accuracies],
         "val_accuracy_mean": statistics.mean(accuracies),
         "val_accuracy_std": statistics.stdev(accuracies),

@@ -68,11 +68,18 @@ def _base_params(spec: StudySpec, splits: Splits):
     return get_preset(spec.architecture).params(input_shape=splits.input_shape, num_classes=splits.num_classes)
 
 
+def _base_training(fc) -> dict:
+    """What decides the base's weights: not how trials later use its features."""
+    setup = dataclasses.asdict(fc)
+    setup.pop("search_max_train", None)
+    return setup
+
+
 def base_key(spec: StudySpec, splits: Splits) -> str:
     fc = spec.feature_cache
     blob = json.dumps({"preset": spec.architecture, "dataset": spec.dataset, "labels": spec.label_mode,
                        "seed": spec.seed, "normalization": spec.normalization,
-                       "training": dataclasses.asdict(fc), "data": splits.fingerprint}, sort_keys=True, default=str)
+                       "training": _base_training(fc), "data": splits.fingerprint}, sort_keys=True, default=str)
     return f"{spec.architecture}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
@@ -206,8 +213,22 @@ def full_model(spec: StudySpec, splits: Splits, weights: Path, cfg: TrialConfig,
     return keras.Model(inputs, arch(x), name=f"final_{spec.name}")
 
 
-def trial_builder(spec: StudySpec, splits: Splits) -> tuple[Splits, ModelBuilder]:
-    """What the workers of a feature-cache study train on, and how they build trial models."""
+def search_subset(spec: StudySpec, features: Splits) -> Splits:
+    """The training features trials see: a stratified, seeded subset when the study asks for one."""
+    n = spec.feature_cache.search_max_train
+    if not n or n >= len(features.y_train):
+        return features
+    idx = stratified_subset(features.y_train, n, spec.seed)
+    logger.info("trials train on a stratified subset of %d of the %d cached training features "
+                "(feature_cache.search_max_train); validation uses all %d; `make evaluate` retrains on all",
+                len(idx), len(features.y_train), len(features.y_val))
+    return dataclasses.replace(features, x_train=features.x_train[idx], y_train=features.y_train[idx],
+                               fingerprint=f"{features.fingerprint}:search{len(idx)}")
+
+
+def trial_builder(spec: StudySpec, splits: Splits, *, search: bool = True) -> tuple[Splits, ModelBuilder]:
+    """What the workers of a feature-cache study train on, and how they build trial models.
+    `search=False` (final evaluation): every cached training feature, whatever the study searched on."""
     if spec.augments:
         weights = ensure_base(spec, splits)
         logger.warning("study %s augments its images, so the feature cache cannot apply: the frozen base "
@@ -216,4 +237,4 @@ def trial_builder(spec: StudySpec, splits: Splits) -> tuple[Splits, ModelBuilder
     cache = ensure_features(spec, splits)
     logger.info("study %s trains only the head on cached %d-d features; no conv layer runs in a trial",
                 spec.name, cache.splits.x_train.shape[1])
-    return cache.splits, head_model()
+    return (search_subset(spec, cache.splits) if search else cache.splits), head_model()

@@ -43,7 +43,7 @@ STALE_ATTR = "cnn_search:stale_failures"
 # A trial whose worker went silent may itself be the cause (the kernel's OOM killer, a crash in native
 # code), so a lineage is retried after at most this many such failures. A SIGTERM or a store outage is
 # never the trial's doing: those are retried without limit.
-MAX_STALE_RETRIES = int(os.environ.get("MAX_STALE_RETRIES", "2"))
+MAX_STALE_RETRIES = int(os.environ.get("MAX_STALE_RETRIES", "1"))
 
 with _pinned_experimental():
     _requeue = RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)
@@ -104,7 +104,8 @@ def _last_beat(trial: FrozenTrial) -> float:
 
 
 def reap(study: optuna.Study, grace: float = GRACE_PERIOD) -> list[int]:
-    """Fail RUNNING trials whose heartbeat is older than `grace`, and queue a retry of each (at most MAX_STALE_RETRIES per lineage)."""
+    """Fail RUNNING trials whose heartbeat is older than `grace`, and queue a retry of each
+    (at most MAX_STALE_RETRIES per lineage)."""
     now = time.time()
     reaped = []
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -176,9 +177,22 @@ class Background:
             self.study._storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
 
     def _beat(self) -> None:
+        last = time.monotonic()
         while not self.stopped.wait(self.interval):
+            now = time.monotonic()
+            if self.trial_id is not None and now - last > max(3 * self.interval, self.grace / 2):
+                # This thread shares the process with training: native code holding the GIL (graph
+                # compilation) or a starved CPU delays it. Past the grace period the trial is reaped.
+                logger.warning("heartbeat %.1fs late (interval %.0fs, grace %.0fs): this process was stalled; "
+                               "raise GRACE_PERIOD well above such stalls", now - last - self.interval,
+                               self.interval, self.grace)
+            last = now
             try:
                 self.beat_now()
+                took = time.monotonic() - now
+                if took > max(3 * self.interval, self.grace / 2):
+                    logger.warning("heartbeat write took %.1fs (interval %.0fs, grace %.0fs): the store is slow "
+                                   "or this process was stalled", took, self.interval, self.grace)
             except optuna.exceptions.UpdateFinishedTrialError:
                 self.trial_id = None  # the trial ended (or was reaped): nothing to keep alive
             except Exception as exc:  # an outage must not end the thread

@@ -43,10 +43,11 @@ PRUNERS = {
     "none": set(),
 }
 SECOND_OBJECTIVES = ("params", "train_seconds")
-# smoke: a CPU demo in a minute. quick: full data, but a frozen base trained briefly on a subset.
+# smoke: a CPU demo in a minute. quick: full data, but a frozen base trained briefly on a subset and
+# heads searched on 10,000 of its cached training features (evaluation retrains on all).
 PROFILES = {
     "smoke": {"max_train": 2000, "max_val": 500, "max_epochs": 2, "base_epochs": 1, "base_max_train": 2000},
-    "quick": {"base_epochs": 2, "base_max_train": 5000},
+    "quick": {"base_epochs": 2, "base_max_train": 5000, "search_max_train": 10000},
 }
 TOP_LEVEL = {
     "name", "description", "source", "architecture", "dataset", "label_mode", "normalization", "space",
@@ -81,6 +82,9 @@ class FeatureCacheSpec:
     base_max_train: int | None = None
     base_batch_size: int = 128
     base_weights: str | None = None
+    # Trials train their heads on a stratified subset of this many cached training features (the
+    # validation split stays whole); `make evaluate` retrains the winner on all of them.
+    search_max_train: int | None = None
 
 
 @dataclass(frozen=True)
@@ -293,6 +297,9 @@ def _build(raw: dict, *, name: str, where: str, overrides: dict[str, Any]) -> St
             feature_cache = dataclasses.replace(
                 feature_cache, base_epochs=min(feature_cache.base_epochs, p["base_epochs"]),
                 base_max_train=min(feature_cache.base_max_train or p["base_max_train"], p["base_max_train"]))
+        if feature_cache is not None and "search_max_train" in p:
+            feature_cache = dataclasses.replace(feature_cache, search_max_train=min(
+                feature_cache.search_max_train or p["search_max_train"], p["search_max_train"]))
 
     spec = StudySpec(
         name=name, architecture=arch, dataset=dataset, space=space, description=str(raw.get("description", "")),
@@ -389,9 +396,10 @@ def _feature_cache(raw: Any, arch: str) -> FeatureCacheSpec | None:
     for key in ("base_epochs", "base_batch_size"):
         value = raw.get(key, 1)
         _expect(isinstance(value, int) and value >= 1, f"feature_cache.{key}", f"must be >= 1 but got {value!r}")
-    value = raw.get("base_max_train")
-    _expect(value is None or (isinstance(value, int) and value >= 10), "feature_cache.base_max_train",
-            f"must be >= 10 or absent but got {value!r}")
+    for key in ("base_max_train", "search_max_train"):
+        value = raw.get(key)
+        _expect(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 10),
+                f"feature_cache.{key}", f"must be an integer >= 10 or absent but got {value!r}")
     return FeatureCacheSpec(**raw)
 
 

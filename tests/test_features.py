@@ -78,6 +78,26 @@ def test_cache_is_reused_and_keyed_by_base_and_data(artifacts):
     assert ensure_features(other_base, splits).key != first.key
 
 
+def test_search_subset_trains_trials_on_fewer_features_and_evaluation_on_all(artifacts):
+    spec = parse_spec(FEATURE_STUDY, name="feat")
+    subset = parse_spec(FEATURE_STUDY.replace("base_epochs: 1}", "base_epochs: 1, search_max_train: 100}"),
+                        name="feat")
+    assert subset.space_hash() != spec.space_hash()  # trials on a subset are another study's trials
+    splits = easy_splits(300, 60)
+    full, _ = trial_builder(spec, splits)
+    searched, _ = trial_builder(subset, splits)
+    final, _ = trial_builder(subset, splits, search=False)
+    assert ensure_features(subset, splits).key == ensure_features(spec, splits).key  # same base, same cache
+    assert len(searched.y_train) == 100 and len(full.y_train) == len(final.y_train) == 300
+    assert np.bincount(searched.y_train).min() == np.bincount(searched.y_train).max()  # stratified
+    assert len(searched.y_val) == len(full.y_val) == 60  # validation stays whole
+    assert searched.fingerprint != full.fingerprint == final.fingerprint
+    rows = {tuple(r) for r in full.x_train[:, :64].round(5)}
+    assert all(tuple(r) in rows for r in searched.x_train[:, :64].round(5))  # a subset, not new features
+    with pytest.raises(Exception, match="search_max_train"):
+        parse_spec(FEATURE_STUDY.replace("base_epochs: 1}", "base_epochs: 1, search_max_train: 5}"), name="f")
+
+
 def test_augmenting_study_runs_the_frozen_base_per_batch(artifacts, caplog):
     spec = parse_spec(FEATURE_STUDY + "augment: {horizontal_flip: true}\n", name="feat")
     splits = easy_splits(200, 50)
@@ -116,6 +136,7 @@ def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_pa
     record = evaluate(spec, study, seeds=(0, 1, 2))
     assert reads == [1]  # evaluation looked exactly once
     assert len(record["val_accuracy_per_seed"]) == 3 and record["val_accuracy_std"] >= 0
+    assert record["n_train"] == len(features.y_train)
     assert 0 <= record["test_accuracy"] <= 1 and record["n_test"] == 60
     assert np.asarray(record["confusion_matrix"]).sum() == 60
     assert len(record["per_class_accuracy"]) == 10
