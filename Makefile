@@ -79,7 +79,7 @@ test-tools:
 	  || { echo "the tests need: $$missing (apt-get install $$missing)"; exit 1; }
 
 test: $(STAMP) test-tools ## the whole test suite
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=15
 
 test-faults: $(STAMP) ## only the fault matrix on PostgreSQL (README, "Reliability"); make test runs it too
 	$(PY) -m pytest -q tests/test_service.py tests/test_faults.py
