@@ -177,10 +177,10 @@ class Background:
             self.study._storage.set_trial_system_attr(self.trial_id, HEARTBEAT_ATTR, time.time())
 
     def _beat(self) -> None:
-        last = time.monotonic()
+        last, stall = time.monotonic(), max(3 * self.interval, self.grace / 2)  # worth a warning
         while not self.stopped.wait(self.interval):
             now = time.monotonic()
-            if self.trial_id is not None and now - last > max(3 * self.interval, self.grace / 2):
+            if self.trial_id is not None and now - last > stall:
                 # This thread shares the process with training: native code holding the GIL (graph
                 # compilation) or a starved CPU delays it. Past the grace period the trial is reaped.
                 logger.warning("heartbeat %.1fs late (interval %.0fs, grace %.0fs): this process was stalled; "
@@ -190,7 +190,7 @@ class Background:
             try:
                 self.beat_now()
                 took = time.monotonic() - now
-                if took > max(3 * self.interval, self.grace / 2):
+                if took > stall:
                     logger.warning("heartbeat write took %.1fs (interval %.0fs, grace %.0fs): the store is slow "
                                    "or this process was stalled", took, self.interval, self.grace)
             except optuna.exceptions.UpdateFinishedTrialError:
