@@ -82,11 +82,21 @@ def test_a_missing_study_is_named(store):
         load_existing("no_such_study", open_storage(store))
 
 
-def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
-    study = create_study(parse_spec(SPEC.replace("warm_start:\n  - {optimizer: adam, learning_rate: 0.001}\n", ""),
-                                    name=_name()), open_storage(store, create_schema=True))
-    trial = study.ask()  # never beats
+def _no_warm_start(store):
+    return create_study(parse_spec(SPEC.replace("warm_start:\n  - {optimizer: adam, learning_rate: 0.001}\n", ""),
+                                   name=_name()), open_storage(store, create_schema=True))
+
+
+def _run_next(study):
+    """Ask for the next trial (the queued retry, if any) and sample its parameter as a worker would."""
+    trial = study.ask()
     trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    return trial
+
+
+def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
+    study = _no_warm_start(store)
+    trial = _run_next(study)  # never beats
     time.sleep(1.5)
     live = study.ask()  # beats now: must survive
     study._storage.set_trial_system_attr(live._trial_id, HEARTBEAT_ATTR, time.time())
@@ -98,18 +108,6 @@ def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING and retries[0].params == trials[trial.number].params
     assert reap(study, grace=1.0) == []  # nothing twice
     assert budget_used(study) == 1  # the live trial; the failed one's retry will count in its place
-
-
-def _no_warm_start(store):
-    return create_study(parse_spec(SPEC.replace("warm_start:\n  - {optimizer: adam, learning_rate: 0.001}\n", ""),
-                                   name=_name()), open_storage(store, create_schema=True))
-
-
-def _run_next(study):
-    """Ask for the next trial (the queued retry, if any) and sample its parameter as a worker would."""
-    trial = study.ask()
-    trial.suggest_categorical("optimizer", ["adam", "sgd"])
-    return trial
 
 
 def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twice(store, monkeypatch):
@@ -146,10 +144,8 @@ def test_a_worker_back_after_an_outage_does_not_fail_a_reaped_trial_twice(store)
     and crashed with UpdateFinishedTrialError instead of going on."""
     from search._lifecycle import fail_and_retry
 
-    study = create_study(parse_spec(SPEC.replace("warm_start:\n  - {optimizer: adam, learning_rate: 0.001}\n", ""),
-                                    name=_name()), open_storage(store, create_schema=True))
-    trial = study.ask()
-    trial.suggest_categorical("optimizer", ["adam", "sgd"])
+    study = _no_warm_start(store)
+    trial = _run_next(study)
     time.sleep(1.5)
     assert reap(study, grace=1.0) == [trial.number]
     fail_and_retry(study, trial.number, "store", "store outage: OperationalError")  # must not raise
