@@ -312,3 +312,13 @@ def test_a_retry_whose_checkpoint_was_cut_off_mid_write_trains_from_scratch(tmp_
     assert "checkpoint_unreadable" in retry.user_attrs
     assert len(retry.intermediate_values) == 3 and "resumed_from_epoch" not in retry.user_attrs  # from epoch 1
     assert not folder.exists()
+
+
+def test_bench_search_counts_epochs_until_ours_first_reaches_randoms_best():
+    from search.bench import Run, epochs_to_reach
+
+    # Best-so-far after each trial and the cumulative epochs spent by then (a pruned trial adds few).
+    ours = Run(best=[0.30, 0.30, 0.42, 0.45], epochs=[20, 21, 24, 44], seconds=1.0)
+    assert epochs_to_reach(ours, 0.42) == (24, 3)  # reached by the third trial, after 24 epochs
+    assert epochs_to_reach(ours, 0.30) == (20, 1)
+    assert epochs_to_reach(ours, 0.46) == (None, None)  # never reached
