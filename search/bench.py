@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         finals.append((rnd.final, ours.final, rnd.seconds, ours.seconds))
         rows.append(f"   seed {seed}: random best {rnd.final:.4f} in {rnd.epochs[-1]} epochs, {rnd.seconds:.0f}s | "
                     f"ours best {ours.final:.4f} in {ours.epochs[-1]} epochs, {ours.seconds:.0f}s | ours reached "
-                    f"random's best after {f'{reached} epochs ({trials_used} trials)' if reached is not None else 'never'} "
+                    f"random's best after {f'{reached} epochs ({trials_used} trial(s))' if reached is not None else 'never'} "
                     f"({'%.1f%%' % (100 * fraction) if reached is not None else 'n/a'})")
         print(rows[-1], flush=True)
 
@@ -120,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         f"fc_head space on cached CIFAR-10 features of the s002 base ({spec.feature_cache.base_epochs} epoch(s) on "
         f"{min(spec.feature_cache.base_max_train or n_train, n_train):,} of the training images; one-time base + "
         f"features: {one_time:.0f}s this run, 0 if cached)",
-        f"{args.trials} trials per run, {args.seeds} seeds, head trained on {len(features.y_train):,} training "
+        f"{args.trials} trials per run, {args.seeds} seeds, head trained on {n_train:,} training "
         f"features, validated on {len(features.y_val):,}",
         f"(1) random, no pruning, no early stopping, {args.epochs} epochs each; (2) TPE + Hyperband + early stopping "
         f"(patience {spec.patience}), at most {args.epochs} epochs"
