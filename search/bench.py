@@ -107,10 +107,11 @@ def main(argv: list[str] | None = None) -> int:
         fraction = reached / rnd.epochs[-1] if reached is not None else math.inf
         fractions.append(fraction)
         finals.append((rnd.final, ours.final, rnd.seconds, ours.seconds))
+        reach = (f"{reached} epochs ({trials_used} trial(s)) ({100 * fraction:.1f}%)" if reached is not None
+                 else "never (n/a)")
         rows.append(f"   seed {seed}: random best {rnd.final:.4f} in {rnd.epochs[-1]} epochs, {rnd.seconds:.0f}s | "
                     f"ours best {ours.final:.4f} in {ours.epochs[-1]} epochs, {ours.seconds:.0f}s | ours reached "
-                    f"random's best after {f'{reached} epochs ({trials_used} trial(s))' if reached is not None else 'never'} "
-                    f"({'%.1f%%' % (100 * fraction) if reached is not None else 'n/a'})")
+                    f"random's best after {reach}")
         print(rows[-1], flush=True)
 
     finite = [f for f in fractions if math.isfinite(f)]
