@@ -20,7 +20,8 @@ def add_study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--epochs", type=int, default=int(env("EPOCHS")) if env("EPOCHS") else None,
                         help="maximum epochs per trial")
     parser.add_argument("--profile", default=env("PROFILE") or None, choices=["smoke", "quick"],
-                        help="smoke: small subset, at most 2 epochs; quick: brief base training (fc_head)")
+                        help="smoke: small subset, at most 2 epochs; quick: fc_head on a CPU (a lighter base, "
+                             "trained once, heads searched on a feature subset)")
 
 
 def overrides(args: argparse.Namespace) -> dict:

@@ -80,7 +80,7 @@ def evaluate(spec: StudySpec, study: optuna.Study, *, seeds: tuple[int, ...] = (
             if cache is not None:
                 from search._features import full_model
 
-                final = full_model(spec, splits, cache.base_weights, cfg, model)
+                final = full_model(spec, splits, cache.base_weights, model)
         else:
             del model
 

@@ -26,7 +26,7 @@ import keras
 import numpy as np
 
 from data import Splits, stratified_subset
-from data.preprocessing import normalization_layer
+from data.preprocessing import normalization_layer, training_model
 from models import build, get_preset
 from models._blocks import classifier_head
 from search._space import TrainParams, TrialConfig
@@ -64,8 +64,13 @@ def _locked(path: Path):
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def base_preset(spec: StudySpec) -> str:
+    """The conv base whose features heads train on: feature_cache.base, else the study's architecture."""
+    return spec.feature_cache.base or spec.architecture
+
+
 def _base_params(spec: StudySpec, splits: Splits):
-    return get_preset(spec.architecture).params(input_shape=splits.input_shape, num_classes=splits.num_classes)
+    return get_preset(base_preset(spec)).params(input_shape=splits.input_shape, num_classes=splits.num_classes)
 
 
 def _base_training(fc) -> dict:
@@ -77,10 +82,10 @@ def _base_training(fc) -> dict:
 
 def base_key(spec: StudySpec, splits: Splits) -> str:
     fc = spec.feature_cache
-    blob = json.dumps({"preset": spec.architecture, "dataset": spec.dataset, "labels": spec.label_mode,
+    blob = json.dumps({"preset": base_preset(spec), "dataset": spec.dataset, "labels": spec.label_mode,
                        "seed": spec.seed, "normalization": spec.normalization,
                        "training": _base_training(fc), "data": splits.fingerprint}, sort_keys=True, default=str)
-    return f"{spec.architecture}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    return f"{base_preset(spec)}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 def ensure_base(spec: StudySpec, splits: Splits) -> Path:
@@ -99,7 +104,7 @@ def ensure_base(spec: StudySpec, splits: Splits) -> Path:
             return target
         idx = stratified_subset(splits.y_train, fc.base_max_train, spec.seed) if fc.base_max_train else slice(None)
         base_splits = dataclasses.replace(splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx])
-        logger.info("training the %s base once: %d epochs on %d images (cached as %s)", spec.architecture,
+        logger.info("training the %s base once: %d epochs on %d images (cached as %s)", base_preset(spec),
                     fc.base_epochs, len(base_splits.y_train), target)
         cfg = TrialConfig(_base_params(spec, splits), TrainParams("adam", 1e-3, batch_size=fc.base_batch_size), None)
         from search._train import image_model
@@ -119,15 +124,27 @@ def ensure_base(spec: StudySpec, splits: Splits) -> Path:
     return target
 
 
-def feature_extractor(spec: StudySpec, splits: Splits, weights: Path) -> keras.Model:
-    """uint8 images -> the base's flattened features, with the study's normalisation."""
+def frozen_base(spec: StudySpec, splits: Splits, weights: Path) -> keras.Model:
+    """The trained base up to its flattened `features` layer, weights loaded, frozen (batch norm
+    runs in inference mode). Normalised float images in, feature vectors out."""
     arch = build(_base_params(spec, splits))
     arch.load_weights(weights)
-    inputs = keras.Input(splits.input_shape, dtype="uint8")
-    x = keras.layers.Rescaling(1.0)(inputs)
-    x = normalization_layer(spec.normalization, splits.x_train)(x)
-    features = keras.Model(arch.inputs, arch.get_layer("features").output)
-    return keras.Model(inputs, features(x), name="feature_extractor")
+    base = keras.Model(arch.inputs, arch.get_layer("features").output, name=f"base_{base_preset(spec)}")
+    base.trainable = False
+    return base
+
+
+def _pixels_in(spec: StudySpec, splits: Splits):
+    """uint8 pixels -> float -> the study's normalisation, as trial models do."""
+    inputs = keras.Input(splits.input_shape, dtype="uint8", name="pixels")
+    x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
+    return inputs, normalization_layer(spec.normalization, splits.x_train)(x)
+
+
+def feature_extractor(spec: StudySpec, splits: Splits, weights: Path) -> keras.Model:
+    """uint8 images -> the base's flattened features, with the study's normalisation."""
+    inputs, x = _pixels_in(spec, splits)
+    return keras.Model(inputs, frozen_base(spec, splits, weights)(x), name="feature_extractor")
 
 
 def extract(extractor: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
@@ -165,52 +182,40 @@ def ensure_features(spec: StudySpec, splits: Splits) -> FeatureCache:
     return FeatureCache(weights, key, features)
 
 
+def _head(cfg: TrialConfig, n_features: tuple[int, ...], num_classes: int) -> keras.Model:
+    inputs = keras.Input(n_features, name="features_in")
+    outputs = classifier_head(inputs, cfg.model.head, num_classes=num_classes, l2=cfg.model.l2, flatten=False)
+    return keras.Model(inputs, outputs, name="head")
+
+
 def head_model() -> ModelBuilder:
     """Feature vectors in: only the dense head trains. No conv layer exists in this model."""
 
     def make(cfg: TrialConfig, splits: Splits, seed: int) -> keras.Model:
-        inputs = keras.Input(splits.x_train.shape[1:], name="features_in")
-        outputs = classifier_head(inputs, cfg.model.head, num_classes=splits.num_classes, l2=cfg.model.l2,
-                                  flatten=False)
-        return keras.Model(inputs, outputs, name="head")
+        return _head(cfg, splits.x_train.shape[1:], splits.num_classes)
 
     return make
 
 
 def frozen_base_model(spec: StudySpec, weights: Path) -> ModelBuilder:
-    """Images in, for studies that augment: the base (weights loaded, frozen) runs every batch."""
-    from search._train import image_model
-
-    images = image_model(spec.normalization)
+    """Images in, for studies that augment: the frozen base runs every batch, then the same head
+    as on cached features."""
 
     def make(cfg: TrialConfig, splits: Splits, seed: int) -> keras.Model:
-        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, freeze_base=True))
-        model = images(cfg, splits, seed)
-        arch = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-        source = build(_base_params(spec, splits))
-        source.load_weights(weights)
-        for layer in arch.layers:
-            if layer.name.startswith("stage"):
-                layer.set_weights(source.get_layer(layer.name).get_weights())
-        return model
+        base = frozen_base(spec, splits, weights)
+        inputs = keras.Input(splits.input_shape, name="images")
+        head = _head(cfg, base.output_shape[1:], splits.num_classes)
+        arch = keras.Model(inputs, head(base(inputs)), name="frozen_base_head")
+        return training_model(arch, normalization=normalization_layer(spec.normalization, splits.x_train),
+                              augment=cfg.augment, seed=seed)
 
     return make
 
 
-def full_model(spec: StudySpec, splits: Splits, weights: Path, cfg: TrialConfig, head: keras.Model) -> keras.Model:
-    """The usable model on images: base weights plus a head trained on features."""
-    arch = build(dataclasses.replace(cfg.model, freeze_base=True))
-    source = build(_base_params(spec, splits))
-    source.load_weights(weights)
-    for layer in arch.layers:
-        if layer.name.startswith("stage"):
-            layer.set_weights(source.get_layer(layer.name).get_weights())
-        elif layer.weights and layer.name in {l.name for l in head.layers}:
-            layer.set_weights(head.get_layer(layer.name).get_weights())
-    inputs = keras.Input(splits.input_shape, dtype="uint8", name="pixels")
-    x = keras.layers.Rescaling(1.0, name="to_float")(inputs)
-    x = normalization_layer(spec.normalization, splits.x_train)(x)
-    return keras.Model(inputs, arch(x), name=f"final_{spec.name}")
+def full_model(spec: StudySpec, splits: Splits, weights: Path, head: keras.Model) -> keras.Model:
+    """The usable model on images: the frozen base, then a head trained on its features."""
+    inputs, x = _pixels_in(spec, splits)
+    return keras.Model(inputs, head(frozen_base(spec, splits, weights)(x)), name=f"final_{spec.name}")
 
 
 def search_subset(spec: StudySpec, features: Splits) -> Splits:
@@ -235,6 +240,6 @@ def trial_builder(spec: StudySpec, splits: Splits, *, search: bool = True) -> tu
                        "runs on every batch of every trial", spec.name)
         return splits, frozen_base_model(spec, weights)
     cache = ensure_features(spec, splits)
-    logger.info("study %s trains only the head on cached %d-d features; no conv layer runs in a trial",
-                spec.name, cache.splits.x_train.shape[1])
+    logger.info("study %s trains only the head on cached %d-d features of the %s base; no conv layer runs in a "
+                "trial", spec.name, cache.splits.x_train.shape[1], base_preset(spec))
     return (search_subset(spec, cache.splits) if search else cache.splits), head_model()

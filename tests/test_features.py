@@ -13,7 +13,7 @@ import pytest
 from data import Dataset, load_dataset, train_val_splits
 from search import TrialFailure, create_study, make_pruner, make_sampler, parse_spec
 from search._evaluate import evaluate
-from search._features import ensure_base, ensure_features, trial_builder
+from search._features import ensure_base, ensure_features, full_model, head_model, trial_builder
 from search._objective import Objective
 from synthetic import easy_splits
 
@@ -111,7 +111,10 @@ def test_augmenting_study_runs_the_frozen_base_per_batch(artifacts, caplog):
                               "activation": "relu", "batch_size": 64}, input_shape=(32, 32, 3), num_classes=10)
     model = make_model(cfg, splits, 0)
     arch = next(layer for layer in model.layers if isinstance(layer, keras.Model))
-    assert all(not layer.trainable for layer in arch.layers if layer.name.startswith("stage"))
+    base = next(layer for layer in arch.layers if layer.name.startswith("base_"))
+    assert not base.trainable and any(isinstance(layer, keras.layers.Conv2D) for layer in base.layers)  # frozen convs
+    head = arch.get_layer("head")
+    assert {id(w) for w in model.trainable_weights} == {id(w) for w in head.trainable_weights}
 
 
 def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_path, artifacts, monkeypatch):
@@ -155,3 +158,37 @@ def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_pa
     download_artifact(artifact_store=artifact_store(), artifact_id=record["evaluation_artifact_id"],
                       file_path=str(evaluation))
     assert json.loads(evaluation.read_text())["test_accuracy"] == record["test_accuracy"]
+
+
+def test_a_lighter_base_can_stand_in_for_the_architectures_own(artifacts):
+    from search import StudySpecError
+    from search._space import trial_config
+
+    own = parse_spec(FEATURE_STUDY, name="feat")
+    light = parse_spec(FEATURE_STUDY.replace("base_epochs: 1}", "base_epochs: 1, base: s000_model_1}"), name="feat")
+    assert light.space_hash() != own.space_hash()  # other features: another study's trials
+    splits = easy_splits(200, 50)
+    cache = ensure_features(light, splits)
+    assert cache.base_weights.parent.name.startswith("s000_model_1-")
+    assert cache.splits.x_train.shape[1] != ensure_features(own, splits).splits.x_train.shape[1]
+    assert cache.key != ensure_features(own, splits).key
+
+    cfg = trial_config(light, {"learning_rate": 0.01, "dense_layers": 1, "dense_units_0": 32, "optimizer": "adam",
+                               "activation": "relu", "batch_size": 64}, input_shape=(32, 32, 3), num_classes=10)
+    head = head_model()(cfg, cache.splits, 0)
+    final = full_model(light, splits, cache.base_weights, head)
+    assert final.input.dtype == "uint8"
+    # The final model on raw images is exactly the head on the cached features of those images.
+    np.testing.assert_allclose(final.predict(splits.x_val, verbose=0), head.predict(cache.splits.x_val, verbose=0),
+                               atol=1e-5)
+
+    augmenting = parse_spec(FEATURE_STUDY.replace("base_epochs: 1}", "base_epochs: 1, base: s000_model_1}")
+                            + "augment: {horizontal_flip: true}\n", name="feat")
+    _, make_model = trial_builder(augmenting, splits)
+    model = make_model(cfg, splits, 0)
+    assert model.output_shape == (None, 10)
+    assert next(layer for layer in model.layers if isinstance(layer, keras.Model)).get_layer(
+        "base_s000_model_1").trainable is False
+
+    with pytest.raises(StudySpecError, match="feature_cache.base.*not a convnet or wrn preset"):
+        parse_spec(FEATURE_STUDY.replace("base_epochs: 1}", "base_epochs: 1, base: vgg99}"), name="feat")
