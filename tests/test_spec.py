@@ -46,6 +46,17 @@ def test_overrides_and_profile():
     assert load_spec("simple_cnn", trials=99).space_hash() == load_spec("simple_cnn").space_hash()
 
 
+def test_quick_profile_puts_a_lighter_base_under_fc_head_unless_the_file_names_one():
+    quick = load_spec("fc_head", profile="quick").feature_cache
+    assert (quick.base, quick.base_epochs, quick.base_max_train, quick.search_max_train) == (
+        "s003_vgg_blocks", 8, 20000, 10000)
+    assert load_spec("fc_head").feature_cache.base is None  # without a profile: seed 002's own base
+    text = (Path(__file__).resolve().parent.parent / "search/studies/fc_head.yaml").read_text()
+    named = text.replace("feature_cache: {base_epochs: 15", "feature_cache: {base: s000_model_3_1, base_epochs: 15")
+    assert named != text
+    assert parse_spec(named, name="fc_head", profile="quick").feature_cache.base == "s000_model_3_1"
+
+
 BAD_CASES = {
     "unknown architecture": (GOOD.replace("s000_model_1", "resnet9000"), r"architecture: unknown architecture 'resnet9000'"),
     "unknown dataset": (GOOD.replace("cifar10", "imagenet"), r"dataset: unknown dataset 'imagenet'"),
