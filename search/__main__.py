@@ -34,7 +34,9 @@ def cmd_create(args: argparse.Namespace):
     spec = load_spec(args.name, **overrides(args))  # a bad file fails here, before the store is touched
     storage = open_storage(args.storage, create_schema=True)
     study = create_study(spec, storage)
-    print(f"study {spec.name}: {spec.architecture} on {spec.dataset}, budget {spec.trials} trials, "
+    base = spec.feature_cache and spec.feature_cache.base
+    print(f"study {spec.name}: {spec.architecture}{f' (conv base: {base})' if base else ''} on {spec.dataset}, "
+          f"budget {spec.trials} trials, "
           f"<= {spec.max_epochs} epochs each, sampler {spec.sampler}, pruner {spec.pruner}; {describe(args.storage)}")
     return study
 
