@@ -205,7 +205,8 @@ def frozen_base_model(spec: StudySpec, weights: Path) -> ModelBuilder:
         base = frozen_base(spec, splits, weights)
         inputs = keras.Input(splits.input_shape, name="images")
         head = _head(cfg, base.output_shape[1:], splits.num_classes)
-        arch = keras.Model(inputs, head(base(inputs)), name="frozen_base_head")
+        # training=False: the base's batch norm and dropout behave as when its features were cached.
+        arch = keras.Model(inputs, head(base(inputs, training=False)), name="frozen_base_head")
         return training_model(arch, normalization=normalization_layer(spec.normalization, splits.x_train),
                               augment=cfg.augment, seed=seed)
 
@@ -215,7 +216,8 @@ def frozen_base_model(spec: StudySpec, weights: Path) -> ModelBuilder:
 def full_model(spec: StudySpec, splits: Splits, weights: Path, head: keras.Model) -> keras.Model:
     """The usable model on images: the frozen base, then a head trained on its features."""
     inputs, x = _pixels_in(spec, splits)
-    return keras.Model(inputs, head(frozen_base(spec, splits, weights)(x)), name=f"final_{spec.name}")
+    features = frozen_base(spec, splits, weights)(x, training=False)
+    return keras.Model(inputs, head(features), name=f"final_{spec.name}")
 
 
 def search_subset(spec: StudySpec, features: Splits) -> Splits:
