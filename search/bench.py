@@ -88,11 +88,12 @@ def bench_features(spec, dataset, *, base: str, base_epochs: int, base_images: i
     pool = rest[stratified_subset(full.y_train[rest], base_images, spec.seed)]
     base_splits = Splits(full.x_train[pool], full.y_train[pool], full.x_val, full.y_val, full.class_names,
                          f"{full.fingerprint}:base-pool:{len(pool)}-disjoint-from-{max_train}")
-    fc = dataclasses.replace(spec.feature_cache, base_epochs=base_epochs, base_max_train=None, base_weights=None)
-    base_spec = dataclasses.replace(spec, architecture=base, feature_cache=fc)
+    fc = dataclasses.replace(spec.feature_cache, base=base, base_epochs=base_epochs, base_max_train=None,
+                             base_weights=None)
+    base_spec = dataclasses.replace(spec, feature_cache=fc)
     weights = ensure_base(base_spec, base_splits)
     base_val = json.loads((weights.parent / "base.json").read_text())["val_accuracy"]
-    feature_spec = dataclasses.replace(base_spec, feature_cache=dataclasses.replace(fc, base_weights=str(weights)))
+    feature_spec = dataclasses.replace(spec, feature_cache=dataclasses.replace(fc, base_weights=str(weights)))
     return ensure_features(feature_spec, heads).splits, len(pool), base_val
 
 

@@ -332,6 +332,7 @@ def test_bench_search_trains_its_base_on_images_the_heads_never_see(monkeypatch,
     from data._load import Dataset
     from data._specs import CIFAR10_CLASSES
     from search import bench
+    from search._features import base_preset
 
     n = 2_000
     y = np.arange(n) % 10
@@ -360,9 +361,9 @@ def test_bench_search_trains_its_base_on_images_the_heads_never_see(monkeypatch,
 
     base_spec, base_splits = seen["base"]
     feature_spec, _ = seen["features"]
-    assert base_spec.architecture == "s003_vgg_blocks" and base_spec.feature_cache.base_epochs == 3
+    assert base_preset(base_spec) == "s003_vgg_blocks" and base_spec.feature_cache.base_epochs == 3
     assert feature_spec.feature_cache.base_weights == str(tmp_path / "base.weights.h5")
-    assert feature_spec.architecture == "s003_vgg_blocks"  # features are run through the base that was trained
+    assert base_preset(feature_spec) == "s003_vgg_blocks"  # features are run through the base that was trained
     assert len(heads.y_train) == 500 and n_base == len(base_splits.y_train) == 600 and base_val == 0.5
     assert not ids(base_splits.x_train) & ids(heads.x_train)  # the base never trains on the heads' images
     assert not ids(base_splits.x_train) & ids(heads.x_val)  # nor on the validation split
