@@ -28,7 +28,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-storage up down clean require-name
+.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -92,6 +92,9 @@ bench-data: $(STAMP) ## augmentation throughput vs ImageDataGenerator; appends t
 
 bench-search: $(STAMP) ## random search vs TPE+Hyperband on fc_head's cached features; appends to BENCHMARKS.md
 	$(PY) -m search.bench --data-dir $(or $(DATA_DIR),../shared/datasets)
+
+bench-gpu: $(STAMP) ## GPU placement, packing and GPU memory across trials (needs a GPU); appends to BENCHMARKS.md
+	$(PY) -m search.bench_gpu --data-dir $(or $(DATA_DIR),../shared/datasets)
 
 bench-storage: $(STAMP) ## ask/tell latency and worker scaling on the local PostgreSQL; appends to BENCHMARKS.md
 	$(PY) -m storage.bench

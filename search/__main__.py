@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import signal
 import subprocess
 import sys
@@ -41,8 +42,33 @@ def cmd_create(args: argparse.Namespace):
     return study
 
 
+def has_feature_cache(args: argparse.Namespace) -> bool:
+    from search._spec import load_spec
+
+    return load_spec(args.name, **overrides(args)).feature_cache is not None
+
+
+def _wait(proc: subprocess.Popen) -> tuple[int, bool]:
+    """Wait for a child, passing SIGINT/SIGTERM on to it (it stops at an epoch boundary).
+    Returns its exit code and whether a signal arrived meanwhile."""
+    signalled = []
+
+    def forward(signum, _frame):
+        signalled.append(signum)
+        if proc.poll() is None:
+            proc.send_signal(signum)
+
+    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return proc.wait(), bool(signalled)
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from search._lifecycle import reap, storage_errors, with_retry
+    from search._placement import visible_gpus
     from search._study import counts
 
     study = cmd_create(args) if not args.no_create else None
@@ -52,7 +78,20 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         study = load_existing(args.name, open_storage(args.storage))
     argv = [sys.executable, "-m", "search.worker", args.name, *override_argv(args)]
-    procs = [subprocess.Popen([*argv, "--worker-index", str(i)]) for i in range(args.workers)]
+    env = dict(os.environ)
+    if args.workers > 1 and not env.get("WORKER_THREADS") and not visible_gpus():
+        env["WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))  # no oversubscribed cores
+        if has_feature_cache(args):
+            # The one-time base training and feature extraction run once, on every core, before the
+            # workers, which share the cores, start; a worker would otherwise train the base on its share.
+            code, signalled = _wait(subprocess.Popen([*argv, "--prepare"]))
+            if code != 0:
+                print(f"preparing the base of study {args.name} failed (exit {code})", file=sys.stderr)
+                return code
+            if signalled:
+                print(f"stopped while preparing study {args.name}; no worker was started", file=sys.stderr)
+                return 0
+    procs = [subprocess.Popen([*argv, "--worker-index", str(i)], env=env) for i in range(args.workers)]
 
     def forward(signum, _frame):
         for p in procs:

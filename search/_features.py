@@ -88,8 +88,23 @@ def base_key(spec: StudySpec, splits: Splits) -> str:
     return f"{base_preset(spec)}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
-def ensure_base(spec: StudySpec, splits: Splits) -> Path:
-    """The base weights file: given in the study file, cached, or trained now (once)."""
+class _StopBetweenEpochs(keras.callbacks.Callback):
+    """SIGTERM during the one-time base training: stop at the epoch boundary and cache nothing."""
+
+    def __init__(self, stop) -> None:
+        super().__init__()
+        self.stop = stop
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.stop is not None and self.stop.is_set():
+            from search._lifecycle import WorkerStopping
+
+            raise WorkerStopping(f"stopped during the base's epoch {epoch + 1}; nothing was cached")
+
+
+def ensure_base(spec: StudySpec, splits: Splits, stop=None) -> Path:
+    """The base weights file: given in the study file, cached, or trained now (once).
+    `stop` (the worker's StopFlag): a signal ends the training at the next epoch, caching nothing."""
     fc = spec.feature_cache
     if fc.base_weights:
         path = Path(fc.base_weights)
@@ -111,6 +126,7 @@ def ensure_base(spec: StudySpec, splits: Splits) -> Path:
 
         result, model = train(cfg, base_splits, max_epochs=fc.base_epochs, patience=fc.base_epochs,
                               seed=spec.seed, label="base", make_model=image_model(spec.normalization),
+                              callbacks=[_StopBetweenEpochs(stop)],
                               verbose=1 if sys.stderr.isatty() else 0)  # Keras's bar on a terminal
         arch = next(layer for layer in model.layers if isinstance(layer, keras.Model))
         folder.mkdir(parents=True, exist_ok=True)
@@ -156,8 +172,8 @@ def extract(extractor: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.
     return out
 
 
-def ensure_features(spec: StudySpec, splits: Splits) -> FeatureCache:
-    weights = ensure_base(spec, splits)
+def ensure_features(spec: StudySpec, splits: Splits, stop=None) -> FeatureCache:
+    weights = ensure_base(spec, splits, stop)
     key = hashlib.sha256(f"{_sha256(weights)}|{splits.fingerprint}|{spec.normalization}".encode()).hexdigest()[:20]
     folder = cache_path("features", key)
     with _locked(folder):
@@ -233,15 +249,15 @@ def search_subset(spec: StudySpec, features: Splits) -> Splits:
                                fingerprint=f"{features.fingerprint}:search{len(idx)}")
 
 
-def trial_builder(spec: StudySpec, splits: Splits, *, search: bool = True) -> tuple[Splits, ModelBuilder]:
+def trial_builder(spec: StudySpec, splits: Splits, *, search: bool = True, stop=None) -> tuple[Splits, ModelBuilder]:
     """What the workers of a feature-cache study train on, and how they build trial models.
     `search=False` (final evaluation): every cached training feature, whatever the study searched on."""
     if spec.augments:
-        weights = ensure_base(spec, splits)
+        weights = ensure_base(spec, splits, stop)
         logger.warning("study %s augments its images, so the feature cache cannot apply: the frozen base "
                        "runs on every batch of every trial", spec.name)
         return splits, frozen_base_model(spec, weights)
-    cache = ensure_features(spec, splits)
+    cache = ensure_features(spec, splits, stop)
     logger.info("study %s trains only the head on cached %d-d features of the %s base; no conv layer runs in a "
                 "trial", spec.name, cache.splits.x_train.shape[1], base_preset(spec))
     return (search_subset(spec, cache.splits) if search else cache.splits), head_model()

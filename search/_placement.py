@@ -90,6 +90,26 @@ def cap_tensorflow_memory(placement: Placement) -> None:
     logger.info("TensorFlow limited to %d MB on GPU %s", limit_mb, placement.gpu)
 
 
+def limit_cpu_threads() -> int | None:
+    """WORKER_THREADS, when set: the CPU threads one worker's TensorFlow ops may use.
+
+    `python -m search run --workers N` sets it to cores // N, so N workers on one CPU do not each
+    start a thread per core and compete for the same cores (measured in BENCHMARKS.md, "threads").
+    """
+    threads = int(os.environ.get("WORKER_THREADS") or 0)
+    if threads < 1:
+        return None
+    import keras
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        tf.config.threading.set_intra_op_parallelism_threads(threads)
+        tf.config.threading.set_inter_op_parallelism_threads(threads)
+        logger.info("TensorFlow ops limited to %d CPU thread(s) (WORKER_THREADS)", threads)
+    return threads
+
+
 def place_worker(lock_dir: Path) -> Placement:
     placement = claim(lock_dir, visible_gpus(), int(os.environ.get("WORKERS_PER_GPU", "1")))
     apply(placement)

@@ -39,3 +39,30 @@ def device() -> str:
         gpus = tf.config.list_physical_devices("GPU")
         return f"gpu:{len(gpus)}" if gpus else "cpu"
     return backend
+
+
+def accelerator_memory_mib() -> tuple[float, float] | None:
+    """(in use, peak) MiB on this process's first GPU as its backend's allocator counts them; None on a CPU.
+
+    JAX's and TensorFlow's allocators keep freed blocks for reuse, so nvidia-smi shows a high-water
+    mark; "in use" is what live arrays hold, the figure that must not grow from trial to trial.
+    """
+    if not device().startswith("gpu"):
+        return None
+    import keras
+
+    mib = 2**20
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+        if "bytes_in_use" not in stats:
+            return None
+        return stats["bytes_in_use"] / mib, stats.get("peak_bytes_in_use", stats["bytes_in_use"]) / mib
+    import tensorflow as tf
+
+    try:
+        info = tf.config.experimental.get_memory_info("GPU:0")
+    except (ValueError, RuntimeError):
+        return None
+    return info["current"] / mib, info["peak"] / mib

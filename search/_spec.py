@@ -46,11 +46,11 @@ SECOND_OBJECTIVES = ("params", "train_seconds")
 # smoke: a CPU demo in a minute. quick: a feature-cache study made to fit a 2-core CPU: unless the
 # study file names a base, the conv base is the lighter s003_vgg_blocks (about 330 training images/s
 # there against about 25 for seed 002's VGG base, and the same 2,048-d features), trained once for 8
-# epochs on 20,000 images; heads are searched on 10,000 of its cached training features (evaluation
+# epochs on 20,000 images; heads are searched on 5,000 of its cached training features (evaluation
 # retrains on all).
 PROFILES = {
     "smoke": {"max_train": 2000, "max_val": 500, "max_epochs": 2, "base_epochs": 1, "base_max_train": 2000},
-    "quick": {"base": "s003_vgg_blocks", "base_epochs": 8, "base_max_train": 20000, "search_max_train": 10000},
+    "quick": {"base": "s003_vgg_blocks", "base_epochs": 8, "base_max_train": 20000, "search_max_train": 5000},
 }
 TOP_LEVEL = {
     "name", "description", "source", "architecture", "dataset", "label_mode", "normalization", "space",

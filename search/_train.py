@@ -80,10 +80,19 @@ class TrainResult:
     curve: list[float] = field(default_factory=list)
 
 
+_OOM_MARKS = ("ResourceExhausted", "RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM when allocating")
+
+
 def is_oom(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}"
-    return isinstance(exc, MemoryError) or "ResourceExhausted" in text or "RESOURCE_EXHAUSTED" in text \
-        or "out of memory" in text.lower()
+    return isinstance(exc, MemoryError) or any(mark in text for mark in _OOM_MARKS) or "out of memory" in text.lower()
+
+
+def oom_message(exc: BaseException) -> str:
+    """The allocator's own line: XLA on a GPU reports an autotuning failure first and the OOM lines after."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    line = next((line for line in lines if any(mark in line for mark in _OOM_MARKS)), lines[0])
+    return f"out of memory: {line[:300]}"
 
 
 ModelBuilder = Callable[[TrialConfig, Splits, int], keras.Model]
@@ -147,7 +156,7 @@ def train(
         raise
     except Exception as exc:
         if is_oom(exc):
-            raise TrialFailure("oom", f"out of memory: {str(exc).splitlines()[0][:300]}") from exc
+            raise TrialFailure("oom", oom_message(exc)) from exc
         raise
 
 

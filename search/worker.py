@@ -20,6 +20,9 @@ logger = logging.getLogger("search.worker")
 # than this since its first finished trial replaces itself, between trials, with a fresh process
 # (os.execv: same PID, same arguments), like Celery's max-memory-per-child. 0 turns it off.
 MAX_RSS_GROWTH_MB = float(os.environ.get("WORKER_MAX_RSS_GROWTH_MB", "512"))
+# The same for GPU memory that live arrays hold between trials (the backend allocator's count, not
+# nvidia-smi's high-water mark); measured flat on an H100 (BENCHMARKS.md, "bench-gpu"). 0 turns it off.
+MAX_GPU_GROWTH_MB = float(os.environ.get("WORKER_MAX_GPU_GROWTH_MB", "1024"))
 RECYCLE = "recycle"
 
 
@@ -28,7 +31,29 @@ def rss_mib() -> float:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
-def run_worker(name: str, *, storage_url: str | None = None, worker_index: int = 0, **spec_overrides) -> int:
+def grown_past(baseline: dict | None, now: dict, limits: dict) -> str | None:
+    """Which memory (if any) has grown past its limit since the baseline; a limit of 0 is off."""
+    if baseline is None:
+        return None
+    for key, limit in limits.items():
+        if limit and now.get(key) is not None and baseline.get(key) is not None and now[key] - baseline[key] > limit:
+            return (f"{key} grew {now[key] - baseline[key]:.0f} MiB since this process's first finished trial "
+                    f"(limit {limit:.0f} MiB)")
+    return None
+
+
+def memory_now() -> dict:
+    from search._runtime import accelerator_memory_mib
+
+    gpu = accelerator_memory_mib()
+    return {"rss": rss_mib(), "gpu": None if gpu is None else gpu[0], "gpu_peak": None if gpu is None else gpu[1]}
+
+
+def run_worker(name: str, *, storage_url: str | None = None, worker_index: int = 0, prepare_only: bool = False,
+               **spec_overrides) -> int:
+    """Pull trials until the budget is met. prepare_only: train the base and cache its features (a
+    feature-cache study), then exit; `python -m search run` does this once, with every CPU thread,
+    before it starts workers that each get a share of the cores."""
     from data import load_dataset, train_val_splits
     from search._lifecycle import Background, StopFlag
     from search._objective import Objective
@@ -37,7 +62,7 @@ def run_worker(name: str, *, storage_url: str | None = None, worker_index: int =
     from search._study import budget_used, check_compatible, load_existing
     from storage import artifact_root, describe, open_storage
 
-    from search._placement import cap_tensorflow_memory, place_worker
+    from search._placement import cap_tensorflow_memory, limit_cpu_threads, place_worker
 
     stop = StopFlag().install()
     placement = place_worker(artifact_root() / "gpu-slots")
@@ -45,6 +70,7 @@ def run_worker(name: str, *, storage_url: str | None = None, worker_index: int =
 
     if keras.backend.backend() == "tensorflow":
         cap_tensorflow_memory(placement)
+    limit_cpu_threads()
     spec = load_spec(name, **spec_overrides)
     storage = open_storage(storage_url)
     study = load_existing(name, storage, sampler=make_sampler(spec, worker_index=worker_index),
@@ -54,7 +80,8 @@ def run_worker(name: str, *, storage_url: str | None = None, worker_index: int =
     if budget_used(study) >= spec.trials:
         logger.info("%s: study %s has used its budget of %d trials; nothing to do", label, name, spec.trials)
         return 0
-    logger.info("%s: joining study %s in %s on %s", label, name, describe(storage_url), placement.describe())
+    logger.info("%s: %s study %s in %s on %s", label, "preparing" if prepare_only else "joining", name,
+                describe(storage_url), placement.describe())
     dataset = load_dataset(spec.dataset, label_mode=spec.label_mode)
     splits = train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed,
                               max_train=spec.max_train, max_val=spec.max_val)
@@ -63,8 +90,16 @@ def run_worker(name: str, *, storage_url: str | None = None, worker_index: int =
     make_model, image_shape = None, splits.input_shape
     if spec.feature_cache is not None:
         from search._features import trial_builder
+        from search._lifecycle import WorkerStopping
 
-        splits, make_model = trial_builder(spec, splits)
+        try:
+            splits, make_model = trial_builder(spec, splits, stop=stop)
+        except WorkerStopping as why:
+            logger.warning("%s: %s; exiting", label, why)
+            return 0
+    if prepare_only:
+        logger.info("%s: study %s is ready for its workers", label, name)
+        return 0
     objective = Objective(spec, splits, worker=label, make_model=make_model, stop=stop,
                           checkpoint_root=artifact_root() / "checkpoints", image_shape=image_shape)
     with Background(study) as background:
@@ -97,8 +132,8 @@ def run_loop(study, spec, objective, stop, background, label: str) -> str | None
         trial = with_retry(study.ask, "ask for a trial", stop=stop.event)
         background.trial_id = trial._trial_id
         with_retry(background.beat_now, "record a heartbeat", stop=stop.event)
-        memory = round(rss_mib(), 1)
-        with_retry(lambda: trial.set_user_attr("worker_rss_mib", memory), "record memory", stop=stop.event)
+        memory = {f"worker_{key}_mib": round(v, 1) for key, v in memory_now().items() if v is not None}
+        with_retry(lambda: [trial.set_user_attr(k, v) for k, v in memory.items()], "record memory", stop=stop.event)
         value, state = None, TrialState.FAIL
         try:
             value, state = objective(trial), TrialState.COMPLETE
@@ -137,13 +172,13 @@ def run_loop(study, spec, objective, stop, background, label: str) -> str | None
             continue
         logger.info("%s: trial %d %s%s", label, trial.number, state.name.lower(),
                     "" if value is None else f", value {value}")
-        now = rss_mib()
+        now = memory_now()
+        grown = grown_past(baseline, now, {"rss": MAX_RSS_GROWTH_MB, "gpu": MAX_GPU_GROWTH_MB})
         if baseline is None and state in (TrialState.COMPLETE, TrialState.PRUNED):
             baseline = now
-        elif MAX_RSS_GROWTH_MB and baseline is not None and now - baseline > MAX_RSS_GROWTH_MB:
-            logger.info("%s: resident memory grew %.0f MiB since this process's first finished trial (limit "
-                        "WORKER_MAX_RSS_GROWTH_MB=%.0f): continuing in a fresh process", label,
-                        now - baseline, MAX_RSS_GROWTH_MB)
+        elif grown:
+            logger.info("%s: %s (WORKER_MAX_RSS_GROWTH_MB / WORKER_MAX_GPU_GROWTH_MB): continuing in a fresh "
+                        "process", label, grown)
             return RECYCLE
     return None
 
@@ -152,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m search.worker")
     add_study_args(parser)
     parser.add_argument("--worker-index", type=int, default=int(os.environ.get("WORKER_INDEX", "0")))
+    parser.add_argument("--prepare", action="store_true",
+                        help="only train the study's base and cache its features, then exit")
     args = parser.parse_args(argv)
     setup_logging(prefix=f"[w{args.worker_index}] ")
     from search.errors import StudyMismatchError, StudySpecError
@@ -159,7 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     from storage import StorageConfigError, StorageUnavailableError
 
     try:
-        outcome = run_worker(args.name, storage_url=args.storage, worker_index=args.worker_index, **overrides(args))
+        outcome = run_worker(args.name, storage_url=args.storage, worker_index=args.worker_index,
+                             prepare_only=args.prepare, **overrides(args))
         if outcome == RECYCLE:
             logging.shutdown()
             sys.stdout.flush()

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -193,6 +195,70 @@ def test_smoke_study_two_workers_on_the_embedded_store(tmp_path, shared_datasets
                  env=env)
     assert again.returncode == 0
     assert json.loads(_cli("status", "simple_cnn", "--json", "--storage", store).stdout)["n_complete"] == status["n_complete"]
+
+
+FEATURE_RUN = """
+architecture: s000_model_3_1
+dataset: cifar10
+fixed: {freeze_base: true}
+space:
+  optimizer: {choices: [adam]}
+  learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
+  dense_units: {choices: [32, 64]}
+  batch_size: {choices: [64]}
+sampler: {name: random, seed: 0}
+pruner: none
+budget: {trials: 3, max_epochs: 1}
+data: {max_train: 1000, max_val: 200}
+feature_cache: {base_epochs: EPOCHS}
+"""
+
+
+def _feature_run_env(tmp_path, shared_datasets, shared_cache, base_epochs: int) -> dict:
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / "feat.yaml").write_text(FEATURE_RUN.replace("EPOCHS", str(base_epochs)))
+    return {"DATA_DIR": str(shared_datasets), "DATA_CACHE": str(shared_cache), "STUDIES_DIR": str(studies),
+            "ARTIFACTS_DIR": str(tmp_path / "artifacts"), "STORAGE": f"journal://{tmp_path / 'studies.journal'}",
+            "CUDA_VISIBLE_DEVICES": "", "WORKER_THREADS": ""}
+
+
+@pytest.mark.slow
+def test_run_prepares_the_base_once_on_every_core_then_workers_share_the_cores(tmp_path, shared_datasets,
+                                                                               shared_cache):
+    run = _cli("run", "feat", "--workers", "2", "--poll", "0.5",
+               env=_feature_run_env(tmp_path, shared_datasets, shared_cache, base_epochs=1))
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = run.stderr
+    assert log.count("training the s000_model_3_1 base once") == 1 and log.count("is ready for its workers") == 1
+    assert log.index("is ready for its workers") < log.index("joining study feat")  # before any worker starts
+    assert log.count("reusing cached features") == 2  # both workers, none recomputes
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert log.count(f"TensorFlow ops limited to {threads} CPU thread(s) (WORKER_THREADS)") == 2
+    assert "TensorFlow ops limited" not in log[:log.index("is ready for its workers")]  # the base had every core
+    assert "[study feat] 3/3 finished" in run.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_while_the_base_trains_stops_at_an_epoch_caches_nothing_and_starts_no_worker(
+        tmp_path, shared_datasets, shared_cache):
+    env = {**os.environ, **_feature_run_env(tmp_path, shared_datasets, shared_cache, base_epochs=200)}
+    log_path = tmp_path / "run.log"
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "search", "run", "feat", "--workers", "2"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 300
+    while "base epoch 1/200" not in log_path.read_text():
+        assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()[-3000:]
+        time.sleep(0.5)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == 0, log_path.read_text()[-3000:]
+    text = log_path.read_text()
+    assert "SIGTERM received" in text and "nothing was cached" in text
+    assert "no worker was started" in text and "joining study" not in text
+    assert "base epoch 20/200" not in text  # it stopped at an epoch boundary, not at the end
+    assert not list((tmp_path / "artifacts").rglob("base.weights.h5"))
+    assert "Traceback" not in text
 
 
 @pytest.mark.slow

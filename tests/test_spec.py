@@ -49,7 +49,7 @@ def test_overrides_and_profile():
 def test_quick_profile_puts_a_lighter_base_under_fc_head_unless_the_file_names_one():
     quick = load_spec("fc_head", profile="quick").feature_cache
     assert (quick.base, quick.base_epochs, quick.base_max_train, quick.search_max_train) == (
-        "s003_vgg_blocks", 8, 20000, 10000)
+        "s003_vgg_blocks", 8, 20000, 5000)
     assert load_spec("fc_head").feature_cache.base is None  # without a profile: seed 002's own base
     text = (Path(__file__).resolve().parent.parent / "search/studies/fc_head.yaml").read_text()
     named = text.replace("feature_cache: {base_epochs: 15", "feature_cache: {base: s000_model_3_1, base_epochs: 15")
