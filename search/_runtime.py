@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import subprocess
+import sys
 from pathlib import Path
 
 
@@ -47,6 +48,8 @@ def accelerator_memory_mib() -> tuple[float, float] | None:
     JAX's and TensorFlow's allocators keep freed blocks for reuse, so nvidia-smi shows a high-water
     mark; "in use" is what live arrays hold, the figure that must not grow from trial to trial.
     """
+    if "keras" not in sys.modules:  # nothing trained here (a trivial worker): no backend to load for this
+        return None
     if not device().startswith("gpu"):
         return None
     import keras

@@ -7,6 +7,7 @@ The placement logic runs on simulated GPU lists here; on a real H100 it ran in `
 from __future__ import annotations
 
 import datetime
+import os
 
 import optuna
 import pytest
@@ -46,18 +47,29 @@ def test_no_gpu_means_cpu_and_cuda_visible_devices_is_honoured(tmp_path, monkeyp
 
 
 def test_apply_points_the_process_at_its_gpu_and_caps_jax(monkeypatch):
-    for var in ("CUDA_VISIBLE_DEVICES", "XLA_PYTHON_CLIENT_MEM_FRACTION", "XLA_PYTHON_CLIENT_PREALLOCATE"):
-        monkeypatch.delenv(var, raising=False)
+    env: dict = {}  # apply() writes os.environ; a stand-in keeps the GPU out of later tests' workers
+    monkeypatch.setattr(os, "environ", env)
     apply(Placement("1", 2, 0.3))
-    import os
-
-    assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
-    assert os.environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] == "0.3"
-    assert os.environ["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert env == {"CUDA_VISIBLE_DEVICES": "1", "XLA_PYTHON_CLIENT_MEM_FRACTION": "0.3",
+                   "XLA_PYTHON_CLIENT_PREALLOCATE": "false"}
+    apply(Placement(None, 0, None))  # no GPU: nothing is set
+    assert len(env) == 3
 
 
 def test_no_accelerator_memory_is_reported_on_a_cpu():
+    import keras  # noqa: F401  (loaded, as in a worker that trains)
+
     assert accelerator_memory_mib() is None
+
+
+def test_a_process_without_keras_is_not_made_to_load_a_backend_for_its_memory_figures():
+    import subprocess
+    import sys
+
+    code = ("import sys; from search.worker import memory_now; m = memory_now(); "
+            "print(sorted(k for k, v in m.items() if v is not None), 'keras' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.split() == ["['rss']", "False"], out.stderr[-2000:]
 
 
 def test_a_worker_recycles_on_rss_or_gpu_growth_past_its_limit():
