@@ -18,6 +18,7 @@ from search import (StudyMismatchError, TrialFailure, check_compatible, create_s
                     make_sampler, parse_spec, suggest, trial_config)
 from search._objective import Objective
 from synthetic import easy_splits
+from test_features import FEATURE_STUDY
 
 TINY = """
 architecture: s000_model_1
@@ -197,21 +198,11 @@ def test_smoke_study_two_workers_on_the_embedded_store(tmp_path, shared_datasets
     assert json.loads(_cli("status", "simple_cnn", "--json", "--storage", store).stdout)["n_complete"] == status["n_complete"]
 
 
-FEATURE_RUN = """
-architecture: s000_model_3_1
-dataset: cifar10
-fixed: {freeze_base: true}
-space:
-  optimizer: {choices: [adam]}
-  learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
-  dense_units: {choices: [32, 64]}
-  batch_size: {choices: [64]}
-sampler: {name: random, seed: 0}
-pruner: none
-budget: {trials: 3, max_epochs: 1}
-data: {max_train: 1000, max_val: 200}
-feature_cache: {base_epochs: EPOCHS}
-"""
+# test_features's study, run end to end: more trials, one epoch each, on a subset of the real data.
+FEATURE_RUN = (FEATURE_STUDY.replace("budget: {trials: 2, max_epochs: 2}",
+                                     "budget: {trials: 3, max_epochs: 1}\ndata: {max_train: 1000, max_val: 200}")
+               .replace("feature_cache: {base_epochs: 1}", "feature_cache: {base_epochs: EPOCHS}"))
+assert "EPOCHS" in FEATURE_RUN and "max_train: 1000" in FEATURE_RUN
 
 
 def _feature_run_env(tmp_path, shared_datasets, shared_cache, base_epochs: int) -> dict:
