@@ -44,6 +44,11 @@ def visible_gpus() -> list[str]:
     return [line.strip() for line in out.splitlines() if line.strip()]
 
 
+def memory_fraction(per_gpu: int) -> float | None:
+    """Each packed worker's share of its card; None (no cap) for one worker per GPU."""
+    return round(0.9 / per_gpu, 3) if per_gpu > 1 else None
+
+
 def claim(lock_dir: Path, gpus: list[str], per_gpu: int) -> Placement:
     """The first free (gpu, slot): slot 0 on every GPU before slot 1 on any."""
     if per_gpu < 1:
@@ -59,8 +64,7 @@ def claim(lock_dir: Path, gpus: list[str], per_gpu: int) -> Placement:
             except BlockingIOError:
                 handle.close()
                 continue
-            fraction = round(0.9 / per_gpu, 3) if per_gpu > 1 else None
-            return Placement(gpu, slot, fraction, handle)
+            return Placement(gpu, slot, memory_fraction(per_gpu), handle)
     raise RuntimeError(f"all {len(gpus) * per_gpu} GPU slots ({len(gpus)} GPUs x {per_gpu}) are taken; "
                        "start fewer workers or raise WORKERS_PER_GPU")
 

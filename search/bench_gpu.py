@@ -7,6 +7,7 @@ on a throwaway journal store and artifact folder, and reads back what the worker
    worker, and each process's memory as nvidia-smi saw it against its cap;
 3. a trial too large for the cap fails as `oom` and the worker finishes its next trial.
 Figures are printed and appended to BENCHMARKS.md with the machine. Needs nvidia-smi and a GPU.
+BENCH_LOG_DIR, when set, keeps each phase's log (workers' output) there.
 """
 
 from __future__ import annotations
@@ -19,8 +20,11 @@ import sys
 import tempfile
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from search._placement import memory_fraction
 
 STUDY = """description: bench-gpu, seed 003's MNIST CNN on a subset
 architecture: s003_mnist_cnn
@@ -99,8 +103,13 @@ def run_phase(name: str, workdir: Path, *, workers: int, per_gpu: int, trials: i
     log = workdir / f"{name}.log"
     started = time.monotonic()
     with Sampler() as smi, open(log, "w") as out:
-        proc = subprocess.run([sys.executable, "-m", "search", "run", name, "--workers", str(workers), "--poll", "5"],
-                              env=env, stdout=out, stderr=subprocess.STDOUT, timeout=timeout)
+        proc = subprocess.Popen([sys.executable, "-m", "search", "run", name, "--workers", str(workers), "--poll", "5"],
+                                env=env, stdout=out, stderr=subprocess.STDOUT)
+        try:
+            rc = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:  # stop it as `docker stop` would: running trials are re-queued
+            proc.terminate()
+            rc = f"{proc.wait()} (stopped at the {timeout:.0f}-s limit)"
     wall = time.monotonic() - started
     import optuna
 
@@ -108,16 +117,14 @@ def run_phase(name: str, workdir: Path, *, workers: int, per_gpu: int, trials: i
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.load_study(study_name=name, storage=open_storage(store))
-    return {"name": name, "rc": proc.returncode, "wall_s": wall, "trials": study.get_trials(deepcopy=False),
+    return {"name": name, "rc": rc, "wall_s": wall, "trials": study.get_trials(deepcopy=False),
             "smi_peaks": dict(smi.peaks), "log": log.read_text()}
 
 
 def summarize(phase: dict, total_mib: int, per_gpu: int) -> list[str]:
     """Lines for one phase: placement, pace, and GPU memory per worker across its trials."""
     trials = phase["trials"]
-    states = {}
-    for t in trials:
-        states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+    states = Counter(t.state.name.lower() for t in trials)
     finished = [t for t in trials if t.datetime_complete and t.datetime_start]
     lines = [f"{phase['name']}: exit {phase['rc']}, {len(trials)} trials "
              f"({', '.join(f'{n} {s}' for s, n in sorted(states.items()))}) in {phase['wall_s']:.0f} s"]
@@ -137,7 +144,7 @@ def summarize(phase: dict, total_mib: int, per_gpu: int) -> list[str]:
                   f"last {in_use[-1]:.1f}, max {max(in_use):.1f}; allocator peak so far {max(peak):.0f}"
                   if in_use else "no GPU memory recorded")
         lines.append(f"  {worker}: {len(ts)} trials, median {statistics.median(secs):.1f} s a trial; {memory}")
-    cap = round(0.9 / per_gpu, 3) if per_gpu > 1 else None
+    cap = memory_fraction(per_gpu)
     if phase["smi_peaks"]:
         peaks = ", ".join(f"{mib:,}" for mib in sorted(phase["smi_peaks"].values()))
         cap_text = f" (cap {cap:.0%} of {total_mib:,} = {int(total_mib * cap):,} MiB)" if cap else " (no cap: one worker per GPU)"
@@ -167,10 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, subprocess.SubprocessError, IndexError, ValueError) as exc:
         print(f"error: bench-gpu needs an NVIDIA GPU and nvidia-smi ({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
-    from data.machine import machine_description
-
-    lines = [f"Machine: {machine_description(os.environ.get('KERAS_BACKEND', 'tensorflow'))}; {gpu}",
-             f"MNIST, seed 003's CNN, {args.max_train:,} training images, <= {args.epochs} epochs a trial, "
+    lines = [gpu, f"MNIST, seed 003's CNN, {args.max_train:,} training images, <= {args.epochs} epochs a trial, "
              f"{args.trials} trials a phase; `python -m search run` on a journal store"]
     with tempfile.TemporaryDirectory(prefix="bench-gpu-") as tmp:
         work = Path(tmp)
@@ -188,11 +192,10 @@ def main(argv: list[str] | None = None) -> int:
         for phase, per_gpu in phases:
             lines += summarize(phase, total, per_gpu)
             (Path(os.environ.get("BENCH_LOG_DIR", tmp)) / f"{phase['name']}.log").write_text(phase["log"])
-    text = "\n".join(lines)
-    print(text)
-    with open(args.out, "a") as f:
-        f.write(f"\n## bench-gpu: GPU placement and GPU memory across trials ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())})\n\n"
-                f"```\n{text}\n```\n")
+    from data.machine import publish
+
+    publish(args.out, "bench-gpu: GPU placement and GPU memory across trials",
+            os.environ.get("KERAS_BACKEND", "tensorflow"), lines)
     return 0
 
 
