@@ -48,24 +48,6 @@ def has_feature_cache(args: argparse.Namespace) -> bool:
     return load_spec(args.name, **overrides(args)).feature_cache is not None
 
 
-def _wait(proc: subprocess.Popen) -> tuple[int, bool]:
-    """Wait for a child, passing SIGINT/SIGTERM on to it (it stops at an epoch boundary).
-    Returns its exit code and whether a signal arrived meanwhile."""
-    signalled = []
-
-    def forward(signum, _frame):
-        signalled.append(signum)
-        if proc.poll() is None:
-            proc.send_signal(signum)
-
-    old = {sig: signal.signal(sig, forward) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        return proc.wait(), bool(signalled)
-    finally:
-        for sig, handler in old.items():
-            signal.signal(sig, handler)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from search._lifecycle import reap, storage_errors, with_retry
     from search._placement import visible_gpus
@@ -78,28 +60,34 @@ def cmd_run(args: argparse.Namespace) -> int:
 
         study = load_existing(args.name, open_storage(args.storage))
     argv = [sys.executable, "-m", "search.worker", args.name, *override_argv(args)]
-    env = dict(os.environ)
-    if args.workers > 1 and not env.get("WORKER_THREADS") and not visible_gpus():
-        env["WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))  # no oversubscribed cores
-        if has_feature_cache(args):
-            # The one-time base training and feature extraction run once, on every core, before the
-            # workers, which share the cores, start; a worker would otherwise train the base on its share.
-            code, signalled = _wait(subprocess.Popen([*argv, "--prepare"]))
-            if code != 0:
-                print(f"preparing the base of study {args.name} failed (exit {code})", file=sys.stderr)
-                return code
-            if signalled:
-                print(f"stopped while preparing study {args.name}; no worker was started", file=sys.stderr)
-                return 0
-    procs = [subprocess.Popen([*argv, "--worker-index", str(i)], env=env) for i in range(args.workers)]
+    procs: list[subprocess.Popen] = []  # the children SIGINT/SIGTERM are passed on to (they stop at an epoch)
+    signalled: list[int] = []
 
     def forward(signum, _frame):
+        signalled.append(signum)
         for p in procs:
             if p.poll() is None:
                 p.send_signal(signum)
 
     signal.signal(signal.SIGINT, forward)
     signal.signal(signal.SIGTERM, forward)
+    env = dict(os.environ)
+    if args.workers > 1 and not env.get("WORKER_THREADS") and not visible_gpus():
+        env["WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))  # no oversubscribed cores
+        if has_feature_cache(args):
+            # The one-time base training and feature extraction run once, on every core, before the
+            # workers, which share the cores, start; a worker would otherwise train the base on its share.
+            prepare = subprocess.Popen([*argv, "--prepare"])
+            procs.append(prepare)
+            code = prepare.wait()
+            procs.remove(prepare)
+            if code != 0:
+                print(f"preparing the base of study {args.name} failed (exit {code})", file=sys.stderr)
+                return code
+            if signalled:
+                print(f"stopped while preparing study {args.name}; no worker was started", file=sys.stderr)
+                return 0
+    procs += [subprocess.Popen([*argv, "--worker-index", str(i)], env=env) for i in range(args.workers)]
     last = ""
     while any(p.poll() is None for p in procs):
         time.sleep(args.poll)
