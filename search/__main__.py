@@ -119,7 +119,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                                              "n_waiting", "best_value", "best_params", "best_trial")}))
         return 0
     print(_counter_line(c))
-    print(f"  store: {describe(args.storage)}; {c['n_waiting']} waiting (enqueued)")
+    print(f"  {describe(args.storage)}; {c['n_waiting']} waiting (enqueued)")
     if c["best_params"]:
         print("  best params: " + ", ".join(f"{k}={v}" for k, v in c["best_params"].items()))
     failed = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get("fail_reason")]

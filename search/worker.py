@@ -134,13 +134,13 @@ def run_loop(study, spec, objective, stop, background, label: str) -> str | None
         with_retry(background.beat_now, "record a heartbeat", stop=stop.event)
         memory = {f"worker_{key}_mib": round(v, 1) for key, v in memory_now().items() if v is not None}
         with_retry(lambda: [trial.set_user_attr(k, v) for k, v in memory.items()], "record memory", stop=stop.event)
-        value, state = None, TrialState.FAIL
+        value, state, out_of_memory = None, TrialState.FAIL, False
         try:
             value, state = objective(trial), TrialState.COMPLETE
         except optuna.TrialPruned:
             state = TrialState.PRUNED
-        except TrialFailure:
-            pass  # reason recorded by the objective
+        except TrialFailure as failure:  # reason recorded by the objective
+            out_of_memory = failure.reason == "oom"
         except WorkerStopping as why:
             background.trial_id = None
             message = str(why)  # `why` is unbound once the except block ends; the lambda keeps this
@@ -172,6 +172,13 @@ def run_loop(study, spec, objective, stop, background, label: str) -> str | None
             continue
         logger.info("%s: trial %d %s%s", label, trial.number, state.name.lower(),
                     "" if value is None else f", value {value}")
+        if out_of_memory:
+            # TensorFlow's CPU allocator keeps what the failed trial got before it ran out, and the
+            # next trial's threads and buffers can then no longer be allocated (measured: 16 GiB
+            # held after a 4,000,000-unit dense layer failed; under an address-space limit the next
+            # trial aborted the process). A fresh process starts from an empty allocator.
+            logger.info("%s: trial %d ran out of memory: continuing in a fresh process", label, trial.number)
+            return RECYCLE
         now = memory_now()
         grown = grown_past(baseline, now, {"rss": MAX_RSS_GROWTH_MB, "gpu": MAX_GPU_GROWTH_MB})
         if baseline is None and state in (TrialState.COMPLETE, TrialState.PRUNED):

@@ -11,6 +11,13 @@ class StorageUnavailableError(RuntimeError):
     """The database cannot be reached or refuses us; the message names it (never the password)."""
 
 
+def unavailable(url: str, exc: BaseException) -> StorageUnavailableError:
+    """The error for a store that cannot be opened: the URL and the first line of the cause, both
+    without the password."""
+    detail = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    return StorageUnavailableError(f"cannot open {redact(url)}: {type(exc).__name__}: {detail}")
+
+
 # The connection budget: a worker's three threads (trials, heartbeat, reaper) share one pool of
 # POOL_SIZE + MAX_OVERFLOW connections, so N workers hold at most 2N (README, "Reliability").
 POOL_SIZE = 1
@@ -33,8 +40,7 @@ def open_rdb(url: str, *, create_schema: bool = False) -> optuna.storages.RDBSto
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create_schema)
     except Exception as exc:
-        detail = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageUnavailableError(f"cannot open {redact(url)}: {type(exc).__name__}: {detail}") from None
+        raise unavailable(url, exc) from None
 
 
 def _require_schema(url: str, connect_args: dict) -> None:
@@ -46,8 +52,7 @@ def _require_schema(url: str, connect_args: dict) -> None:
         with engine.connect() as conn:
             present = sqlalchemy.inspect(conn).has_table("version_info")
     except Exception as exc:
-        detail = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
-        raise StorageUnavailableError(f"cannot open {redact(url)}: {type(exc).__name__}: {detail}") from None
+        raise unavailable(url, exc) from None
     finally:
         engine.dispose()
     if not present:

@@ -6,12 +6,14 @@ import logging
 import os
 import re
 from pathlib import Path
-from urllib.parse import quote, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import optuna
 
 logger = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "studies.journal"
+JOURNAL_PG_PREFIX = "journal+"  # journal+postgresql+psycopg2://...: Optuna's journal, its log in PostgreSQL
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 STUDY_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
@@ -70,6 +72,23 @@ def journal_path(url: str) -> Path | None:
     return None
 
 
+def with_search_path(url: str, schema: str) -> str:
+    """url with PostgreSQL's search_path set to schema (libpq's `options`): a journal store there
+    has a table, and a lock, of its own."""
+    if not _SCHEMA_RE.match(schema):
+        raise StorageConfigError(f"{schema!r} is not a schema name this service uses: lowercase letters, digits, '_'")
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
+    query.append(("options", f"-csearch_path={schema}"))
+    return parts._replace(query=urlencode(query)).geturl()
+
+
+def sqlalchemy_errors() -> tuple[type[BaseException], ...]:
+    import sqlalchemy.exc
+
+    return (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError)
+
+
 def open_storage(url: str | None = None, *, create_schema: bool = False) -> optuna.storages.BaseStorage:
     """Open the store named by url (see resolve_url)."""
     url = resolve_url(url)
@@ -81,14 +100,33 @@ def open_storage(url: str | None = None, *, create_schema: bool = False) -> optu
         )
         return optuna.storages.journal.JournalStorage(backend)
     scheme = urlsplit(url).scheme
+    if scheme.startswith(JOURNAL_PG_PREFIX + "postgresql"):
+        from storage._journal_pg import PostgresJournalBackend
+        from storage._rdb import APPLICATION_NAME, unavailable
+
+        try:
+            backend = PostgresJournalBackend(url[len(JOURNAL_PG_PREFIX):], create_schema=create_schema,
+                                             application_name=APPLICATION_NAME, label=url)
+            return optuna.storages.journal.JournalStorage(backend)
+        except sqlalchemy_errors() as exc:
+            raise unavailable(url, exc) from None
     if scheme.startswith("postgresql") or scheme.startswith("sqlite") or scheme.startswith("mysql"):
         from storage._rdb import open_rdb
 
         return open_rdb(url, create_schema=create_schema)
     raise StorageConfigError(
-        f"unsupported store URL {redact(url)!r}; use postgresql+psycopg2://user:password@host:5432/db, "
-        "journal:///path/to/file.journal, or leave STORAGE empty for the embedded store"
+        f"unsupported store URL {redact(url)!r}; use journal+postgresql+psycopg2://user:password@host:5432/db "
+        "(the service's store), postgresql+psycopg2://... (Optuna's RDB tables), journal:///path/to/file.journal, or leave STORAGE empty for the embedded store"
     )
+
+
+def close_storage(storage: optuna.storages.BaseStorage) -> None:
+    """Give back a store's database connections (tests and benches open many stores)."""
+    backend = getattr(storage, "_backend", None)
+    if hasattr(backend, "close"):
+        backend.close()
+    elif hasattr(storage, "engine"):
+        storage.engine.dispose()
 
 
 def describe(url: str | None = None) -> str:

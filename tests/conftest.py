@@ -115,3 +115,13 @@ def add_tar_bytes(tar: tarfile.TarFile, name: str, blob: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(blob)
     tar.addfile(info, io.BytesIO(blob))
+
+
+@pytest.fixture
+def journal_pg_url(postgres_url):
+    """The service's PostgreSQL journal store on the test database, in a schema of its own that is
+    dropped afterwards (every process replays the whole journal table, so tests do not share one)."""
+    from storage._journal_pg import journal_in_scratch_schema
+
+    with journal_in_scratch_schema(postgres_url) as url:
+        yield url

@@ -55,6 +55,7 @@ def test_compose_file_is_valid_and_shaped_for_one_gpu_box(tmp_path):
     for name in ("create-study", "worker", "dashboard"):
         env = services[name]["environment"]
         assert urlsplit(env["STORAGE"]).password is None, name  # the password comes from the secret file
+        assert urlsplit(env["STORAGE"]).scheme == "journal+postgresql+psycopg2", name  # the service's layout
         assert env["STORAGE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
 
 
@@ -84,14 +85,15 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_service_commands_run_as_plain_processes(tmp_path, postgres_url, shared_datasets, shared_cache):
+def test_service_commands_run_as_plain_processes(tmp_path, journal_pg_url, shared_datasets, shared_cache):
     name = f"compose_{uuid.uuid4().hex[:8]}"
     studies = tmp_path / "studies"
     studies.mkdir()
     (studies / f"{name}.yaml").write_text((REPO / "search/studies/mnist_cnn.yaml").read_text())
     (tmp_path / "cfg").mkdir()
     services = _config(tmp_path / "cfg", STUDY=name)["services"]
-    env = {**os.environ, "STORAGE": postgres_url, "STUDIES_DIR": str(studies), "DATA_DIR": str(shared_datasets),
+    store_url = journal_pg_url  # the compose file's layout (checked above), on the local server
+    env = {**os.environ, "STORAGE": store_url, "STUDIES_DIR": str(studies), "DATA_DIR": str(shared_datasets),
            "DATA_CACHE": str(shared_cache), "ARTIFACTS_DIR": str(tmp_path / "artifacts"), "PROFILE": "smoke",
            "TRIALS": "2", "EPOCHS": "1"}
     env.pop("STORAGE_PASSWORD_FILE", None)
@@ -126,7 +128,7 @@ def test_service_commands_run_as_plain_processes(tmp_path, postgres_url, shared_
             dashboard.wait(timeout=20)
         from storage import open_storage
 
-        study = optuna.load_study(study_name=name, storage=open_storage(postgres_url))
+        study = optuna.load_study(study_name=name, storage=open_storage(store_url))
         assert len([t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]) == 2
     finally:
         import contextlib
@@ -134,4 +136,4 @@ def test_service_commands_run_as_plain_processes(tmp_path, postgres_url, shared_
         from storage import open_storage
 
         with contextlib.suppress(KeyError):  # the study may not have been created
-            optuna.delete_study(study_name=name, storage=open_storage(postgres_url))
+            optuna.delete_study(study_name=name, storage=open_storage(store_url))

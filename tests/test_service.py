@@ -16,7 +16,7 @@ import pytest
 from optuna.trial import TrialState
 
 from search._lifecycle import HEARTBEAT_ATTR, lineage
-from storage import open_storage
+from storage import close_storage, open_storage
 
 pytestmark = pytest.mark.slow
 
@@ -49,7 +49,7 @@ class Service:
         self.url = url
         self.env = {**os.environ, "STUDIES_DIR": str(studies), "STORAGE": url, "DATA_DIR": str(data_dir),
                     "DATA_CACHE": str(cache), "ARTIFACTS_DIR": str(tmp / "artifacts"), "HEARTBEAT_INTERVAL": "1",
-                    "GRACE_PERIOD": "6", "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1", **(env or {})}
+                    "GRACE_PERIOD": "6", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.logs = tmp / "logs"
         self.logs.mkdir(exist_ok=True)
         self.procs: list[subprocess.Popen] = []
@@ -111,15 +111,20 @@ class Service:
                 proc.wait()
         storage = self._storage or open_storage(self.url)
         optuna.delete_study(study_name=self.name, storage=storage)
-        storage.engine.dispose()
+        close_storage(storage)
 
 
 @pytest.fixture
-def service(tmp_path, postgres_url, shared_datasets, shared_cache):
+def service(request, tmp_path, postgres_url, shared_datasets, shared_cache):
+    """Studies on the local PostgreSQL, in the service's journal layout unless a test asks for
+    "rdb" too (the rows about surviving faults: dead workers, restarts, outages; load on the RDB
+    layout is test_faults's 32 workers)."""
+    layout = getattr(request, "param", "journal")
+    url = request.getfixturevalue("journal_pg_url") if layout == "journal" else postgres_url
     made = []
 
     def make(**kwargs) -> Service:
-        svc = Service(tmp_path, postgres_url, shared_datasets, shared_cache, **kwargs)
+        svc = Service(tmp_path, url, shared_datasets, shared_cache, **kwargs)
         svc.create()
         made.append(svc)
         return svc
@@ -156,6 +161,7 @@ def _running_with_epoch(study, epochs: int = 1) -> optuna.trial.FrozenTrial | No
                 None)
 
 
+@pytest.mark.parametrize("service", ["journal", "rdb"], indirect=True)
 def test_sigkill_one_of_four_workers_fails_its_trial_and_retries_it_once(service):
     svc = service(trials=8, epochs=6, max_train=1500)
     procs = [svc.worker(i) for i in range(4)]
@@ -195,6 +201,7 @@ def test_sigterm_checkpoints_fails_and_queues_a_retry_then_exits_zero(service):
     assert list((Path(svc.env["ARTIFACTS_DIR"]) / "checkpoints").glob(f"{svc.name}-*-{trial.number}/*"))
 
 
+@pytest.mark.parametrize("service", ["journal", "rdb"], indirect=True)
 def test_postgres_restarted_during_training_and_again_as_trials_finish(service):
     svc = service(trials=6, epochs=3, max_train=1500)
     procs = [svc.worker(i) for i in range(2)]
@@ -242,6 +249,7 @@ def _pg(action: str) -> None:
     subprocess.run(["pg_ctlcluster", "--skip-systemctl-redirect", version, "main", action], check=True, timeout=120)
 
 
+@pytest.mark.parametrize("service", ["journal", "rdb"], indirect=True)
 def test_postgres_down_for_twice_the_grace_period(service):
     svc = service(trials=6, epochs=4, max_train=1500)
     procs = [svc.worker(i) for i in range(2)]
@@ -304,31 +312,32 @@ dataset: mnist
 space:
   optimizer: {choices: [adam]}
   learning_rate: {low: 1.0e-3, high: 1.0e-2, log: true}
-  dense_units: {choices: [16, 32, 1000000]}
+  dense_units: {choices: [16, 32, 4000000]}
   batch_size: {choices: [32]}
 sampler: {name: random, seed: 0}
 pruner: none
 budget: {trials: TRIALS, max_epochs: EPOCHS}
 data: {max_train: MAX_TRAIN, max_val: 100}
 warm_start:
-  - {learning_rate: 0.003, dense_units_0: 1000000}
+  - {learning_rate: 0.003, dense_units_0: 4000000}
 """ + "".join(f"  - {{learning_rate: {0.002 + 0.0002 * i:.4f}, dense_units_0: {16 if i % 2 else 32}}}\n" for i in range(20))
 
 
 def test_a_trial_too_large_for_memory_fails_as_oom_and_memory_does_not_creep(service):
     limit_mb = 60
     svc = service(trials=21, epochs=1, max_train=200, text=OOM_STUDY, env={"WORKER_MAX_RSS_GROWTH_MB": str(limit_mb)})
-    proc = svc.worker(0, memory_limit_gib=6)
+    proc = svc.worker(0, memory_limit_gib=12)  # the 4,000,000-unit kernel alone needs 16.4 GB
     assert _finish([proc]) == [0], svc.diagnosis()
     trials = svc.study.trials
     first, *rest = trials
-    assert first.params["dense_units_0"] == 1000000 and first.state == TrialState.FAIL
+    assert first.params["dense_units_0"] == 4000000 and first.state == TrialState.FAIL
     assert first.user_attrs["fail_reason"] == "oom" and "OOM when allocating" in first.user_attrs["fail_message"]
     assert trials[1].state == TrialState.COMPLETE  # the next trial in the same worker
     assert len(rest) == 20 and all(t.state == TrialState.COMPLETE for t in rest)
     # Memory over the 20 trials: each process's growth is capped; past the cap it continues fresh.
     log = svc.log(0)
-    assert "continuing in a fresh process" in log, log[-3000:]
+    assert "trial 0 ran out of memory: continuing in a fresh process" in log, log[-3000:]
+    assert "since this process's first finished trial (limit 60 MiB)" in log, log[-3000:]  # and on growth
     rss = [t.user_attrs["worker_rss_mib"] for t in rest]
     warm = rss[1]  # the first process, after its first finished trial
     per_trial = 40  # one trial's growth, at most, past the check

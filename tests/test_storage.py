@@ -1,4 +1,5 @@
-"""One contract, run against both stores: the embedded journal file and PostgreSQL."""
+"""One contract, run against every store: the embedded journal file, and PostgreSQL in both layouts
+(Optuna's RDB tables, and the journal table the service uses); then the journal table's own guarantees."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from search import create_study, parse_spec
 from search._lifecycle import HEARTBEAT_ATTR, reap
 from search._study import budget_used, counts, load_existing
 from search.errors import StudyMismatchError
-from storage import StorageConfigError, StorageUnavailableError, open_storage, redact, resolve_url
+from storage import JOURNAL_PG_PREFIX, StorageConfigError, StorageUnavailableError, open_storage, redact, resolve_url
 
 SPEC = """
 architecture: s000_model_1
@@ -28,10 +29,13 @@ warm_start:
 """
 
 
-@pytest.fixture(params=["journal", "postgres"])
+@pytest.fixture(params=["journal", "postgres", "postgres-journal"])
 def store(request, tmp_path):
     if request.param == "journal":
         yield f"journal://{tmp_path / 'studies.journal'}"
+        return
+    if request.param == "postgres-journal":
+        yield request.getfixturevalue("journal_pg_url")
         return
     url = request.getfixturevalue("postgres_url")
     yield url
@@ -155,11 +159,12 @@ def test_a_worker_back_after_an_outage_does_not_fail_a_reaped_trial_twice(store)
 
 
 def test_unreachable_and_malformed_urls_fail_fast_and_never_print_the_password():
-    started = time.monotonic()
-    with pytest.raises(StorageUnavailableError) as err:
-        open_storage("postgresql+psycopg2://worker:hunter2secret@127.0.0.1:1/studies")
-    assert time.monotonic() - started < 15
-    assert "127.0.0.1:1/studies" in str(err.value) and "hunter2secret" not in str(err.value)
+    for layout in ("", JOURNAL_PG_PREFIX):
+        started = time.monotonic()
+        with pytest.raises(StorageUnavailableError) as err:
+            open_storage(f"{layout}postgresql+psycopg2://worker:hunter2secret@127.0.0.1:1/studies")
+        assert time.monotonic() - started < 15
+        assert "127.0.0.1:1/studies" in str(err.value) and "hunter2secret" not in str(err.value)
     with pytest.raises(StorageConfigError, match="unsupported store URL"):
         open_storage("mongodb://somewhere/db")
     assert redact("postgresql://u:p4ss@h/d") == "postgresql://u:***@h/d"
@@ -175,9 +180,10 @@ def test_wrong_password_is_reported_without_it(postgres_url, tmp_path):
         conn.commit()
     try:
         url = postgres_url.replace("postgres@", "cnn_pw_test:wrong-one@")
-        with pytest.raises(StorageUnavailableError) as err:
-            open_storage(url)
-        assert "wrong-one" not in str(err.value) and "cnn_pw_test:***@" in str(err.value)
+        for layout in ("", JOURNAL_PG_PREFIX):
+            with pytest.raises(StorageUnavailableError) as err:
+                open_storage(layout + url)
+            assert "wrong-one" not in str(err.value) and "cnn_pw_test:***@" in str(err.value)
     finally:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text("DROP ROLE IF EXISTS cnn_pw_test"))
@@ -193,12 +199,132 @@ def test_an_empty_database_fails_closed(postgres_url):
     with engine.connect() as conn:
         conn.execute(sqlalchemy.text(f"CREATE DATABASE {db}"))
     try:
+        empty = postgres_url.rsplit("/", 1)[0] + f"/{db}"
         with pytest.raises(StorageUnavailableError, match="has no Optuna schema; create the study first"):
-            open_storage(postgres_url.rsplit("/", 1)[0] + f"/{db}")
+            open_storage(empty)
+        with pytest.raises(StorageUnavailableError, match="has no journal table cnn_search_journal; create the study first"):
+            open_storage(JOURNAL_PG_PREFIX + empty)
     finally:
         with engine.connect() as conn:
             conn.execute(sqlalchemy.text(f"DROP DATABASE {db} WITH (FORCE)"))
         engine.dispose()
+
+
+def _journal_rows(url: str) -> list[tuple[int, str]]:
+    from storage import close_storage
+
+    storage = open_storage(url)
+    try:
+        with storage._backend._engine.connect() as conn:
+            return [tuple(r) for r in conn.exec_driver_sql("SELECT id, batch::text FROM cnn_search_journal ORDER BY id")]
+    finally:
+        close_storage(storage)
+
+
+def _append_from_a_process(url: str, study_name: str, n: int) -> None:
+    study = optuna.load_study(study_name=study_name, storage=open_storage(url))
+    for _ in range(n):
+        study.tell(study.ask(), 1.0)
+
+
+def test_journal_appends_from_many_processes_are_numbered_without_gaps_or_repeats(journal_pg_url):
+    import multiprocessing as mp
+
+    optuna.create_study(study_name="race", storage=open_storage(journal_pg_url, create_schema=True))
+    procs = [mp.get_context("spawn").Process(target=_append_from_a_process, args=(journal_pg_url, "race", 15))
+             for _ in range(6)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(120)
+    assert [p.exitcode for p in procs] == [0] * 6
+    rows = _journal_rows(journal_pg_url)
+    assert [r[0] for r in rows] == list(range(len(rows)))  # log numbers 0, 1, 2, ... as Optuna requires
+    assert len({r[1] for r in rows}) == len(rows)  # one batch per append
+    trials = optuna.load_study(study_name="race", storage=open_storage(journal_pg_url)).trials
+    assert [t.number for t in trials] == list(range(90)) and all(t.state == TrialState.COMPLETE for t in trials)
+
+
+def test_journal_append_that_committed_as_its_connection_died_is_not_written_twice(journal_pg_url, monkeypatch):
+    from storage import _journal_pg
+
+    study = optuna.create_study(study_name="landed", storage=open_storage(journal_pg_url, create_schema=True))
+    before = len(_journal_rows(journal_pg_url))
+    # The append commits, then the server ends the session before the client hears back.
+    monkeypatch.setattr(_journal_pg, "_APPEND", _journal_pg._APPEND + "COMMIT; SELECT pg_terminate_backend(pg_backend_pid());")
+    study.ask()  # one CREATE_TRIAL operation: must land exactly once
+    monkeypatch.undo()
+    assert len(_journal_rows(journal_pg_url)) == before + 1
+    assert len(optuna.load_study(study_name="landed", storage=open_storage(journal_pg_url)).trials) == 1
+
+
+def test_journal_append_cut_off_before_its_commit_is_written_once_on_a_new_connection(journal_pg_url):
+    import threading
+
+    import sqlalchemy
+
+    storage = open_storage(journal_pg_url, create_schema=True)
+    study = optuna.create_study(study_name="cut", storage=storage)
+    before = len(_journal_rows(journal_pg_url))
+    admin = sqlalchemy.create_engine(journal_pg_url[len(JOURNAL_PG_PREFIX):], isolation_level="AUTOCOMMIT")
+    with admin.connect() as holder, admin.connect() as killer:
+        # Hold the append lock so the worker's append waits inside its transaction, then end its session.
+        holder.exec_driver_sql("BEGIN; SELECT pg_advisory_xact_lock('cnn_search_journal'::regclass::oid::bigint)")
+        asker = threading.Thread(target=study.ask)
+        asker.start()
+        deadline = time.monotonic() + 30
+        waiting = []
+        while not waiting and time.monotonic() < deadline:
+            waiting = killer.exec_driver_sql("SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                                             "AND position('pg_advisory_xact_lock' in query) > 0").scalars().all()
+            time.sleep(0.05)
+        assert len(waiting) == 1, "the append never waited on the lock"
+        killer.exec_driver_sql(f"SELECT pg_terminate_backend({waiting[0]})")
+        holder.exec_driver_sql("COMMIT")
+        asker.join(60)
+    admin.dispose()
+    assert not asker.is_alive()
+    assert len(_journal_rows(journal_pg_url)) == before + 1
+    assert len(optuna.load_study(study_name="cut", storage=open_storage(journal_pg_url)).trials) == 1
+
+
+def test_journal_store_replaces_a_connection_a_restart_broke_without_an_error(journal_pg_url):
+    import sqlalchemy
+
+    storage = open_storage(journal_pg_url, create_schema=True)
+    study = optuna.create_study(study_name="stale", storage=storage)
+    study.tell(study.ask(), 1.0)
+    admin = sqlalchemy.create_engine(journal_pg_url[len(JOURNAL_PG_PREFIX):], isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:  # what a server restart does to every session
+        ended = conn.exec_driver_sql("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                                     "WHERE application_name = 'cnn-search' AND pid <> pg_backend_pid()").all()
+    admin.dispose()
+    assert ended
+    assert len(study.trials) == 1  # a read on a fresh connection, no error to the caller
+    study.tell(study.ask(), 2.0)  # appends too
+    assert [t.value for t in optuna.load_study(study_name="stale", storage=open_storage(journal_pg_url)).trials] == [1.0, 2.0]
+
+
+def test_journal_read_after_an_append_waits_for_the_store_instead_of_failing_a_written_operation(
+        journal_pg_url, monkeypatch):
+    import sqlalchemy
+
+    from storage import _journal_pg
+
+    study = optuna.create_study(study_name="reread", storage=open_storage(journal_pg_url, create_schema=True))
+    backend = study._storage._backend
+    real_call, failures = backend._call, []
+
+    def flaky(work, *, retry_stale):  # the store goes away for two reads right after the append
+        if backend._appended_unread and len(failures) < 2:
+            failures.append(1)
+            raise sqlalchemy.exc.OperationalError("SELECT", {}, Exception("server closed the connection"))
+        return real_call(work, retry_stale=retry_stale)
+
+    monkeypatch.setattr(backend, "_call", flaky)
+    trial = study.ask()  # must neither raise nor, retried by its caller, make a second trial
+    assert len(failures) == 2 and trial.number == 0
+    assert len(optuna.load_study(study_name="reread", storage=open_storage(journal_pg_url)).trials) == 1
 
 
 def test_password_file_fills_the_url(tmp_path, monkeypatch):
