@@ -43,9 +43,33 @@ class PatientPruningCallback(KerasPruningCallback):
                    f"report epoch {epoch + 1} of trial {self._trial.number}", self.stop)
 
 
-def _forget(folder: Path | None) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+def _forget(*folders: Path | None) -> None:
+    for folder in folders:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _adopt(folder: Path, earlier: list[Path], number: int) -> None:
+    """Copy the newest checkpoint of the lineage (`earlier`, newest first) into this attempt's
+    folder, then drop the earlier folders. A copy cut short leaves files that ResumableBackup
+    cannot read: the retry then starts over, with a warning, as after a kill mid-write."""
+    for source in earlier:
+        try:
+            files = [f for f in source.iterdir() if f.is_file()]
+        except OSError:  # never written, or already dropped
+            continue
+        if not files:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copyfile(f, folder / f.name)
+        except OSError as exc:
+            logger.warning("trial %d: could not copy the checkpoint in %s (%s); training from scratch",
+                           number, source, exc)
+            _forget(folder)
+        break
+    _forget(*earlier)
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
@@ -127,18 +151,26 @@ class Objective:
         multi = self.spec.second_objective is not None
         callbacks = [TrialGuard(trial, self.stop, after_checkpoint=False)]
         callbacks += [] if multi else [PatientPruningCallback(trial, "val_accuracy", self.stop)]
-        folder = None
+        folder, lineage_folders = None, []
         if self.checkpoint_root is not None:
-            # Only a retry of a failed trial (same lineage, same parameters) resumes from its checkpoint.
-            origin = lineage(store(lambda: trial.study._storage.get_trial(trial._trial_id), "read the lineage"))
+            # Each attempt checkpoints into a folder of its own; only a retry of a failed trial (same
+            # lineage, same parameters) starts from a copy of its predecessor's. A predecessor's worker
+            # that was paused, not dead, may still be writing its folder when it wakes up (it notices
+            # it lost its trial only at the next epoch end); a shared folder let that write clash with
+            # the retry's restore (CI: HDF5's lock refused the read, and the retry started over).
+            frozen = store(lambda: trial.study._storage.get_trial(trial._trial_id), "read the lineage")
+            origin = lineage(frozen)
             uid = store(lambda: trial.study.user_attrs.get("uid", "nouid"), "read the study")
-            folder = self.checkpoint_root / f"{self.spec.name}-{uid}-{origin}"
+            folder = self.checkpoint_root / f"{self.spec.name}-{uid}-{trial.number}"
+            _forget(folder)  # stale files of an older study of this name
+            earlier = [self.checkpoint_root / f"{self.spec.name}-{uid}-{n}"
+                       for n in reversed(frozen.system_attrs.get("retry_history", []))]  # newest first
+            lineage_folders = [folder, *earlier]
             if origin != trial.number:
                 # fail_reason/fail_message are inherited from the failed original: cleared
                 store(lambda: [trial.set_user_attr(k, v) for k, v in
                                (("retry_of", origin), ("fail_reason", None), ("fail_message", None))], "mark the retry")
-            else:
-                _forget(folder)  # a first attempt never resumes (stale files of an older study)
+                _adopt(folder, earlier, trial.number)
             callbacks.append(ResumableBackup(folder, trial, self.stop))
         callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True))
         try:
@@ -148,17 +180,32 @@ class Objective:
         except (WorkerStopping, TrialLost, *storage_errors()):
             raise  # the checkpoint stays: this trial's retry resumes from it
         except TrialFailure as failure:
-            _forget(folder)
+            # Recorded first: if the reaper failed this trial meanwhile, the store refuses
+            # (UpdateFinishedTrialError) and the checkpoint stays for the retry.
             store(lambda: (trial.set_user_attr("fail_reason", failure.reason),
                            trial.set_user_attr("fail_message", failure.message[:500])), "record the failure")
+            _forget(*lineage_folders)
             logger.warning("trial %d failed (%s): %s", trial.number, failure.reason, failure.message)
             raise
-        except BaseException:  # pruned, or failed for good: nothing will resume it
-            _forget(folder)
+        except optuna.TrialPruned:
+            _forget(*lineage_folders)
+            raise
+        except Exception as exc:
+            state = store(lambda: trial.study._storage.get_trial(trial._trial_id).state, "check the trial's state")
+            if state != optuna.trial.TrialState.RUNNING:
+                # A worker paused past the grace period woke up mid-save or mid-epoch: whatever broke
+                # (its folder removed under it, say) is not the trial's doing, and the retry owns it.
+                raise TrialLost(f"trial {trial.number} is {state.name} in the store (failed by the reaper while "
+                                f"this worker was paused or cut off); here it raised {type(exc).__name__}: "
+                                f"{str(exc)[:200]}") from exc
+            _forget(*lineage_folders)  # failed for good: nothing will resume it
+            raise
+        except BaseException:
+            _forget(*lineage_folders)
             raise
         finally:
             release()
-        _forget(folder)
+        _forget(*lineage_folders)
         attrs = {key: getattr(result, key) for key in ("epochs_run", "best_epoch", "n_params", "train_seconds",
                                                           "images_per_s")}
         attrs["val_accuracy_curve"] = [round(a, 5) for a in result.curve]

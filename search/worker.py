@@ -161,8 +161,14 @@ def run_loop(study, spec, objective, stop, background, label: str) -> str | None
         except Exception as exc:  # a bug in one configuration must not stop the worker
             logger.exception("%s: trial %d raised", label, trial.number)
             message = f"{type(exc).__name__}: {exc}"[:500]
-            with_retry(lambda: (trial.set_user_attr("fail_reason", "error"), trial.set_user_attr("fail_message", message)),
-                       "record the failure")
+            try:
+                with_retry(lambda: (trial.set_user_attr("fail_reason", "error"),
+                                    trial.set_user_attr("fail_message", message)), "record the failure")
+            except optuna.exceptions.UpdateFinishedTrialError:
+                background.trial_id = None
+                logger.warning("%s: trial %d was failed by the reaper meanwhile; its error is dropped and this "
+                               "worker goes on", label, trial.number)
+                continue
         background.trial_id = None
         try:
             with_retry(lambda: study.tell(trial, value, state=state), f"record trial {trial.number}")

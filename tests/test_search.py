@@ -385,6 +385,98 @@ def test_a_retry_whose_checkpoint_was_cut_off_mid_write_trains_from_scratch(tmp_
     assert not folder.exists()
 
 
+def _stopped_after_one_epoch(spec, study, root: Path):
+    """A trial that trained one epoch, checkpointed, and was then failed and queued for retry."""
+    from search._lifecycle import StopFlag, WorkerStopping, fail_and_retry
+
+    stop = StopFlag()
+    stop.event.set()  # as after SIGTERM: stop at the first epoch end, once the checkpoint is written
+    original = study.ask()
+    with pytest.raises(WorkerStopping):
+        Objective(spec, easy_splits(), checkpoint_root=root, stop=stop)(original)
+    fail_and_retry(study, original.number, "stale", "no heartbeat (test)")
+    folder = root / f"tiny-{study.user_attrs['uid']}-{original.number}"
+    assert (folder / "latest.weights.h5").exists()
+    return original, folder
+
+
+def test_a_retry_resumes_while_its_paused_predecessor_still_holds_its_checkpoint_open(tmp_path):
+    """Regression (CI): a worker paused past the grace period mid-save still held its HDF5 checkpoint
+    open when its trial's retry started; with one folder per lineage, HDF5's file lock refused the
+    retry's read and the retry trained from scratch. Each attempt now has a folder of its own and a
+    retry restores from a copy."""
+    text = TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}", "pruner: none")
+    spec, study = _study(text)
+    original, folder = _stopped_after_one_epoch(spec, study, tmp_path)
+    holder = subprocess.Popen(  # the paused worker, in the middle of writing its checkpoint
+        [sys.executable, "-c", "import h5py, sys, time; f = h5py.File(sys.argv[1], 'r+'); print('held', flush=True); "
+         "time.sleep(600)", str(folder / "latest.weights.h5")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        study.optimize(Objective(spec, easy_splits(), checkpoint_root=tmp_path), n_trials=1, catch=(TrialFailure,))
+    finally:
+        holder.kill()
+        holder.wait()
+    retry = study.trials[-1]
+    assert retry.system_attrs["failed_trial"] == original.number and retry.state == TrialState.COMPLETE
+    assert "checkpoint_unreadable" not in retry.user_attrs, retry.user_attrs["checkpoint_unreadable"]
+    assert retry.user_attrs["resumed_from_epoch"] == 1
+    assert sorted(retry.intermediate_values) == [0, 1, 2]
+    assert list(tmp_path.iterdir()) == []  # the predecessor's folder dropped once copied, the retry's at its end
+
+
+def test_a_paused_worker_that_wakes_up_to_an_error_reports_its_trial_lost_and_keeps_the_checkpoint(
+        tmp_path, monkeypatch):
+    """A paused worker can wake up to any error (the retry's worker removed a folder under it, say).
+    If its trial is no longer RUNNING that is no failure of the trial: TrialLost, checkpoint kept."""
+    from search._lifecycle import TrialLost, fail_and_retry
+    from search._objective import ResumableBackup
+
+    text = TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}", "pruner: none")
+    spec, study = _study(text)
+    trial = study.ask()
+
+    def reaped_then_broken(self, epoch, logs=None):
+        super(ResumableBackup, self).on_epoch_end(epoch, logs)
+        fail_and_retry(study, trial.number, "stale", "no heartbeat (test)")  # another worker's reaper
+        raise FileNotFoundError(f"{self.folder}/training_metadata.json")
+
+    monkeypatch.setattr(ResumableBackup, "on_epoch_end", reaped_then_broken)
+    with pytest.raises(TrialLost, match="FileNotFoundError"):
+        Objective(spec, easy_splits(), checkpoint_root=tmp_path)(trial)
+    assert list(tmp_path.glob(f"tiny-*-{trial.number}/latest.weights.h5"))  # the retry's to resume from
+    assert study.trials[trial.number].user_attrs["fail_reason"] == "stale"
+
+
+def test_the_worker_loop_goes_on_when_a_trial_reaped_meanwhile_raises(caplog):
+    """Regression (CI): the paused worker's trial raised after the reaper had failed it; recording
+    fail_reason "error" raised UpdateFinishedTrialError and the worker exited 1."""
+    from search._lifecycle import StopFlag, fail_and_retry
+    from search.worker import run_loop
+
+    spec, study = _study(TINY)
+
+    def objective(trial):
+        if trial.number == 0:
+            fail_and_retry(study, 0, "stale", "no heartbeat (test)")
+            raise OSError("the checkpoint folder vanished")
+        return 0.5
+
+    class NoThreads:
+        trial_id = None
+
+        def beat_now(self):
+            pass
+
+    with caplog.at_level("WARNING", logger="search.worker"):
+        assert run_loop(study, spec, objective, StopFlag(), NoThreads(), "w0") is None
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE, TrialState.COMPLETE], states
+    assert study.trials[0].user_attrs["fail_reason"] == "stale"
+    assert study.trials[1].system_attrs["failed_trial"] == 0  # the retry ran
+    assert "its error is dropped" in caplog.text
+
+
 def test_bench_search_counts_epochs_until_ours_first_reaches_randoms_best():
     from search.bench import Run, epochs_to_reach
 
