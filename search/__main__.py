@@ -48,11 +48,24 @@ def has_feature_cache(args: argparse.Namespace) -> bool:
     return load_spec(args.name, **overrides(args)).feature_cache is not None
 
 
+def _data_ready(args: argparse.Namespace) -> None:
+    """Find (or download) and decode the study's dataset once, before the study is created: a
+    missing dataset then fails before anything is written to the store (a study created for data
+    that is not there blocked the corrected command, e.g. with another DATASET, as a changed
+    setup), and the workers and the base-preparing child all read the decoded cache."""
+    from data import load_dataset
+    from search._spec import load_spec
+
+    spec = load_spec(args.name, **overrides(args))
+    load_dataset(spec.dataset, label_mode=spec.label_mode)  # DatasetError names what was looked for
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from search._lifecycle import reap, storage_errors, with_retry
     from search._placement import visible_gpus
     from search._study import counts
 
+    _data_ready(args)
     study = cmd_create(args) if not args.no_create else None
     if study is None:
         from search._study import load_existing

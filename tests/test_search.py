@@ -212,6 +212,24 @@ def test_smoke_study_two_workers_on_the_embedded_store(tmp_path, shared_datasets
     assert json.loads(_cli("status", "simple_cnn", "--json", "--storage", store).stdout)["n_complete"] == status["n_complete"]
 
 
+def test_run_with_a_dataset_that_is_not_there_fails_before_the_study_is_created(tmp_path, shared_datasets,
+                                                                                 shared_cache):
+    """Seen by hand: `make study NAME=fc_head` offline (CIFAR-100 has no copy here) created the study,
+    then failed in the base-preparing child; the corrected `DATASET=cifar10` was then refused as a
+    changed setup. The data is now looked for first."""
+    env = {"DATA_DIR": str(shared_datasets), "DATA_CACHE": str(shared_cache), "DATA_OFFLINE": "1"}  # no download try
+    journal = tmp_path / "studies.journal"
+    store = f"journal://{journal}"
+    run = _cli("run", "fc_head", "--workers", "2", "--profile", "smoke", "--storage", store, env=env, timeout=120)
+    assert run.returncode == 2, run.stderr[-3000:]
+    assert "no copy of cifar100 found" in run.stderr and "Set DATA_DIR" in run.stderr
+    assert "Traceback" not in run.stderr
+    if journal.exists():
+        from storage import open_storage
+
+        assert optuna.get_all_study_names(open_storage(store)) == []
+
+
 # test_features's study, run end to end: more trials, one epoch each, on a subset of the real data.
 FEATURE_RUN = (FEATURE_STUDY.replace("budget: {trials: 2, max_epochs: 2}",
                                      "budget: {trials: 3, max_epochs: 1}\ndata: {max_train: 1000, max_val: 200}")
