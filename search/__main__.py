@@ -27,12 +27,12 @@ def _counter_line(c: dict) -> str:
             f"{c['n_pruned']} pruned, {c['n_fail']} failed; {c['n_running']} running; best {best}")
 
 
-def cmd_create(args: argparse.Namespace):
+def cmd_create(args: argparse.Namespace, spec=None):
     from search._spec import load_spec
     from search._study import create_study
     from storage import describe, open_storage
 
-    spec = load_spec(args.name, **overrides(args))  # a bad file fails here, before the store is touched
+    spec = spec or load_spec(args.name, **overrides(args))  # a bad file fails here, before the store is touched
     storage = open_storage(args.storage, create_schema=True)
     study = create_study(spec, storage)
     base = spec.feature_cache and spec.feature_cache.base
@@ -42,31 +42,20 @@ def cmd_create(args: argparse.Namespace):
     return study
 
 
-def has_feature_cache(args: argparse.Namespace) -> bool:
-    from search._spec import load_spec
-
-    return load_spec(args.name, **overrides(args)).feature_cache is not None
-
-
-def _data_ready(args: argparse.Namespace) -> None:
-    """Find (or download) and decode the study's dataset once, before the study is created: a
-    missing dataset then fails before anything is written to the store (a study created for data
-    that is not there blocked the corrected command, e.g. with another DATASET, as a changed
-    setup), and the workers and the base-preparing child all read the decoded cache."""
-    from data import load_dataset
-    from search._spec import load_spec
-
-    spec = load_spec(args.name, **overrides(args))
-    load_dataset(spec.dataset, label_mode=spec.label_mode)  # DatasetError names what was looked for
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from search._lifecycle import reap, storage_errors, with_retry
     from search._placement import visible_gpus
+    from search._spec import load_spec
     from search._study import counts
+    from data import load_dataset
 
-    _data_ready(args)
-    study = cmd_create(args) if not args.no_create else None
+    spec = load_spec(args.name, **overrides(args))
+    # The data is found (or downloaded) and decoded before the study is created: a missing dataset
+    # then fails before anything is written to the store (a study created for data that was not
+    # there refused the corrected command, e.g. with another DATASET, as a changed setup), and the
+    # workers and the base-preparing child all read the decoded cache.
+    load_dataset(spec.dataset, label_mode=spec.label_mode)  # DatasetError names what was looked for
+    study = cmd_create(args, spec) if not args.no_create else None
     if study is None:
         from search._study import load_existing
         from storage import open_storage
@@ -87,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     env = dict(os.environ)
     if args.workers > 1 and not env.get("WORKER_THREADS") and not visible_gpus():
         env["WORKER_THREADS"] = str(max(1, (os.cpu_count() or 1) // args.workers))  # no oversubscribed cores
-        if has_feature_cache(args):
+        if spec.feature_cache is not None:
             # The one-time base training and feature extraction run once, on every core, before the
             # workers, which share the cores, start; a worker would otherwise train the base on its share.
             prepare = subprocess.Popen([*argv, "--prepare"])

@@ -43,6 +43,12 @@ class PatientPruningCallback(KerasPruningCallback):
                    f"report epoch {epoch + 1} of trial {self._trial.number}", self.stop)
 
 
+def _state_in_store(trial: optuna.Trial, stop: StopFlag | None) -> optuna.trial.TrialState:
+    """The trial's state as the store has it now (the reaper may have failed it), not as cached."""
+    return _patiently(lambda: trial.study._storage.get_trial(trial._trial_id).state,
+                      f"check the state of trial {trial.number}", stop)
+
+
 def _forget(*folders: Path | None) -> None:
     for folder in folders:
         if folder is not None:
@@ -111,8 +117,7 @@ class TrialGuard(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         if not self.after_checkpoint:
-            state = _patiently(lambda: self.trial.study._storage.get_trial(self.trial._trial_id).state,
-                               "check the trial's state", self.stop)
+            state = _state_in_store(self.trial, self.stop)
             if state != optuna.trial.TrialState.RUNNING:
                 raise TrialLost(f"trial {self.trial.number} is {state.name} in the store (failed by the reaper "
                                 f"while this worker was paused or cut off)")
@@ -191,7 +196,7 @@ class Objective:
             _forget(*lineage_folders)
             raise
         except Exception as exc:
-            state = store(lambda: trial.study._storage.get_trial(trial._trial_id).state, "check the trial's state")
+            state = _state_in_store(trial, self.stop)
             if state != optuna.trial.TrialState.RUNNING:
                 # A worker paused past the grace period woke up mid-save or mid-epoch: whatever broke
                 # (its folder removed under it, say) is not the trial's doing, and the retry owns it.
