@@ -13,8 +13,11 @@ COPY search ./search
 COPY storage ./storage
 COPY dashboards ./dashboards
 COPY data ./data
-RUN python -m pip install -c constraints.txt . \
+# The `gpu` extra is the CUDA build of TensorFlow, which the base image already holds (the `cpu` extra,
+# make's default, would put the CPU build over it).
+RUN python -m pip install -c constraints.txt '.[gpu]' \
  && useradd --create-home --uid 10001 worker \
- && mkdir -p /artifacts && chown worker /artifacts
+ && mkdir -p /artifacts && chown worker /artifacts \
+ && ln -s /models_dir /app/models_dir  # your builders, mounted read-only: models_dir/x.py:build works here too
 USER worker
 CMD ["python", "-m", "search.worker", "--help"]

@@ -5,8 +5,11 @@ PYTHON ?= python3.11
 VENV ?= .venv
 PY := $(VENV)/bin/python
 EXTRAS ?= dev
+# TensorFlow's build: cpu (tensorflow-cpu: no CUDA code, so no CUDA start-up errors on a machine
+# without a GPU) or gpu (the CUDA build; the Docker image installs it itself).
+TF ?= cpu
 # The stamp names the hash of pyproject.toml and constraints.txt: editing either reinstalls.
-STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml constraints.txt 2>/dev/null | sha1sum | cut -c1-12)-$(subst $(comma),_,$(EXTRAS))-$(TF)
 comma := ,
 
 # Study variables (see README): empty means "the study file's value" or the embedded default.
@@ -28,7 +31,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage up down clean require-name
+.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -37,7 +40,9 @@ help: ## list the targets
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS)]'
+	@# Both builds install the same `tensorflow` module and pip does not see them collide: one, never both.
+	$(PY) -m pip uninstall --quiet --yes tensorflow tensorflow-cpu 2>/dev/null || true
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[$(EXTRAS),$(TF)]'
 	@rm -f $(VENV)/.installed-* && touch $@
 
 venv: $(STAMP) ## create .venv and install the pinned dependencies
@@ -67,7 +72,7 @@ dashboard: $(STAMP) ## optuna-dashboard on the study store at http://127.0.0.1:$
 	$(PY) -m dashboards.launcher --port $(PORT)
 
 models: $(STAMP) ## table of presets and parameter counts for DATASET (default cifar10)
-	$(PY) -m models list --dataset $(or $(DATASET),cifar10)
+	$(PY) -m dashboards.models_table --dataset $(or $(DATASET),cifar10)
 
 # The browser test drives Debian's chromium headless and the compose test validates the file with
 # Debian's docker-compose: install whichever is missing (root only; no Docker engine is needed).
@@ -78,7 +83,8 @@ test-tools:
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	  || { echo "the tests need: $$missing (apt-get install $$missing)"; exit 1; }
 
-test: $(STAMP) test-tools ## the whole test suite
+test: $(STAMP) test-tools ## the import contract (pyproject.toml, [tool.importlinter]), then the whole test suite
+	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q --durations=15
 
 test-faults: $(STAMP) ## only the fault matrix on PostgreSQL (README, "Reliability"); make test runs it too
@@ -88,16 +94,22 @@ test-fast: $(STAMP) ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow"
 
 bench-data: $(STAMP) ## augmentation throughput vs ImageDataGenerator; appends to BENCHMARKS.md
-	$(PY) -m data.bench --data-dir $(or $(DATA_DIR),../shared/datasets)
+	$(PY) -m benchmarks.data --data-dir $(or $(DATA_DIR),../shared/datasets)
 
 bench-search: $(STAMP) ## random search vs TPE+Hyperband on fc_head's cached features; appends to BENCHMARKS.md
-	$(PY) -m search.bench --data-dir $(or $(DATA_DIR),../shared/datasets)
+	$(PY) -m benchmarks.search --data-dir $(or $(DATA_DIR),../shared/datasets)
 
 bench-gpu: $(STAMP) ## GPU placement, packing and GPU memory across trials (needs a GPU); appends to BENCHMARKS.md
-	$(PY) -m search.bench_gpu --data-dir $(or $(DATA_DIR),../shared/datasets)
+	$(PY) -m benchmarks.gpu --data-dir $(or $(DATA_DIR),../shared/datasets)
 
 bench-storage: $(STAMP) ## ask/tell latency and worker scaling on the local PostgreSQL; appends to BENCHMARKS.md
-	$(PY) -m storage.bench
+	$(PY) -m benchmarks.storage
+
+bench-decode: $(STAMP) ## decode 100,000 generated 64x64 images of one's own: peak RSS vs the arrays, and time; appends to BENCHMARKS.md
+	$(PY) -m benchmarks.decode
+
+bench-breakdown: $(STAMP) ## where a trial's time goes (simple_cnn smoke, an fc_head-like study), checkpoints every epoch vs every 60 s; appends to BENCHMARKS.md
+	$(PY) -m benchmarks.breakdown --data-dir $(or $(DATA_DIR),../shared/datasets)
 
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 

@@ -1,8 +1,10 @@
-"""Pure functions: a study in, small records out. Drawing is elsewhere (_draw.py); tests assert
-on these records, not on pixels."""
+"""Pure functions: a study in, small records out, for what only this project shows (optuna's own
+figures are drawn straight from the study in _standard.py). Drawing is in _draw.py; tests assert on
+these records, not on pixels. Validation accuracy is always objective 0."""
 
 from __future__ import annotations
 
+import collections
 import math
 from dataclasses import dataclass, field
 from typing import Any
@@ -10,13 +12,14 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from storage.attrs import (CV_MEAN_TEST_SCORE, CV_RANK, CV_SOURCE, CV_STD_TEST_SCORE, EPOCHS_RUN, FAIL_REASON,
+                           FINAL_CONFUSION_MATRIX, FINAL_EVALUATION, FIXED_PARAMS, N_PARAMS, STUDY_SPEC, STUDY_STOPPED,
+                           TRAIN_SECONDS, VAL_ACCURACY_CURVE)
+from storage.attrs import TIME_BREAKDOWN, TIME_PHASES
 
-@dataclass
-class History:
-    numbers: list[int]
-    values: list[float]
-    best_so_far: list[float]
-    states: list[str]
+COSTS = (N_PARAMS, TRAIN_SECONDS)  # the trial attributes the report plots accuracy against
+# The spec's names for a second objective (search's SECOND_OBJECTIVES) and the attribute each is.
+_SECOND_OBJECTIVES = {"params": N_PARAMS, "train_seconds": TRAIN_SECONDS}
 
 
 @dataclass
@@ -31,60 +34,38 @@ class Curves:
 
 @dataclass
 class CostPoints:
+    """Accuracy and both costs of every complete trial that recorded its size; the trials on the
+    Pareto front (higher accuracy, lower cost) of each cost, by number."""
+
     trials: list[int]
     accuracy: list[float]
-    params: list[float]
-    seconds: list[float]
-    pareto_params: list[int] = field(default_factory=list)  # trial numbers on the front
-    pareto_seconds: list[int] = field(default_factory=list)
+    costs: dict[str, list[float]]  # keyed by the attributes of COSTS
+    fronts: dict[str, list[int]] = field(default_factory=dict)
 
 
 def _finished(study: optuna.Study) -> list[FrozenTrial]:
     return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values]
 
 
-def history(study: optuna.Study) -> History:
-    done = sorted(_finished(study), key=lambda t: t.number)
-    best, running = [], -math.inf
-    for t in done:
-        running = max(running, t.values[0])
-        best.append(running)
-    return History([t.number for t in done], [t.values[0] for t in done], best, [t.state.name for t in done])
+def second_objective(study: optuna.Study) -> str | None:
+    """The attribute (one of COSTS) the study minimizes beside accuracy, if its spec says."""
+    if len(study.directions) == 1:
+        return None
+    return _SECOND_OBJECTIVES.get((study.user_attrs.get(STUDY_SPEC) or {}).get("second_objective"))
 
 
 def curves(study: optuna.Study) -> Curves:
     out = Curves([], [], [], [])
     for t in study.get_trials(deepcopy=False):
         points = sorted(t.intermediate_values.items())
-        if not points and t.user_attrs.get("val_accuracy_curve"):
-            points = list(enumerate(t.user_attrs["val_accuracy_curve"]))
+        if not points and t.user_attrs.get(VAL_ACCURACY_CURVE):
+            points = list(enumerate(t.user_attrs[VAL_ACCURACY_CURVE]))
         if points:
             out.trials.append(t.number)
             out.epochs.append([e + 1 for e, _ in points])
             out.values.append([v for _, v in points])
             out.pruned.append(t.state == TrialState.PRUNED)
     return out
-
-
-def importances(study: optuna.Study) -> dict[str, float]:
-    """Optuna's importances (PED-ANOVA) of accuracy; empty until there is enough to say."""
-    done = _finished(study)
-    if len(done) < 3 or len({tuple(sorted(t.params.items())) for t in done}) < 2:
-        return {}
-    try:
-        if len(study.directions) == 1:  # Optuna's default evaluator (PED-ANOVA) knows the direction
-            return dict(optuna.importance.get_param_importances(study))
-        # several objectives: importances for accuracy; PED-ANOVA treats low targets as good
-        return dict(optuna.importance.get_param_importances(study, target=lambda t: -t.values[0]))
-    except (RuntimeError, ValueError):
-        return {}
-
-
-def params_table(study: optuna.Study) -> tuple[list[str], list[dict[str, Any]]]:
-    """Every finished trial's params and value (parallel coordinates and slice plots)."""
-    done = _finished(study)
-    names = sorted({p for t in done for p in t.params})
-    return names, [{"trial": t.number, "value": t.values[0], **t.params} for t in done]
 
 
 def _front(points: list[tuple[int, float, float]]) -> list[int]:
@@ -97,18 +78,16 @@ def _front(points: list[tuple[int, float, float]]) -> list[int]:
 
 
 def cost_points(study: optuna.Study) -> CostPoints:
-    done = [t for t in _finished(study) if "n_params" in t.user_attrs]
+    done = [t for t in _finished(study) if N_PARAMS in t.user_attrs]
     pts = CostPoints([t.number for t in done], [t.values[0] for t in done],
-                     [float(t.user_attrs["n_params"]) for t in done],
-                     [float(t.user_attrs.get("train_seconds", 0.0)) for t in done])
-    pts.pareto_params = _front(list(zip(pts.trials, pts.accuracy, pts.params)))
-    pts.pareto_seconds = _front(list(zip(pts.trials, pts.accuracy, pts.seconds)))
+                     {attr: [float(t.user_attrs.get(attr, 0.0)) for t in done] for attr in COSTS})
+    pts.fronts = {axis: _front(list(zip(pts.trials, pts.accuracy, xs))) for axis, xs in pts.costs.items()}
     return pts
 
 
 def top_trials(study: optuna.Study, k: int = 10) -> list[dict[str, Any]]:
     done = sorted(_finished(study), key=lambda t: -t.values[0])[:k]
-    return [{"trial": t.number, "value": round(t.values[0], 4), "epochs": t.user_attrs.get("epochs_run"),
+    return [{"trial": t.number, "value": round(t.values[0], 4), "epochs": t.user_attrs.get(EPOCHS_RUN),
              "params": t.params} for t in done]
 
 
@@ -117,13 +96,26 @@ def counts(study: optuna.Study) -> dict[str, int]:
     return {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
 
 
+def fail_reasons(study: optuna.Study) -> dict[str, int]:
+    """Failed trials by the reason the worker recorded, most frequent first."""
+    reasons = collections.Counter(str(t.user_attrs.get(FAIL_REASON, "unknown"))
+                                  for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    return dict(reasons.most_common())
+
+
+def stopped(study: optuna.Study) -> str | None:
+    """Why the study's workers stopped early, if they did."""
+    reason = study.user_attrs.get(STUDY_STOPPED)
+    return str(reason) if reason else None
+
+
 def best_vs_epochs(study: optuna.Study) -> tuple[list[int], list[float]]:
     """Best validation accuracy so far against cumulative epochs trained, in trial order."""
     xs, ys, total, best = [], [], 0, -math.inf
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
-        total += max(len(t.intermediate_values), int(t.user_attrs.get("epochs_run", 0)))
+        total += max(len(t.intermediate_values), int(t.user_attrs.get(EPOCHS_RUN, 0)))
         if t.state == TrialState.COMPLETE and t.values:
             best = max(best, t.values[0])
         if best > -math.inf:
@@ -133,7 +125,64 @@ def best_vs_epochs(study: optuna.Study) -> tuple[list[int], list[float]]:
 
 
 def final_evaluation(study: optuna.Study) -> dict[str, Any] | None:
-    record = study.user_attrs.get("final_evaluation")
+    record = study.user_attrs.get(FINAL_EVALUATION)
     if not record:
         return None
-    return {**record, "confusion_matrix": study.user_attrs.get("final_confusion_matrix")}
+    return {**record, "confusion_matrix": study.user_attrs.get(FINAL_CONFUSION_MATRIX)}
+
+
+@dataclass
+class ImportedTrial:
+    """A warm start imported from an old scikit-learn search (import-cv): its old mean CV score, std
+    and rank beside this study's validation accuracy (None until it completes; `state` says why)."""
+
+    trial: int
+    params: dict[str, Any]
+    cv_mean: float
+    cv_std: float | None
+    cv_rank: int | None
+    source: str
+    value: float | None
+    state: str
+
+
+def imported_trials(study: optuna.Study) -> list[ImportedTrial]:
+    """The trials that carry an old CV score, best old rank first."""
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        if CV_MEAN_TEST_SCORE not in t.user_attrs:
+            continue
+        done = t.state == TrialState.COMPLETE and t.values
+        out.append(ImportedTrial(
+            trial=t.number, params=t.params or dict(t.system_attrs.get(FIXED_PARAMS) or {}),
+            cv_mean=t.user_attrs[CV_MEAN_TEST_SCORE], cv_std=t.user_attrs.get(CV_STD_TEST_SCORE),
+            cv_rank=t.user_attrs.get(CV_RANK), source=str(t.user_attrs.get(CV_SOURCE, "")),
+            value=t.values[0] if done else None, state=t.state.name.lower()))
+    return sorted(out, key=lambda r: (r.cv_rank is None, r.cv_rank or 0, r.trial))
+
+
+@dataclass
+class TimeBreakdown:
+    """Where the trials' time went: seconds per phase (storage.attrs.TIME_PHASES) of every trial that
+    recorded a breakdown, in trial order, and the study's totals per phase."""
+
+    trials: list[int]
+    states: list[str]
+    seconds: dict[str, list[float]]  # phase -> seconds of each trial, in the order of `trials`
+    totals: dict[str, float]  # phase -> seconds summed over the trials
+
+    @property
+    def total(self) -> float:
+        return sum(self.totals.values())
+
+    def shares(self) -> dict[str, float]:
+        """Each phase's fraction of all the trials' time (0 when there is none)."""
+        return {phase: seconds / self.total if self.total else 0.0 for phase, seconds in self.totals.items()}
+
+
+def time_breakdown(study: optuna.Study) -> TimeBreakdown:
+    timed = sorted((t for t in study.get_trials(deepcopy=False) if isinstance(t.user_attrs.get(TIME_BREAKDOWN), dict)),
+                   key=lambda t: t.number)
+    seconds = {phase: [float(t.user_attrs[TIME_BREAKDOWN].get(phase, 0.0)) for t in timed] for phase in TIME_PHASES}
+    return TimeBreakdown(trials=[t.number for t in timed], states=[t.state.name.lower() for t in timed],
+                         seconds=seconds, totals={phase: sum(values) for phase, values in seconds.items()})

@@ -11,7 +11,8 @@ import argparse
 import logging
 import sys
 
-from storage import artifact_store, describe, open_storage, resolve_url
+from search.settings import Settings
+from storage import artifact_store, describe, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -26,9 +27,12 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     from optuna_dashboard import run_server
 
-    storage = open_storage(resolve_url(args.storage), create_schema=False)
-    print(f"optuna-dashboard for {describe(args.storage)} at http://{args.host}:{args.port}/", flush=True)
-    run_server(storage, host=args.host, port=args.port, artifact_store=artifact_store(args.artifacts))
+    settings = Settings.from_env()
+    url = settings.store_url(args.storage)
+    storage = open_storage(url, create_schema=False)
+    print(f"optuna-dashboard for {describe(url)} at http://{args.host}:{args.port}/", flush=True)
+    run_server(storage, host=args.host, port=args.port,
+               artifact_store=artifact_store(args.artifacts or settings.artifacts_dir))
     return 0
 
 

@@ -1,18 +1,22 @@
 """The data layer: loading, caching, splitting, preprocessing and augmentation.
 
 Trials see `Splits` (train and validation). The test split is reachable only through
-`Dataset.test_split()` inside `with final_evaluation():`.
+`Dataset.test_split()` inside `with final_evaluation():`. A study names its data with a
+`DatasetRef`: a named dataset, a folder or file in DATA_DIR, or a path.
 """
 
 from data._errors import DatasetError, TestSplitAccessError
 from data._load import Dataset, array_fingerprint, default_cache_dir, final_evaluation, load_dataset
+from data._ref import DEFAULT_TEST_FRACTION, DatasetRef
 from data._specs import DATASETS, DatasetSpec, dataset_spec
 from data._splits import Splits, stratified_split, stratified_subset, train_val_splits
 
 __all__ = [
     "DATASETS",
+    "DEFAULT_TEST_FRACTION",
     "Dataset",
     "DatasetError",
+    "DatasetRef",
     "DatasetSpec",
     "Splits",
     "TestSplitAccessError",

@@ -1,8 +1,10 @@
 """load_dataset(): find a source, decode it once, cache the arrays (uint8) atomically.
 
-Order of sources for dataset NAME: DATA_DIR (pickle folders, image folders or a .tar.gz of one,
-mnist.npz), then Keras's own download and cache, then a DatasetError that says what was looked
-for and how to provide it.
+A named dataset (cifar10, cifar100, mnist) comes from DATA_DIR (pickle folders, image folders or a
+.tar.gz of one, mnist.npz), then Keras's own download and cache, else a DatasetError that says what
+was looked for and how to provide it. Any other name is a dataset of one's own in DATA_DIR, and a
+path is one anywhere (data._user). Every Dataset carries a description: shape, classes, names,
+source, sizes, how the test split came about.
 """
 
 from __future__ import annotations
@@ -21,17 +23,19 @@ from pathlib import Path
 import numpy as np
 
 from data._errors import DatasetError, TestSplitAccessError
+from data._images import DecodeOptions, read_images
+from data._ref import DatasetRef
 from data._sources import (
     RawData,
     fingerprint_source,
     is_image_root,
     read_cifar10_pickles,
     read_cifar100_pickles,
-    read_image_folder,
     read_npz,
 )
 from data._specs import dataset_spec
 from data._splits import ImageArrays
+from data._user import locate, read_user
 
 logger = logging.getLogger(__name__)
 CACHE_VERSION = 1
@@ -58,6 +62,7 @@ class Dataset(ImageArrays):
     source: str
     _x_test: np.ndarray = field(repr=False)
     _y_test: np.ndarray = field(repr=False)
+    description: dict = field(default_factory=dict, repr=False, compare=False)  # JSON-able: see describe()
 
     @property
     def n_test(self) -> int:
@@ -74,7 +79,8 @@ class Dataset(ImageArrays):
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("DATA_CACHE") or Path.cwd() / ".cache" / "data")
+    """Where decoded arrays go when no cache_dir is given (DATA_CACHE in the service's Settings)."""
+    return Path.cwd() / ".cache" / "data"
 
 
 def _candidates(name: str, data_dir: Path) -> list[tuple[str, Path]]:
@@ -101,7 +107,8 @@ def _read(kind: str, path: Path, name: str, label_mode: str) -> RawData:
         return read_cifar100_pickles(path, label_mode) if name == "cifar100" else read_cifar10_pickles(path)
     if kind == "npz":
         return read_npz(path)
-    return read_image_folder(path, channels=channels, expected=spec.n_train + spec.n_test)
+    d = read_images(path, DecodeOptions(channels=channels))
+    return RawData(d.x_train, d.y_train, d.x_test, d.y_test, d.class_names)
 
 
 def _download(name: str, label_mode: str) -> RawData:
@@ -125,7 +132,8 @@ def _validate(raw: RawData, name: str, label_mode: str, where: str) -> None:
         if len(x) != len(y):
             raise DatasetError(f"{where}: {split} has {len(x)} images but {len(y)} labels")
         if tuple(x.shape[1:]) != spec.input_shape:
-            raise DatasetError(f"{where}: {name} images must be {spec.input_shape} but {split} images are {x.shape[1:]}")
+            raise DatasetError(f"{where}: {name} images must be {spec.input_shape} but {split} images are "
+                               f"{x.shape[1:]}")
         bad = (y < 0) | (y >= spec.num_classes)
         if bad.any():
             raise DatasetError(
@@ -168,65 +176,111 @@ def _read_cache(folder: Path) -> tuple[RawData, dict]:
 
 
 def load_dataset(
-    name: str,
+    source: str | DatasetRef,
     *,
     data_dir: str | os.PathLike | None = None,
     label_mode: str = "fine",
     cache_dir: str | os.PathLike | None = None,
-    allow_download: bool | None = None,
+    allow_download: bool = False,
 ) -> Dataset:
-    """Load a named dataset (cifar10, cifar100, mnist), decoding it at most once per source."""
-    dataset_spec(name)  # unknown names fail here
+    """Load a dataset, decoding it at most once per source: a name (cifar10, cifar100, mnist, or a
+    folder or file in data_dir) or a DatasetRef (a name or a path, with options)."""
+    try:
+        ref = source if isinstance(source, DatasetRef) else DatasetRef(name=source)
+    except ValueError as exc:
+        raise DatasetError(f"dataset {source!r}: {exc}") from None
+    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
+    if ref.named:
+        return _load_named(str(ref.name), label_mode, data_dir, cache_root, allow_download)
+    if label_mode != "fine":
+        raise DatasetError(f"label_mode {label_mode!r} is not valid for {ref}; 'coarse' exists only for cifar100")
+    path = locate(ref, data_dir)
+    key = _cache_key("user", json.dumps(ref.study_value(), sort_keys=True), fingerprint_source(path))
+    return _cached(str(ref), path, cache_root / f"{ref.label}-{key}", lambda: read_user(ref, path))
+
+
+def _load_named(name: str, label_mode: str, data_dir: str | os.PathLike | None, cache_root: Path,
+                allow_download: bool) -> Dataset:
     if label_mode not in ("fine", "coarse") or (label_mode == "coarse" and name != "cifar100"):
         raise DatasetError(f"label_mode {label_mode!r} is not valid for {name}; 'coarse' exists only for cifar100")
-    data_dir = data_dir if data_dir is not None else os.environ.get("DATA_DIR") or None
-    if allow_download is None:
-        allow_download = os.environ.get("DATA_OFFLINE", "") in ("", "0")
-    cache_root = Path(cache_dir) if cache_dir else default_cache_dir()
-
     looked: list[str] = []
-    source: tuple[str, Path] | None = None
+    kind, path = _find_source(name, data_dir, looked)
+    origin = "keras" if kind == "keras" else f"{kind}|{fingerprint_source(path)}"
+    folder = cache_root / f"{name}-{label_mode}-{_cache_key(name, label_mode, origin)}"
+
+    def decode() -> tuple[RawData, dict]:
+        raw = _decode(name, label_mode, kind, path, looked, allow_download)
+        _validate(raw, name, label_mode, str(path))
+        return raw, {"format": kind, "test_split": "given", "skipped_unreadable": 0}
+
+    return _cached(name, path, folder, decode, label_mode)
+
+
+def _cache_key(*parts: str) -> str:
+    return hashlib.sha1("|".join((f"v{CACHE_VERSION}", *parts)).encode()).hexdigest()[:16]
+
+
+def _cached(name: str, source: Path, folder: Path, decode, label_mode: str = "fine") -> Dataset:
+    """The cached arrays in `folder`, else decode() them once and cache them."""
+    if (folder / "meta.json").is_file():
+        raw, meta = _read_cache(folder)
+        return _dataset(name, raw, meta)
+    logger.info("decoding %s (once; cached in %s)", name if name == str(source) else f"{name} from {source}", folder)
+    raw, info = decode()
+    fingerprint = array_fingerprint(raw.x_train, raw.y_train, raw.x_test, raw.y_test)
+    meta = {
+        "name": name,
+        "label_mode": label_mode,
+        "source": str(source),
+        "class_names": list(raw.class_names),
+        "fingerprint": fingerprint,
+        "shapes": {k: list(getattr(raw, k).shape) for k in ("x_train", "x_test")},
+        "description": describe(raw, source, fingerprint, **info),
+    }
+    _write_cache(folder, raw, meta)
+    return _dataset(name, raw, meta)
+
+
+def describe(raw: RawData, source: Path | str, fingerprint: str, *, format: str, test_split: str = "given",
+             skipped_unreadable: int = 0) -> dict:
+    """What a study records about its data (storage.attrs.STUDY_DATASET): small and JSON-able."""
+    return {
+        "shape": list(raw.x_train.shape[1:]),
+        "num_classes": len(raw.class_names),
+        "class_names": list(raw.class_names),
+        "source": str(source),
+        "format": format,
+        "n_train": int(len(raw.y_train)),
+        "n_test": int(len(raw.y_test)),
+        "test_split": test_split,
+        "skipped_unreadable": int(skipped_unreadable),
+        "fingerprint": fingerprint,
+    }
+
+
+def _find_source(name: str, data_dir: str | os.PathLike | None, looked: list[str]) -> tuple[str, Path]:
+    """The first local copy of the dataset under data_dir, else ("keras", ...): a download."""
     if data_dir:
         root = Path(data_dir)
         if not root.is_dir():
             raise DatasetError(f"DATA_DIR {root} is not a directory")
         found = _candidates(name, root)
-        source = found[0] if found else None
         looked.append(f"in {root}: " + _looked_for(name))
-    if source is not None:
-        kind, path = source
-        key = hashlib.sha1(f"v{CACHE_VERSION}|{name}|{label_mode}|{kind}|{fingerprint_source(path)}".encode()).hexdigest()[:16]
-    else:
-        kind, path = "keras", Path("keras.datasets") / name
-        key = hashlib.sha1(f"v{CACHE_VERSION}|{name}|{label_mode}|keras".encode()).hexdigest()[:16]
+        if found:
+            return found[0]
+    return "keras", Path("keras.datasets") / name
 
-    folder = cache_root / f"{name}-{label_mode}-{key}"
-    if (folder / "meta.json").is_file():
-        raw, meta = _read_cache(folder)
-        return _dataset(name, raw, meta)
 
-    if kind == "keras":
-        if not allow_download:
-            raise DatasetError(_not_found(name, looked, "downloads are off (DATA_OFFLINE is set)"))
-        logger.info("no local copy of %s; downloading through keras.datasets", name)
-        try:
-            raw = _download(name, label_mode)
-        except Exception as exc:
-            raise DatasetError(_not_found(name, looked, f"the Keras download failed: {exc}")) from exc
-    else:
-        logger.info("decoding %s from %s (once; cached in %s)", name, path, folder)
-        raw = _read(kind, path, name, label_mode)
-    _validate(raw, name, label_mode, str(path))
-    meta = {
-        "name": name,
-        "label_mode": label_mode,
-        "source": str(path),
-        "class_names": list(raw.class_names),
-        "fingerprint": array_fingerprint(raw.x_train, raw.y_train, raw.x_test, raw.y_test),
-        "shapes": {k: list(getattr(raw, k).shape) for k in ("x_train", "x_test")},
-    }
-    _write_cache(folder, raw, meta)
-    return _dataset(name, raw, meta)
+def _decode(name: str, label_mode: str, kind: str, path: Path, looked: list[str], allow_download: bool) -> RawData:
+    if kind != "keras":
+        return _read(kind, path, name, label_mode)
+    if not allow_download:
+        raise DatasetError(_not_found(name, looked, "downloads are off (DATA_OFFLINE is set)"))
+    logger.info("no local copy of %s; downloading through keras.datasets", name)
+    try:
+        return _download(name, label_mode)
+    except Exception as exc:
+        raise DatasetError(_not_found(name, looked, f"the Keras download failed: {exc}")) from exc
 
 
 def _dataset(name: str, raw: RawData, meta: dict) -> Dataset:
@@ -239,6 +293,7 @@ def _dataset(name: str, raw: RawData, meta: dict) -> Dataset:
         source=meta["source"],
         _x_test=raw.x_test,
         _y_test=raw.y_test,
+        description=meta.get("description") or describe(raw, meta["source"], meta["fingerprint"], format="cache"),
     )
 
 

@@ -1,21 +1,19 @@
-"""Readers, one per on-disk format. Each returns uint8 images (N, H, W, C), int labels and
-class names, and raises DatasetError naming the file and the problem."""
+"""Readers of arrays: CIFAR pickles (with a safe unpickler) and .npz files; image folders are in
+data._images. Each returns uint8 images (N, H, W, C), int labels and class names, and raises
+DatasetError naming the file and the problem."""
 
 from __future__ import annotations
 
-import io
+import hashlib
 import os
 import pickle
-import tarfile
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 
 from data._errors import DatasetError
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 SPLITS = ("train", "test")
 
 
@@ -130,120 +128,20 @@ def read_npz(path: Path) -> RawData:
     )
 
 
-# --- image folders, plain or in a .tar.gz --------------------------------------------------------
-
-
-def _decode(blob: bytes, where: str, channels: int) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(blob)) as img:
-            img = img.convert("RGB" if channels == 3 else "L")
-            arr = np.asarray(img, dtype=np.uint8)
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DatasetError(f"{where}: not a decodable image ({exc})") from exc
-    return arr if arr.ndim == 3 else arr[..., None]
-
-
-def _folder_entries(root: Path) -> Iterator[tuple[str, str, str, bytes]]:
-    for split in SPLITS:
-        split_dir = root / split
-        if not split_dir.is_dir():
-            raise DatasetError(f"{split_dir}: missing; an image folder needs {root}/{{train,test}}/<class>/*.jpg")
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            if class_dir.is_symlink():
-                raise DatasetError(f"{class_dir}: a link; links are not accepted in datasets (they can point "
-                                   "outside DATA_DIR): copy the folder in")
-            for file in sorted(class_dir.iterdir()):
-                if file.is_symlink():
-                    raise DatasetError(f"{file}: a link; links are not accepted in datasets (they can point "
-                                       "outside DATA_DIR): copy the file in")
-                yield split, class_dir.name, str(file), file.read_bytes()
-
-
-def _tar_entries(path: Path) -> Iterator[tuple[str, str, str, bytes]]:
-    try:
-        with tarfile.open(path, "r:gz") as tar:
-            for member in tar:
-                parts = PurePosixPath(member.name).parts
-                if member.name.startswith("/") or ".." in parts:
-                    raise DatasetError(f"{path}:{member.name}: a member path that leaves the archive "
-                                       "(absolute or with '..'); rebuild the archive with relative paths")
-                if member.isdir() or len(parts) < 3 or parts[-3] not in SPLITS:
-                    continue
-                where = f"{path}:{member.name}"
-                if not member.isfile():
-                    raise DatasetError(f"{where}: not a regular file (links are not accepted in datasets)")
-                blob = tar.extractfile(member).read()  # type: ignore[union-attr]
-                yield parts[-3], parts[-2], where, blob
-    except (tarfile.TarError, EOFError, OSError) as exc:
-        raise DatasetError(f"{path}: not a readable .tar.gz ({type(exc).__name__}: {exc})") from exc
-
-
-def _progress(expected: int | None):
-    """Keras's progress bar on a terminal; a log line every 10,000 images otherwise."""
-    import logging
-    import sys
-
-    if sys.stderr.isatty():
-        from keras.utils import Progbar
-
-        bar = Progbar(expected, unit_name="image")
-        return lambda n: bar.update(n)
-    log = logging.getLogger(__name__)
-    return lambda n: n % 10_000 == 0 and log.info("decoded %d of %s images", n, expected or "?")
-
-
-def read_image_folder(source: Path, channels: int = 3, expected: int | None = None) -> RawData:
-    """<root>/{train,test}/<class>/*.{jpg,jpeg,png}, from a folder or a .tar.gz of one."""
-    entries = _tar_entries(source) if source.is_file() else _folder_entries(source)
-    images: dict[str, dict[str, list[np.ndarray]]] = {s: {} for s in SPLITS}
-    shape = None
-    progress = _progress(expected)
-    for n, (split, cls, where, blob) in enumerate(entries, start=1):
-        progress(n)
-        if not where.lower().endswith(IMAGE_SUFFIXES):
-            raise DatasetError(f"{where}: not an image file (expected {', '.join(IMAGE_SUFFIXES)}); remove it")
-        arr = _decode(blob, where, channels)
-        if shape is None:
-            shape = arr.shape
-        elif arr.shape != shape:
-            raise DatasetError(f"{where}: image is {arr.shape} but earlier images are {shape}; resize them to one size")
-        images[split].setdefault(cls, []).append(arr)
-    for split in SPLITS:
-        if not images[split]:
-            raise DatasetError(f"{source}: the {split} split has no images")
-    train_classes, test_classes = sorted(images["train"]), sorted(images["test"])
-    if train_classes != test_classes:
-        only_train = sorted(set(train_classes) - set(test_classes))
-        only_test = sorted(set(test_classes) - set(train_classes))
-        raise DatasetError(
-            f"{source}: class folders differ between train and test (only in train: {only_train}, "
-            f"only in test: {only_test})"
-        )
-    classes = tuple(train_classes)
-
-    def stack(split: str) -> tuple[np.ndarray, np.ndarray]:
-        xs = [np.stack(images[split][c]) for c in classes]
-        ys = [np.full(len(x), i, dtype=np.int64) for i, x in enumerate(xs)]
-        return np.concatenate(xs), np.concatenate(ys)
-
-    x_train, y_train = stack("train")
-    x_test, y_test = stack("test")
-    return RawData(x_train, y_train, x_test, y_test, classes)
-
-
 def is_image_root(path: Path) -> bool:
     return path.is_dir() and all((path / s).is_dir() for s in SPLITS)
 
 
 def fingerprint_source(path: Path) -> str:
-    """A cheap identity of a source on disk: path, sizes and modification times."""
+    """A cheap identity of a source on disk: its path, and every file's name, size and modification time."""
+    h = hashlib.sha256()
     st = path.stat()
-    parts = [str(path.resolve()), str(st.st_size), str(st.st_mtime_ns)]
+    h.update(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
     if path.is_dir():
-        for dirpath, _, files in sorted(os.walk(path)):
+        for dirpath, dirnames, files in os.walk(path):
+            dirnames.sort()
             for name in sorted(files):
-                fst = os.stat(os.path.join(dirpath, name))
-                parts.append(f"{os.path.relpath(os.path.join(dirpath, name), path)}:{fst.st_size}:{fst.st_mtime_ns}")
-    return "|".join(parts)
+                file = os.path.join(dirpath, name)
+                fst = os.lstat(file)
+                h.update(f"|{os.path.relpath(file, path)}:{fst.st_size}:{fst.st_mtime_ns}".encode())
+    return h.hexdigest()

@@ -18,6 +18,14 @@ class DatasetSpec:
     n_test: int
     class_names: tuple[str, ...] | None = None
 
+    def describe(self) -> dict:
+        """What a study records about its data when it is created without loading it (a named dataset's
+        shape and classes are known; load_dataset's Dataset.description adds the source and fingerprint)."""
+        names = self.class_names or tuple(str(i) for i in range(self.num_classes))
+        return {"shape": list(self.input_shape), "num_classes": self.num_classes, "class_names": list(names),
+                "source": self.name, "format": "named", "n_train": self.n_train, "n_test": self.n_test,
+                "test_split": "given", "skipped_unreadable": 0, "fingerprint": None}
+
 
 DATASETS: dict[str, DatasetSpec] = {
     "cifar10": DatasetSpec("cifar10", (32, 32, 3), 10, 50_000, 10_000, CIFAR10_CLASSES),

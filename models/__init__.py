@@ -1,5 +1,23 @@
-"""Architectures: typed params -> uncompiled Keras models. Knows nothing of optuna."""
+"""Architectures: typed params -> uncompiled Keras models. Knows nothing of optuna.
 
+Two kinds, one interface (knobs from the signature, `params(input_shape=..., num_classes=...,
+**knobs)`, `build(params)`): the presets (models/_presets.py) and a user's own builders,
+"file.py:build" or "package.module:build" (models/_builders.py); `architecture(name)` gives either.
+"""
+
+from __future__ import annotations
+
+from models._builders import (
+    Builder,
+    BuilderChangedError,
+    BuilderError,
+    BuilderParams,
+    architecture,
+    build,
+    check_model,
+    is_builder_reference,
+    load_builder,
+)
 from models._params import (
     ACTIVATIONS,
     ConvNetParams,
@@ -14,6 +32,10 @@ from models._presets import PRESETS, Preset, doubling_stages, get_preset
 
 __all__ = [
     "ACTIVATIONS",
+    "Builder",
+    "BuilderChangedError",
+    "BuilderError",
+    "BuilderParams",
     "ConvNetParams",
     "ConvSpec",
     "HeadParams",
@@ -24,10 +46,14 @@ __all__ = [
     "TransferParams",
     "WRNParams",
     "WeightsUnavailableError",
+    "architecture",
     "build",
+    "check_model",
     "doubling_stages",
     "get_preset",
     "count_params",
+    "is_builder_reference",
+    "load_builder",
 ]
 
 
@@ -41,7 +67,7 @@ def count_params(model) -> tuple[int, int]:
 def __getattr__(name: str):
     # Keras is imported on first use of the builders, not by `import models`: the study-file
     # validation, the store and the dashboards read presets without paying for TensorFlow.
-    if name in ("build", "WeightsUnavailableError"):
+    if name == "WeightsUnavailableError":
         from models import _families
 
         return getattr(_families, name)

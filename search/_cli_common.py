@@ -4,27 +4,41 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
+import warnings
+from typing import Any
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from search.settings import Settings
 
 
-def add_study_args(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("name", help="study name: search/studies/<name>.yaml")
+def settings_or_exit() -> Settings:
+    """The settings, read once for this process; an invalid variable ends it with exit code 2."""
+    import sys
+
+    from search.errors import FATAL_EXIT
+    from search.settings import quiet_backend_logs
+
+    quiet_backend_logs()
+    try:
+        return Settings.from_env()
+    except ValueError as exc:  # pydantic's ValidationError names the variable and the problem
+        print(f"error: invalid environment: {exc}", file=sys.stderr)
+        raise SystemExit(FATAL_EXIT) from None
+
+
+def add_study_args(parser: argparse.ArgumentParser, settings: Settings) -> None:
+    """NAME and the study overrides; each override defaults to its Settings value (the environment
+    variable compose and Kubernetes pass)."""
+    parser.add_argument("name", help="study name: <STUDIES_DIR>/<name>.yaml")
     parser.add_argument("--storage", default=None, help="store URL (default: $STORAGE, else the embedded journal)")
-    # Each override also reads its environment variable (what compose services pass).
-    env = os.environ.get
-    parser.add_argument("--dataset", default=env("DATASET") or None, help="override the study file's dataset")
-    parser.add_argument("--trials", type=int, default=int(env("TRIALS")) if env("TRIALS") else None,
-                        help="total trial budget across workers")
-    parser.add_argument("--epochs", type=int, default=int(env("EPOCHS")) if env("EPOCHS") else None,
-                        help="maximum epochs per trial")
-    parser.add_argument("--profile", default=env("PROFILE") or None, choices=["smoke", "quick"],
+    parser.add_argument("--dataset", default=settings.dataset, help="override the study file's dataset")
+    parser.add_argument("--trials", type=int, default=settings.trials, help="total trial budget across workers")
+    parser.add_argument("--epochs", type=int, default=settings.epochs, help="maximum epochs per trial")
+    parser.add_argument("--profile", default=settings.profile, choices=["smoke", "quick"],
                         help="smoke: small subset, at most 2 epochs; quick: fc_head on a CPU (a lighter base, "
                              "trained once, heads searched on a feature subset)")
 
 
-def overrides(args: argparse.Namespace) -> dict:
+def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"dataset": args.dataset, "trials": args.trials, "epochs": args.epochs, "profile": args.profile}
 
 
@@ -41,7 +55,5 @@ def override_argv(args: argparse.Namespace) -> list[str]:
 def setup_logging(prefix: str = "") -> None:
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s {prefix}%(message)s", datefmt="%H:%M:%S")
     logging.getLogger("absl").setLevel(logging.ERROR)
-    import warnings
-
     # TPE's `group` option (conditional knobs sampled jointly) is marked experimental; we rely on it.
     warnings.filterwarnings("ignore", message=".*``group`` is an experimental feature.*")

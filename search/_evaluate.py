@@ -12,6 +12,7 @@ import json
 import logging
 import statistics
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,11 +20,13 @@ import keras
 import numpy as np
 import optuna
 
-from data import final_evaluation, load_dataset, train_val_splits
+from data import Splits, final_evaluation, load_dataset, train_val_splits
 from search._space import trial_config
 from search._spec import StudySpec
+from search._study import check_same_data
 from search._train import image_model, release, train
-from storage import upload
+from search.settings import Settings
+from storage import artifact_root, attrs, upload
 
 logger = logging.getLogger(__name__)
 
@@ -53,54 +56,76 @@ def test_metrics(probs: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
     }
 
 
-def evaluate(spec: StudySpec, study: optuna.Study, *, seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
-    if len(seeds) < 3:
-        raise ValueError(f"evaluation needs at least 3 seeds to say anything about noise but got {len(seeds)}")
-    trial = best_trial(study)
-    dataset = load_dataset(spec.dataset, label_mode=spec.label_mode)
+@dataclass
+class _EvaluationData:
+    dataset: Any
+    splits: Splits
+    train_splits: Splits  # images, or every cached feature of a feature-cache study
+    make_model: Any
+    base_weights: Path | None = None  # a feature-cache study's base: the final model is base + head
+
+
+def _evaluation_data(spec: StudySpec, settings: Settings, store_url: str | None = None) -> _EvaluationData:
+    dataset = load_dataset(spec.dataset_ref, label_mode=spec.label_mode, data_dir=settings.data_dir,
+                           cache_dir=settings.data_cache, allow_download=not settings.data_offline)
     splits = train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed,
                               max_train=spec.max_train, max_val=spec.max_val)
-    train_splits, make_model, cache = splits, image_model(spec.normalization), None
-    if spec.feature_cache is not None:
-        from search._features import ensure_features, trial_builder
+    if spec.feature_cache is None:
+        return _EvaluationData(dataset, splits, splits, image_model(spec.normalization))
+    from search._features import ensure_features, trial_builder
 
-        train_splits, make_model = trial_builder(spec, splits, search=False)  # all features, not the search subset
-        cache = None if spec.augments else ensure_features(spec, splits)
-    cfg = trial_config(spec, trial.params, input_shape=splits.input_shape, num_classes=splits.num_classes)
+    artifacts = artifact_root(settings.artifacts_dir)
+    # All features, not the search subset.
+    store_url = store_url or settings.store_url()  # a PostgreSQL store: builds are locked there, across machines
+    train_splits, make_model = trial_builder(spec, splits, search=False, artifacts=artifacts, store_url=store_url)
+    weights = None if spec.augments else ensure_features(spec, splits, artifacts=artifacts,
+                                                         store_url=store_url).base_weights
+    return _EvaluationData(dataset, splits, train_splits, make_model, weights)
 
+
+def _retrain(spec: StudySpec, data: _EvaluationData, cfg: Any, seeds: tuple[int, ...]) -> tuple[list[float], Any]:
+    """Train the configuration once per seed; the validation accuracies and the first seed's model."""
     accuracies, final = [], None
     for seed in seeds:
-        result, model = train(cfg, train_splits, max_epochs=spec.max_epochs, patience=spec.patience, seed=seed,
-                              label=f"evaluate seed {seed}", make_model=make_model)
+        result, model = train(cfg, data.train_splits, max_epochs=spec.max_epochs, patience=spec.patience, seed=seed,
+                              label=f"evaluate seed {seed}", make_model=data.make_model, precision=spec.precision,
+                              jit_compile=spec.jit_compile)
         accuracies.append(result.best_val_accuracy)
         logger.info("seed %d: best validation accuracy %.4f at epoch %d", seed, result.best_val_accuracy,
                     result.best_epoch)
         if final is None:
             final = model
-            if cache is not None:
+            if data.base_weights is not None:
                 from search._features import full_model
 
-                final = full_model(spec, splits, cache.base_weights, model)
+                final = full_model(spec, data.splits, data.base_weights, model)
         else:
             del model
+    return accuracies, final
 
+
+def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_url: str | None = None,
+             seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+    if len(seeds) < 3:
+        raise ValueError(f"evaluation needs at least 3 seeds to say anything about noise but got {len(seeds)}")
+    trial = best_trial(study)
+    data = _evaluation_data(spec, settings, store_url)
+    check_same_data(study, spec, data.dataset.fingerprint)  # test figures on other data would mislead
+    cfg = trial_config(spec, trial.params, input_shape=data.splits.input_shape, num_classes=data.splits.num_classes)
+    accuracies, final = _retrain(spec, data, cfg, seeds)
     with final_evaluation():
-        x_test, y_test = dataset.test_split()
+        x_test, y_test = data.dataset.test_split()
         probs = np.asarray(final.predict(x_test, batch_size=256, verbose=0))
-        for worst in (metrics := test_metrics(probs, y_test, dataset.class_names))["worst_misclassified"]:
+        for worst in (metrics := test_metrics(probs, y_test, data.dataset.class_names))["worst_misclassified"]:
             worst["png"] = _png(x_test[worst["index"]])
     record = {
-        "trial": trial.number,
-        "params": trial.params,
-        "study_best_value": trial.values[0],
-        "seeds": list(seeds),
-        "n_train": len(train_splits.y_train),  # all of it, even when the search used a subset
+        "trial": trial.number, "params": trial.params, "study_best_value": trial.values[0], "seeds": list(seeds),
+        "n_train": len(data.train_splits.y_train),  # all of it, even when the search used a subset
         "val_accuracy_per_seed": [round(a, 5) for a in accuracies],
-        "val_accuracy_mean": statistics.mean(accuracies),
-        "val_accuracy_std": statistics.stdev(accuracies),
+        "val_accuracy_mean": statistics.mean(accuracies), "val_accuracy_std": statistics.stdev(accuracies),
         **metrics,
     }
-    _store(study, final, record)
+    _store(study, final, record, artifact_root(settings.artifacts_dir))
     release()
     return record
 
@@ -117,14 +142,14 @@ def _png(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _store(study: optuna.Study, model: keras.Model, record: dict[str, Any]) -> None:
+def _store(study: optuna.Study, model: keras.Model, record: dict[str, Any], artifacts: Path) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / f"{study.study_name}-final.keras"
         model.save(model_path)
-        record["model_artifact_id"] = upload(study, model_path, mimetype="application/zip")
+        record["model_artifact_id"] = upload(study, model_path, root=artifacts, mimetype="application/zip")
         json_path = Path(tmp) / f"{study.study_name}-evaluation.json"
         json_path.write_text(json.dumps(record, indent=1))
-        record["evaluation_artifact_id"] = upload(study, json_path, mimetype="application/json")
+        record["evaluation_artifact_id"] = upload(study, json_path, root=artifacts, mimetype="application/json")
     summary = {k: v for k, v in record.items() if k not in ("confusion_matrix", "worst_misclassified")}
-    study.set_user_attr("final_evaluation", summary)
-    study.set_user_attr("final_confusion_matrix", record["confusion_matrix"])
+    study.set_user_attr(attrs.FINAL_EVALUATION, summary)
+    study.set_user_attr(attrs.FINAL_CONFUSION_MATRIX, record["confusion_matrix"])

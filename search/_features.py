@@ -8,17 +8,18 @@ dataset can never reuse features. Both live under the artifact directory shared 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
+import socket
 import sys
 import tempfile
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,12 +28,13 @@ import numpy as np
 
 from data import Splits, stratified_subset
 from data.preprocessing import normalization_layer, training_model
-from models import build, get_preset
+from models import architecture, build, is_builder_reference
 from models._blocks import classifier_head
+from search._base_estimate import SlowBase, base_estimate
 from search._space import TrainParams, TrialConfig
 from search._spec import StudySpec
 from search._train import ModelBuilder, release, train
-from storage import cache_path
+from storage import build_lock, cache_path
 
 logger = logging.getLogger(__name__)
 
@@ -52,25 +54,58 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-@contextlib.contextmanager
-def _locked(path: Path):
-    """One process builds a cache entry; the others wait for it, then reuse it."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(f"{path}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+def _temp_name() -> str:
+    """A temporary name no other builder, on this machine or another, can pick (PIDs repeat across
+    containers). Entries are written under one and renamed into place, so a builder killed mid-write
+    leaves a temporary file, never a finished-looking one."""
+    return f"tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _remove_unfinished(parent: Path, pattern: str) -> None:
+    """Temporary files of builders that died mid-write. Only the build lock's holder writes them,
+    so any found while holding it are dead."""
+    stale = sorted(parent.glob(pattern))
+    for path in stale:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if stale:
+        logger.warning("removed %d unfinished file(s) a killed builder left: %s", len(stale),
+                       ", ".join(path.name for path in stale))
+
+
+def _fsync(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _publish(tmp: Path, target: Path) -> None:
+    """Flush tmp to disk, then rename it into place (atomic within a folder, NFS included)."""
+    _fsync(tmp)
+    os.replace(tmp, target)
 
 
 def base_preset(spec: StudySpec) -> str:
-    """The conv base whose features heads train on: feature_cache.base, else the study's architecture."""
+    """The conv base whose features heads train on: feature_cache.base (a preset, or a user's builder
+    "file.py:build" cut at its layer 'features'), else the study's architecture."""
     return spec.feature_cache.base or spec.architecture
 
 
+def _base_label(spec: StudySpec) -> str:
+    """The base's name in folder and model names: a preset's, or user_<file>_<function> for a builder."""
+    base = base_preset(spec)
+    if not is_builder_reference(base):
+        return base
+    location, _, function = base.rpartition(":")
+    return re.sub(r"[^A-Za-z0-9_]", "_", f"user_{Path(location).stem}_{function}")
+
+
 def _base_params(spec: StudySpec, splits: Splits):
-    return get_preset(base_preset(spec)).params(input_shape=splits.input_shape, num_classes=splits.num_classes)
+    """The base with its knobs' defaults (a builder as the study validated it)."""
+    base = base_preset(spec)
+    return architecture(base, sha256=spec.builder_files.get(base)).params(input_shape=splits.input_shape,
+                                                                          num_classes=splits.num_classes)
 
 
 def _base_training(fc) -> dict:
@@ -82,10 +117,14 @@ def _base_training(fc) -> dict:
 
 def base_key(spec: StudySpec, splits: Splits) -> str:
     fc = spec.feature_cache
-    blob = json.dumps({"preset": base_preset(spec), "dataset": spec.dataset, "labels": spec.label_mode,
-                       "seed": spec.seed, "normalization": spec.normalization,
-                       "training": _base_training(fc), "data": splits.fingerprint}, sort_keys=True, default=str)
-    return f"{base_preset(spec)}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+    key = {"preset": base_preset(spec), "dataset": spec.dataset, "labels": spec.label_mode, "seed": spec.seed,
+           "normalization": spec.normalization, "training": _base_training(fc), "data": splits.fingerprint}
+    if base_preset(spec) in spec.builder_files:  # a builder's weights are those of one version of its file
+        key["builder_sha256"] = spec.builder_files[base_preset(spec)]
+    if spec.precision != "float32":  # the base trains under the study's precision (float32: keys as before)
+        key["precision"] = spec.precision
+    blob = json.dumps(key, sort_keys=True, default=str)
+    return f"{_base_label(spec)}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
 
 class _StopBetweenEpochs(keras.callbacks.Callback):
@@ -97,26 +136,31 @@ class _StopBetweenEpochs(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if self.stop is not None and self.stop.is_set():
-            from search._lifecycle import WorkerStopping
+            from search.errors import WorkerStopping
 
             raise WorkerStopping(f"stopped during the base's epoch {epoch + 1}; nothing was cached")
 
 
-def ensure_base(spec: StudySpec, splits: Splits, stop=None) -> Path:
+def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path | None = None,
+                store_url: str | None = None, slow: SlowBase | None = None) -> Path:
     """The base weights file: given in the study file, cached, or trained now (once).
-    `stop` (the worker's StopFlag): a signal ends the training at the next epoch, caching nothing."""
+    `stop` (the worker's StopFlag): a signal ends the training at the next epoch, caching nothing.
+    `store_url`: a PostgreSQL store serialises builders with an advisory lock (storage.build_lock).
+    `slow`: when to warn that the training will take long (default: on a CPU, past 15 minutes)."""
     fc = spec.feature_cache
     if fc.base_weights:
         path = Path(fc.base_weights)
         if not path.is_file():
             raise FileNotFoundError(f"feature_cache.base_weights {path} does not exist")
         return path
-    folder = cache_path("bases", base_key(spec, splits))
+    folder = cache_path("bases", base_key(spec, splits), artifacts)
     target = folder / "base.weights.h5"
-    with _locked(folder):
+    with build_lock(store_url, "bases", folder.name, folder):
         if target.is_file():
             logger.info("reusing trained base %s", target)
             return target
+        if folder.is_dir():
+            _remove_unfinished(folder, ".tmp-*")
         idx = stratified_subset(splits.y_train, fc.base_max_train, spec.seed) if fc.base_max_train else slice(None)
         base_splits = dataclasses.replace(splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx])
         logger.info("training the %s base once: %d epochs on %d images (cached as %s)", base_preset(spec),
@@ -126,15 +170,18 @@ def ensure_base(spec: StudySpec, splits: Splits, stop=None) -> Path:
 
         result, model = train(cfg, base_splits, max_epochs=fc.base_epochs, patience=fc.base_epochs,
                               seed=spec.seed, label="base", make_model=image_model(spec.normalization),
-                              callbacks=[_StopBetweenEpochs(stop)],
+                              callbacks=[_StopBetweenEpochs(stop),
+                                         *base_estimate(spec, len(base_splits.y_train), slow)],
+                              precision=spec.precision, jit_compile=spec.jit_compile,
                               verbose=1 if sys.stderr.isatty() else 0)  # Keras's bar on a terminal
         arch = next(layer for layer in model.layers if isinstance(layer, keras.Model))
         folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / f".tmp-{os.getpid()}.weights.h5"
-        arch.save_weights(tmp)
-        os.replace(tmp, target)
-        (folder / "base.json").write_text(json.dumps({"val_accuracy": result.best_val_accuracy,
-                                                      "epochs": result.epochs_run, "seconds": result.train_seconds}))
+        tmp = _temp_name()
+        (folder / f".{tmp}.json").write_text(json.dumps({"val_accuracy": result.best_val_accuracy,
+                                                         "epochs": result.epochs_run, "seconds": result.train_seconds}))
+        _publish(folder / f".{tmp}.json", folder / "base.json")
+        arch.save_weights(folder / f".{tmp}.weights.h5")
+        _publish(folder / f".{tmp}.weights.h5", target)  # last: a base is finished when this file exists
         release()
         logger.info("base trained: val_accuracy %.4f in %.0fs", result.best_val_accuracy, result.train_seconds)
     return target
@@ -145,7 +192,7 @@ def frozen_base(spec: StudySpec, splits: Splits, weights: Path) -> keras.Model:
     runs in inference mode). Normalised float images in, feature vectors out."""
     arch = build(_base_params(spec, splits))
     arch.load_weights(weights)
-    base = keras.Model(arch.inputs, arch.get_layer("features").output, name=f"base_{base_preset(spec)}")
+    base = keras.Model(arch.inputs, arch.get_layer("features").output, name=f"base_{_base_label(spec)}")
     base.trainable = False
     return base
 
@@ -172,19 +219,24 @@ def extract(extractor: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.
     return out
 
 
-def ensure_features(spec: StudySpec, splits: Splits, stop=None) -> FeatureCache:
-    weights = ensure_base(spec, splits, stop)
+def ensure_features(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path | None = None,
+                    store_url: str | None = None) -> FeatureCache:
+    weights = ensure_base(spec, splits, stop, artifacts=artifacts, store_url=store_url)
     key = hashlib.sha256(f"{_sha256(weights)}|{splits.fingerprint}|{spec.normalization}".encode()).hexdigest()[:20]
-    folder = cache_path("features", key)
-    with _locked(folder):
+    folder = cache_path("features", key, artifacts)
+    with build_lock(store_url, "features", key, folder):
         if not (folder / "meta.json").is_file():
             logger.info("computing base features once for %d train and %d validation images",
                         len(splits.y_train), len(splits.y_val))
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            _remove_unfinished(folder.parent, f".{key}.tmp-*")
             extractor = feature_extractor(spec, splits, weights)
-            tmp = Path(tempfile.mkdtemp(prefix=".features-", dir=folder.parent))
+            tmp = Path(tempfile.mkdtemp(prefix=f".{key}.{_temp_name()}-", dir=folder.parent))
             np.save(tmp / "x_train.npy", extract(extractor, splits.x_train))
             np.save(tmp / "x_val.npy", extract(extractor, splits.x_val))
             (tmp / "meta.json").write_text(json.dumps({"weights": str(weights), "splits": splits.fingerprint}))
+            for written in tmp.iterdir():
+                _fsync(written)  # on disk before the folder is renamed into place
             if folder.exists():
                 shutil.rmtree(folder)
             os.rename(tmp, folder)
@@ -249,15 +301,17 @@ def search_subset(spec: StudySpec, features: Splits) -> Splits:
                                fingerprint=f"{features.fingerprint}:search{len(idx)}")
 
 
-def trial_builder(spec: StudySpec, splits: Splits, *, search: bool = True, stop=None) -> tuple[Splits, ModelBuilder]:
+def trial_builder(spec: StudySpec, splits: Splits, *, search: bool = True, stop=None,
+                  artifacts: Path | None = None, store_url: str | None = None) -> tuple[Splits, ModelBuilder]:
     """What the workers of a feature-cache study train on, and how they build trial models.
-    `search=False` (final evaluation): every cached training feature, whatever the study searched on."""
+    `search=False` (final evaluation): every cached training feature, whatever the study searched on.
+    `store_url`: the study's store, which decides how one-time builds are locked (storage.build_lock)."""
     if spec.augments:
-        weights = ensure_base(spec, splits, stop)
+        weights = ensure_base(spec, splits, stop, artifacts=artifacts, store_url=store_url)
         logger.warning("study %s augments its images, so the feature cache cannot apply: the frozen base "
                        "runs on every batch of every trial", spec.name)
         return splits, frozen_base_model(spec, weights)
-    cache = ensure_features(spec, splits, stop)
+    cache = ensure_features(spec, splits, stop, artifacts=artifacts, store_url=store_url)
     logger.info("study %s trains only the head on cached %d-d features of the %s base; no conv layer runs in a "
                 "trial", spec.name, cache.splits.x_train.shape[1], base_preset(spec))
     return (search_subset(spec, cache.splits) if search else cache.splits), head_model()

@@ -1,62 +1,41 @@
-"""Study files: YAML (safe-loaded), validated into a StudySpec before anything touches a store.
-
-Every error names the field (`space.learning_rate.low`) and the fix.
+"""Study files: YAML (safe-loaded), validated as a StudyFile (whose parts search._schema declares)
+into a StudySpec before anything touches a store. Every error names the field
+(`space.learning_rate.low`) and the fix.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
-import math
-import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
+from pydantic import ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from data import DATASETS
+from data import DATASETS, DatasetRef
 from data._augment import AugmentParams
 from models import PRESETS
-from search._knobs import KNOBS, check_value
+from search._knobs import KNOBS, fits, knob_problem, parameter_knob, parameter_problem
+from search._schema import (Architecture, AugmentSection, Budget, BuilderArchitecture, DataSection, EarlyStopping,
+                            FailureStreak, FeatureCacheSection, NamedDataset, NonNegativeInt, Objective,
+                            PresetArchitecture, Problem, Profile, PrunerChoice, SamplerChoice, Section, SpaceEntry,
+                            Text, WarmStart, architecture_value, check_space_entry, spec_error)
+from search._schema import Bool
+from search._schema import DatasetLocation, dataset_value
+from search._strategies import objectives_problem
 from search.errors import StudySpecError
 from storage import check_study_name
 
 logger = logging.getLogger(__name__)
 
 STUDIES_DIR = Path(__file__).parent / "studies"
-SAMPLERS = {
-    "tpe": {"seed", "n_startup_trials", "multivariate", "group", "constant_liar"},
-    "random": {"seed"},
-    "grid": {"seed"},
-    "cmaes": {"seed", "n_startup_trials", "sigma0"},
-    "gp": {"seed", "n_startup_trials"},
-    "nsga2": {"seed", "population_size"},
-}
-PRUNERS = {
-    "hyperband": {"min_resource", "reduction_factor"},
-    "successive_halving": {"min_resource", "reduction_factor", "min_early_stopping_rate"},
-    "median": {"n_startup_trials", "n_warmup_steps"},
-    "none": set(),
-}
-SECOND_OBJECTIVES = ("params", "train_seconds")
-# smoke: a CPU demo in a minute. quick: a feature-cache study made to fit a 2-core CPU: unless the
-# study file names a base, the conv base is the lighter s003_vgg_blocks (about 330 training images/s
-# there against about 25 for seed 002's VGG base, and the same 2,048-d features), trained once for 8
-# epochs on 20,000 images; heads are searched on 5,000 of its cached training features (evaluation
-# retrains on all).
-PROFILES = {
-    "smoke": {"max_train": 2000, "max_val": 500, "max_epochs": 2, "base_epochs": 1, "base_max_train": 2000},
-    "quick": {"base": "s003_vgg_blocks", "base_epochs": 8, "base_max_train": 20000, "search_max_train": 5000},
-}
-TOP_LEVEL = {
-    "name", "description", "source", "architecture", "dataset", "label_mode", "normalization", "space",
-    "fixed", "augment", "sampler", "pruner", "budget", "early_stopping", "objective", "warm_start", "data", "seed",
-    "feature_cache",
-}
+PROFILES_FILE = Path(__file__).parent / "profiles.yaml"
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies a study may train under
 
 
 @dataclass(frozen=True)
@@ -72,24 +51,19 @@ class Dimension:
     when: tuple[tuple[str, tuple], ...] = ()
 
     def contains(self, value: object) -> bool:
-        if self.choices is not None:
-            return value in self.choices
-        return isinstance(value, (int, float)) and self.low <= value <= self.high  # type: ignore[operator]
+        return fits(value, self.choices, self.low, self.high)
 
 
 @dataclass(frozen=True)
 class FeatureCacheSpec:
-    """Train the base once (or take base_weights), cache its features, train heads on them."""
+    """Train the base once (or take base_weights), cache its features, train heads on them
+    (each field is described in search._schema.FeatureCacheSection)."""
 
-    # The conv base whose flattened features heads train on: a preset name; None means the study's
-    # architecture. The final model is this base (frozen) followed by the searched head.
     base: str | None = None
     base_epochs: int = 10
     base_max_train: int | None = None
     base_batch_size: int = 128
     base_weights: str | None = None
-    # Trials train their heads on a stratified subset of this many cached training features (the
-    # validation split stays whole); `make evaluate` retrains the winner on all of them.
     search_max_train: int | None = None
 
 
@@ -121,6 +95,15 @@ class StudySpec:
     max_train: int | None = None
     max_val: int | None = None
     feature_cache: FeatureCacheSpec | None = None
+    max_consecutive_failures: int = 5
+    builder_files: dict[str, str] = field(default_factory=dict)  # each user builder used -> its file's sha256
+    precision: str = "float32"  # a Keras dtype policy (PRECISIONS)
+    jit_compile: bool = False  # True: XLA for every trial; False: Keras's own choice ("auto")
+    dataset_ref: DatasetRef | None = None  # where and how to read `dataset` (None: by name; set after __init__)
+
+    def __post_init__(self) -> None:
+        if self.dataset_ref is None:
+            object.__setattr__(self, "dataset_ref", DatasetRef(name=self.dataset))
 
     @property
     def augments(self) -> bool:
@@ -138,8 +121,15 @@ class StudySpec:
         return next((d for d in self.space if d.name == name), None)
 
     def hashed_fields(self) -> dict[str, Any]:
-        """What makes trials comparable (not the budget, sampler or pruner)."""
-        return {k: _jsonable(getattr(self, k)) for k in _HASHED}
+        """What makes trials comparable (not the budget, sampler, pruner or failure limit); for a study
+        with a builder of its own, also its file's content (a preset study's hash is as it always was)."""
+        fields = {k: _jsonable(getattr(self, k)) for k in _HASHED}
+        fields["dataset"] = self.dataset_ref.study_value()  # a name, as it always was; else the mapping
+        if self.builder_files:
+            fields["builder_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.builder_files.items()}
+        # Only when not the default, so that the studies written before them keep their hash.
+        fields.update({k: getattr(self, k) for k, default in _HASHED_IF_SET.items() if getattr(self, k) != default})
+        return fields
 
     def space_hash(self) -> str:
         """A worker whose hash differs from the study's must not join it."""
@@ -149,6 +139,7 @@ class StudySpec:
 _HASHED = ("architecture", "dataset", "label_mode", "normalization", "space", "fixed", "augment",
            "max_epochs", "patience", "second_objective", "val_fraction", "seed", "max_train", "max_val",
            "feature_cache")
+_HASHED_IF_SET = {"precision": "float32", "jit_compile": False}
 
 
 def _jsonable(value: Any) -> Any:
@@ -161,7 +152,164 @@ def _jsonable(value: Any) -> Any:
     return value
 
 
-# --- loading ----------------------------------------------------------------------------------
+# --- the study file -----------------------------------------------------------------------------
+
+
+def _knob_problem(knob: Any, arch: Architecture | None) -> str | None:
+    return arch.knob_problem(knob) if arch is not None else knob_problem(knob, None, ())
+
+
+def _check_fixed(fixed: dict, arch: Architecture | None, space: dict) -> None:
+    allowed = arch.fixable() if arch is not None else set(KNOBS)
+    unknown = sorted(set(fixed) - allowed, key=str)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    for knob, value in fixed.items():
+        checked = arch is not None and (knob in KNOBS or isinstance(arch, BuilderArchitecture))
+        problem = (_knob_problem(knob, arch) or arch.value_problem(knob, value)) if checked else None
+        if problem:
+            raise Problem(problem, knob)
+        if knob in space:
+            raise Problem("is also in space; keep it in one place", knob)
+
+
+class StudyFile(Section):
+    """A study: what is searched (architecture, dataset, space) and how (sampler, pruner, budget)."""
+
+    model_config = ConfigDict(title="Study file")
+
+    name: str | None = Field(None, description="optional; when given, the file's own name (without .yaml)")
+    description: Text = Field("", description="one line on what the study searches")
+    source: Text = Field("", description="where the setup comes from (e.g. seed 000)")
+    architecture: PresetArchitecture | BuilderArchitecture = Field(description=(
+        f"the model: a preset, one of {', '.join(PRESETS)}; or your own, {{builder: \"file.py:build\"}}"))
+    dataset: NamedDataset | DatasetLocation = Field(description=(
+        f"a name: {', '.join(DATASETS)}, or a folder or file in DATA_DIR; or your own by location, "
+        "{path: ..., image_size: [h, w], skip_unreadable: false, test_fraction: 0.2}"))
+    label_mode: Literal["fine", "coarse"] = Field("fine", description="cifar100's 100 fine or 20 coarse classes")
+    normalization: Literal["scale", "zscore"] = Field("scale", description="pixels to [0, 1], or z-scores per channel")
+    space: dict[str, SpaceEntry] = Field(description=(
+        "the searched knobs (at least one), in order: a knob's `when` names knobs declared before it"))
+    fixed: dict[str, Any] = Field(default_factory=dict, description=(
+        "knobs held at one value: search knobs, or keyword arguments of the architecture"))
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+    sampler: SamplerChoice = Field("tpe", validate_default=True)
+    pruner: PrunerChoice = Field("hyperband", validate_default=True)
+    budget: Budget = Field(default_factory=Budget)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    objective: Objective = Field(default_factory=Objective)
+    data: DataSection = Field(default_factory=DataSection)
+    seed: NonNegativeInt = Field(0, description="seeds the split, the sampler (plus the worker index) and training")
+    feature_cache: FeatureCacheSection | None = Field(None, json_schema_extra=lambda s: s["anyOf"].append(
+        {"type": "boolean", "description": "true: the defaults; false: no feature cache"}))
+    warm_start: list[WarmStart] = Field(default_factory=list, description=(
+        "trials enqueued first, as a trial's parameters (dense_units_0, dense_units_1, ...); one that does "
+        "not fit the space is left out"))
+    max_consecutive_failures: FailureStreak = Field(5, description=(
+        "workers stop the study once its last N trials all failed for the same reason"))
+    precision: Literal[PRECISIONS] = Field("float32", description=(
+        "the Keras dtype policy trials train under (mixed_*: float16/bfloat16 compute, float32 weights and output)"))
+    jit_compile: Bool = Field(False, description=(
+        "true: compile every trial's steps with XLA; false: Keras decides (XLA on a TensorFlow GPU, not on a CPU)"))
+
+    @field_validator("name")
+    @classmethod
+    def _is_the_files(cls, value: str | None, info: ValidationInfo) -> str | None:
+        expected = (info.context or {}).get("name")
+        if value is not None and expected is not None and value != expected:
+            raise ValueError(f"the file says {value!r} but is named {expected!r}")
+        return value
+
+    @field_validator("architecture", mode="before")
+    @classmethod
+    def _architecture(cls, value: Any) -> Any:
+        return architecture_value(value)  # a preset's name, or {builder: ...} (imported and checked here)
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, value: Any) -> Any:
+        return dataset_value(value)  # a name, or {path: ..., options}
+
+    @field_validator("label_mode", mode="before")
+    @classmethod
+    def _label_mode(cls, value: Any, info: ValidationInfo) -> Any:
+        dataset = info.data.get("dataset")
+        if value not in (dataset.label_modes if dataset else ("fine", "coarse")):
+            raise ValueError(f"{value!r}: 'coarse' applies only to cifar100, otherwise 'fine'")
+        return value
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _knobs_exist(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("needs at least one knob to search (a mapping knob: {...})")
+        for knob in value:
+            problem = _knob_problem(knob, info.data.get("architecture"))
+            if problem:
+                raise Problem(problem, knob)
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _values_suit_knobs(cls, space: dict[str, SpaceEntry], info: ValidationInfo) -> dict[str, SpaceEntry]:
+        items = list(space.items())
+        for i, (knob, entry) in enumerate(items):
+            check_space_entry(knob, entry, dict(items[:i]), info.data.get("architecture"))
+        return space
+
+    @field_validator("fixed", mode="before")
+    @classmethod
+    def _fixed_knobs(cls, value: Any, info: ValidationInfo) -> Any:
+        value = {} if value is None else value
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping but got {type(value).__name__}")
+        _check_fixed(value, info.data.get("architecture"), info.data.get("space") or {})
+        return value
+
+    @field_validator("feature_cache", mode="before")
+    @classmethod
+    def _feature_cache(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value is False:
+            return None
+        arch = info.data.get("architecture")
+        if arch is not None and not arch.freezable_base:
+            raise ValueError(f"needs a convnet preset with a freezable base (freeze_base), not {arch.name}")
+        return {} if value is True else value
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _warm_start(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise ValueError("must be a list of {knob: value} mappings")
+        arch = info.data.get("architecture")
+        for i, entry in enumerate(value or []):
+            for key in entry if isinstance(entry, dict) else ():
+                problem = arch.parameter_problem(key) if arch is not None else parameter_problem(key)
+                if problem:
+                    raise Problem(problem, i, key)
+        return value or []
+
+    @model_validator(mode="after")
+    def _fits_together(self) -> StudyFile:
+        if self.sampler.name == "grid":
+            for knob, entry in self.space.items():
+                if entry.choices is None and (entry.step is None or entry.log):
+                    raise Problem("the grid sampler needs choices or a step (and no log scale) for every knob",
+                                  "space", knob)
+        found = self.objective.second and objectives_problem(self.sampler.name, self.pruner.name)
+        if found:
+            raise Problem(found[1], found[0])
+        self.sampler.check_builds(self.budget.max_epochs)
+        self.pruner.check_builds(self.budget.max_epochs)
+        return self
+
+
+def study_json_schema() -> dict[str, Any]:
+    """The study file's JSON Schema (draft 2020-12), for editors and for checking files offline."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **StudyFile.model_json_schema()}
+
+
+# --- loading ------------------------------------------------------------------------------------
 
 
 def check_name(name: str) -> str:
@@ -171,25 +319,37 @@ def check_name(name: str) -> str:
         raise StudySpecError("name", str(exc)) from None
 
 
-def study_path(name: str) -> Path:
-    return Path(os.environ.get("STUDIES_DIR") or STUDIES_DIR) / f"{check_name(name)}.yaml"
+def study_path(name: str, studies_dir: Path | None = None) -> Path:
+    """<studies_dir>/<name>.yaml; studies_dir None: the studies shipped in search/studies."""
+    return Path(studies_dir or STUDIES_DIR) / f"{check_name(name)}.yaml"
 
 
-def available_studies() -> list[str]:
-    folder = Path(os.environ.get("STUDIES_DIR") or STUDIES_DIR)
-    return sorted(p.stem for p in folder.glob("*.yaml"))
+def available_studies(studies_dir: Path | None = None) -> list[str]:
+    return sorted(p.stem for p in Path(studies_dir or STUDIES_DIR).glob("*.yaml"))
 
 
-def load_spec(name: str, **overrides: Any) -> StudySpec:
-    """Read and validate search/studies/<name>.yaml, applying command-line overrides
-    (dataset, trials, epochs, profile)."""
-    path = study_path(name)
+def load_spec(name: str, *, studies_dir: Path | None = None, **overrides: Any) -> StudySpec:
+    """Read and validate <studies_dir>/<name>.yaml, with the command line's dataset, trials, epochs, profile."""
+    path = study_path(name, studies_dir)
     if not path.is_file():
-        raise StudySpecError("name", f"no study file {path}; known studies: {', '.join(available_studies())}")
+        known = ", ".join(available_studies(studies_dir))
+        raise StudySpecError("name", f"no study file {path}; known studies: {known}")
     return parse_spec(path.read_text(), name=name, where=str(path), **overrides)
 
 
 def parse_spec(text: str, *, name: str, where: str = "<study>", **overrides: Any) -> StudySpec:
+    raw = _safe_load(text, where)
+    check_name(name)
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    try:
+        study = StudyFile.model_validate(_with_overrides(raw, overrides), context={"name": name})
+    except ValidationError as exc:
+        raise spec_error(exc, where) from None
+    spec = _to_spec(study, name)
+    return spec if "profile" not in overrides else _with_profile(spec, overrides["profile"])
+
+
+def _safe_load(text: str, where: str) -> dict:
     try:
         raw = yaml.safe_load(text)
     except yaml.constructor.ConstructorError as exc:
@@ -199,240 +359,97 @@ def parse_spec(text: str, *, name: str, where: str = "<study>", **overrides: Any
         raise StudySpecError(where, f"not valid YAML: {exc}") from None
     if not isinstance(raw, dict):
         raise StudySpecError(where, "a study file is a YAML mapping of fields")
-    return _build(raw, name=name, where=where, overrides={k: v for k, v in overrides.items() if v is not None})
-
-
-def _expect(cond: bool, where: str, problem: str) -> None:
-    if not cond:
-        raise StudySpecError(where, problem)
-
-
-def _mapping(raw: Any, where: str, allowed: set[str]) -> dict:
-    if raw is None:
-        return {}
-    _expect(isinstance(raw, dict), where, f"expected a mapping but got {type(raw).__name__}")
-    unknown = sorted(set(raw) - allowed)
-    _expect(not unknown, where, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
     return raw
 
 
-def _number(value: Any, where: str) -> float:
-    _expect(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-            where, f"expected a finite number but got {value!r}")
-    return value
+def _with_overrides(raw: dict, overrides: dict[str, Any]) -> dict:
+    """--dataset, --trials and --epochs, put where the file gives them: a bad one is reported there."""
+    raw = {**raw, **{k: v for k, v in overrides.items() if k == "dataset"}}
+    budget = {key: overrides[flag] for flag, key in (("trials", "trials"), ("epochs", "max_epochs"))
+              if flag in overrides}
+    if budget and isinstance(raw.get("budget") or {}, dict):
+        raw["budget"] = {**(raw.get("budget") or {}), **budget}
+    return raw
 
 
-def _build(raw: dict, *, name: str, where: str, overrides: dict[str, Any]) -> StudySpec:
-    _mapping(raw, where, TOP_LEVEL)
-    check_name(name)
-    _expect(raw.get("name", name) == name, "name", f"the file says {raw.get('name')!r} but is named {name!r}")
+# --- from the validated file to a StudySpec -------------------------------------------------------
 
-    arch = raw.get("architecture")
-    _expect(arch in PRESETS, "architecture", f"unknown architecture {arch!r}; known: {', '.join(PRESETS)}")
-    preset_knobs = set(PRESETS[arch].knobs)
 
-    dataset = overrides.get("dataset", raw.get("dataset"))
-    _expect(dataset in DATASETS, "dataset", f"unknown dataset {dataset!r}; known: {', '.join(DATASETS)}")
-    label_mode = raw.get("label_mode", "fine")
-    _expect(label_mode in ("fine", "coarse") and (label_mode == "fine" or dataset == "cifar100"),
-            "label_mode", f"{label_mode!r}: 'coarse' applies only to cifar100, otherwise 'fine'")
-    normalization = raw.get("normalization", "scale")
-    _expect(normalization in ("scale", "zscore"), "normalization", f"{normalization!r} is not 'scale' or 'zscore'")
-
-    def knob_ok(knob: str, at: str) -> None:
-        _expect(knob in KNOBS, at, f"unknown knob {knob!r}; knobs: {', '.join(KNOBS)}")
-        if KNOBS[knob].target == "model":
-            model_name = "dense_units" if knob == "dense_layers" else knob
-            _expect(model_name in preset_knobs, at,
-                    f"architecture {arch} has no knob {model_name!r}; its knobs: {sorted(preset_knobs)}")
-
-    space = _space(raw.get("space"), knob_ok)
-    fixed = _mapping(raw.get("fixed"), "fixed", set(KNOBS) | set(preset_knobs))
-    for knob, value in fixed.items():
-        if knob in KNOBS:
-            knob_ok(knob, f"fixed.{knob}")
-            problem = check_value(knob, value)
-            _expect(problem is None, f"fixed.{knob}", str(problem))
-        _expect(knob not in {d.name for d in space}, f"fixed.{knob}", "is also in space; keep it in one place")
-
-    augment = _augment(raw.get("augment"))
-    sampler, sampler_options = _strategy(raw.get("sampler", "tpe"), "sampler", SAMPLERS)
-    pruner, pruner_options = _strategy(raw.get("pruner", "hyperband"), "pruner", PRUNERS)
-    if sampler == "grid":
-        for d in space:
-            _expect(d.choices is not None or (d.step is not None and not d.log), f"space.{d.name}",
-                    "the grid sampler needs choices or a step (and no log scale) for every knob")
-
-    budget = _mapping(raw.get("budget"), "budget", {"trials", "max_epochs", "timeout_s"})
-    trials = overrides.get("trials", budget.get("trials", 20))
-    max_epochs = overrides.get("epochs", budget.get("max_epochs", 20))
-    _expect(isinstance(trials, int) and trials >= 1, "budget.trials", f"must be a positive integer but got {trials!r}")
-    _expect(isinstance(max_epochs, int) and max_epochs >= 1, "budget.max_epochs",
-            f"must be a positive integer but got {max_epochs!r}")
-    timeout = budget.get("timeout_s")
-    if timeout is not None:
-        _expect(_number(timeout, "budget.timeout_s") > 0, "budget.timeout_s", "must be positive")
-
-    early = _mapping(raw.get("early_stopping"), "early_stopping", {"patience"})
-    patience = early.get("patience", 5)
-    _expect(isinstance(patience, int) and patience >= 1, "early_stopping.patience", f"must be >= 1 but got {patience!r}")
-
-    objective = _mapping(raw.get("objective"), "objective", {"second"})
-    second = objective.get("second")
-    _expect(second in (None, *SECOND_OBJECTIVES), "objective.second",
-            f"{second!r} is not one of {SECOND_OBJECTIVES} (or leave it out)")
-    if second:
-        _expect(pruner == "none", "pruner", "pruning needs one objective; with objective.second set, use pruner: none")
-        _expect(sampler not in ("cmaes", "gp"), "sampler", f"{sampler} handles one objective; use tpe, nsga2 or random")
-
-    data = _mapping(raw.get("data"), "data", {"val_fraction", "max_train", "max_val"})
-    val_fraction = data.get("val_fraction", 0.1)
-    _expect(0 < _number(val_fraction, "data.val_fraction") < 1, "data.val_fraction", "must be in (0, 1)")
-    seed = raw.get("seed", 0)
-    _expect(isinstance(seed, int) and seed >= 0, "seed", f"must be a non-negative integer but got {seed!r}")
-
-    profile = overrides.get("profile")
-    max_train, max_val = data.get("max_train"), data.get("max_val")
-    feature_cache = _feature_cache(raw.get("feature_cache"), arch)
-    if profile is not None:
-        _expect(profile in PROFILES, "profile", f"unknown profile {profile!r}; known: {', '.join(PROFILES)}")
-        p = PROFILES[profile]
-        max_train, max_val = p.get("max_train", max_train), p.get("max_val", max_val)
-        max_epochs = min(max_epochs, p.get("max_epochs", max_epochs))
-        if feature_cache is not None and not feature_cache.base_weights:
-            feature_cache = dataclasses.replace(
-                feature_cache, base=feature_cache.base or p.get("base"),
-                base_epochs=min(feature_cache.base_epochs, p["base_epochs"]),
-                base_max_train=min(feature_cache.base_max_train or p["base_max_train"], p["base_max_train"]))
-        if feature_cache is not None and "search_max_train" in p:
-            feature_cache = dataclasses.replace(feature_cache, search_max_train=min(
-                feature_cache.search_max_train or p["search_max_train"], p["search_max_train"]))
-
+def _to_spec(study: StudyFile, name: str) -> StudySpec:
+    cache = study.feature_cache
     spec = StudySpec(
-        name=name, architecture=arch, dataset=dataset, space=space, description=str(raw.get("description", "")),
-        source=str(raw.get("source", "")), label_mode=label_mode, normalization=normalization, fixed=dict(fixed),
-        augment=augment, sampler=sampler, sampler_options=sampler_options, pruner=pruner,
-        pruner_options=pruner_options, trials=trials, max_epochs=max_epochs, timeout_s=timeout,
-        patience=patience, second_objective=second, val_fraction=val_fraction, seed=seed, profile=profile,
-        max_train=max_train, max_val=max_val, feature_cache=feature_cache,
+        name=name, architecture=study.architecture.name, dataset=study.dataset.ref.label,
+        dataset_ref=study.dataset.ref,
+        space=tuple(_dimension(knob, entry) for knob, entry in study.space.items()),
+        description=study.description, source=study.source, label_mode=study.label_mode,
+        normalization=study.normalization, fixed=dict(study.fixed), augment=study.augment.params(),
+        sampler=study.sampler.name, sampler_options=dict(study.sampler.options), pruner=study.pruner.name,
+        pruner_options=dict(study.pruner.options), trials=study.budget.trials, max_epochs=study.budget.max_epochs,
+        timeout_s=study.budget.timeout_s, patience=study.early_stopping.patience,
+        second_objective=study.objective.second, val_fraction=study.data.val_fraction, seed=study.seed,
+        max_train=study.data.max_train, max_val=study.data.max_val,
+        feature_cache=None if cache is None else FeatureCacheSpec(**{**cache.model_dump(), "base": _name(cache.base)}),
+        max_consecutive_failures=study.max_consecutive_failures, builder_files=_builder_files(study),
+        precision=study.precision, jit_compile=study.jit_compile,
     )
-    return dataclasses.replace(spec, warm_start=_warm_start(raw.get("warm_start"), spec))
+    return dataclasses.replace(spec, warm_start=_fitting(study.warm_start, spec))
 
 
-def _space(raw: Any, knob_ok) -> tuple[Dimension, ...]:
-    _expect(isinstance(raw, dict) and raw, "space", "needs at least one knob to search (a mapping knob: {...})")
-    dims: list[Dimension] = []
-    for knob, body in raw.items():
-        at = f"space.{knob}"
-        knob_ok(knob, at)
-        body = _mapping(body, at, {"choices", "low", "high", "log", "step", "when"})
-        when = _when(body.get("when"), at, dims)
-        if "choices" in body:
-            choices = body["choices"]
-            _expect(isinstance(choices, list) and choices, f"{at}.choices", "must be a non-empty list")
-            _expect(not {"low", "high", "log", "step"} & set(body), at, "give choices or low/high, not both")
-            for c in choices:
-                problem = check_value(knob, c)
-                _expect(problem is None, f"{at}.choices", str(problem))
-            _expect(len(set(map(repr, choices))) == len(choices), f"{at}.choices", "has duplicates")
-            dims.append(Dimension(knob, choices=tuple(choices), when=when))
-            continue
-        _expect("low" in body and "high" in body, at, "needs choices, or low and high")
-        low, high = _number(body["low"], f"{at}.low"), _number(body["high"], f"{at}.high")
-        _expect(low <= high, at, f"low ({low}) is greater than high ({high}); swap them")
-        log = body.get("log", False)
-        _expect(isinstance(log, bool), f"{at}.log", "must be true or false")
-        _expect(not log or low > 0, f"{at}.low", f"a log scale needs low > 0 but got {low}")
-        step = body.get("step")
-        if step is not None:
-            _expect(_number(step, f"{at}.step") > 0, f"{at}.step", "must be positive")
-            _expect(not log, at, "choose log or step, not both")
-        kind = KNOBS[knob].kind
-        _expect(kind in ("int", "float"), at, f"{knob} is a {kind} knob; give choices")
-        if kind == "int":
-            _expect(all(isinstance(v, int) for v in (low, high, step or 1)), at, f"{knob} takes integers")
-        for bound, value in (("low", low), ("high", high)):
-            problem = check_value(knob, value)
-            _expect(problem is None, f"{at}.{bound}", str(problem))
-        dims.append(Dimension(knob, low=low, high=high, log=log, step=step, when=when))
-    return tuple(dims)
+def _name(arch: Architecture | str | None) -> str | None:
+    return arch.name if isinstance(arch, BuilderArchitecture) else arch
 
 
-def _when(raw: Any, at: str, earlier: list[Dimension]) -> tuple[tuple[str, tuple], ...]:
-    if raw is None:
-        return ()
-    _expect(isinstance(raw, dict) and raw, f"{at}.when", "must map an earlier knob to its value(s)")
-    out = []
-    for knob, values in raw.items():
-        dim = next((d for d in earlier if d.name == knob), None)
-        _expect(dim is not None, f"{at}.when.{knob}", "must name a knob declared earlier in space")
-        values = tuple(values) if isinstance(values, list) else (values,)
-        for v in values:
-            _expect(dim.contains(v), f"{at}.when.{knob}", f"{v!r} is not a value {knob} can take")
-        out.append((knob, values))
-    return tuple(out)
+def _builder_files(study: StudyFile) -> dict[str, str]:
+    """Each builder of the user's the study uses (architecture, feature_cache.base) -> its file's sha256."""
+    used = (study.architecture, study.feature_cache and study.feature_cache.base)
+    return {a.name: a.loaded.sha256 for a in used if isinstance(a, BuilderArchitecture)}
 
 
-def _augment(raw: Any) -> AugmentParams:
-    fields = {f.name for f in dataclasses.fields(AugmentParams)}
-    raw = _mapping(raw, "augment", fields)
-    try:
-        return AugmentParams(**raw)
-    except (TypeError, ValueError) as exc:
-        raise StudySpecError("augment", str(exc)) from None
+def _dimension(knob: str, entry: SpaceEntry) -> Dimension:
+    if entry.choices is not None:
+        return Dimension(knob, choices=tuple(entry.choices), when=entry.conditions())
+    return Dimension(knob, low=entry.low, high=entry.high, log=entry.log, step=entry.step, when=entry.conditions())
 
 
-def _strategy(raw: Any, where: str, known: dict[str, set[str]]) -> tuple[str, dict[str, Any]]:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    _expect(isinstance(raw, dict) and "name" in raw, where, f"give a name: one of {', '.join(known)}")
-    name = raw["name"]
-    _expect(name in known, f"{where}.name", f"unknown {where} {name!r}; known: {', '.join(known)}")
-    options = {k: v for k, v in raw.items() if k != "name"}
-    unknown = sorted(set(options) - known[name])
-    _expect(not unknown, where, f"{name} takes no option(s) {unknown}; it takes {sorted(known[name])}")
-    return name, options
-
-
-def _feature_cache(raw: Any, arch: str) -> FeatureCacheSpec | None:
-    if raw is None or raw is False:
-        return None
-    raw = _mapping({} if raw is True else raw, "feature_cache", {f.name for f in dataclasses.fields(FeatureCacheSpec)})
-    _expect(PRESETS[arch].family == "convnet" and "freeze_base" in PRESETS[arch].knobs, "feature_cache",
-            f"needs a convnet preset with a freezable base (freeze_base), not {arch}")
-    base = raw.get("base")
-    _expect(base is None or (base in PRESETS and PRESETS[base].family in ("convnet", "wrn")), "feature_cache.base",
-            f"{base!r} is not a convnet or wrn preset; known: "
-            f"{', '.join(sorted(n for n, p in PRESETS.items() if p.family in ('convnet', 'wrn')))}")
-    for key in ("base_epochs", "base_batch_size"):
-        value = raw.get(key, 1)
-        _expect(isinstance(value, int) and value >= 1, f"feature_cache.{key}", f"must be >= 1 but got {value!r}")
-    for key in ("base_max_train", "search_max_train"):
-        value = raw.get(key)
-        _expect(value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 10),
-                f"feature_cache.{key}", f"must be an integer >= 10 or absent but got {value!r}")
-    return FeatureCacheSpec(**raw)
-
-
-def _warm_start(raw: Any, spec: StudySpec) -> tuple[dict[str, Any], ...]:
-    if raw is None:
-        return ()
-    _expect(isinstance(raw, list), "warm_start", "must be a list of {knob: value} mappings")
+def _fitting(warm_start: list[dict[str, Any]], spec: StudySpec) -> tuple[dict[str, Any], ...]:
+    """The warm starts that fit the space; each value that does not is logged."""
     kept = []
-    for i, entry in enumerate(raw):
-        at = f"warm_start[{i}]"
-        _expect(isinstance(entry, dict) and entry, at, "must be a non-empty mapping of knob values")
-        fits = True
-        for key, value in entry.items():
-            base = re.sub(r"_\d+$", "", key) if key.startswith("dense_units_") else key
-            _expect(base in KNOBS, f"{at}.{key}", f"unknown knob {key!r}")
-            _expect(key != "dense_units", f"{at}.{key}",
-                    "a warm start names each dense layer's width: dense_units_0, dense_units_1, ... "
-                    "(the trial's parameters), not dense_units")
-            dim = spec.dimension(base)
-            if dim is None or not dim.contains(value):
-                fits = False
-                logger.info("%s: %s=%r does not fit the space of %s; not enqueued", at, key, value, spec.name)
-        if fits:
+    for i, entry in enumerate(warm_start):
+        misfits = [(key, value) for key, value in entry.items()
+                   if not ((dim := spec.dimension(parameter_knob(key))) and dim.contains(value))]
+        for key, value in misfits:
+            logger.info("warm_start[%d]: %s=%r does not fit the space of %s; not enqueued", i, key, value, spec.name)
+        if not misfits:
             kept.append(dict(entry))
     return tuple(kept)
+
+
+@functools.cache
+def profiles() -> dict[str, Profile]:
+    """search/profiles.yaml: what each `--profile NAME` changes."""
+    raw = yaml.safe_load(PROFILES_FILE.read_text())
+    return {name: Profile.model_validate(body) for name, body in raw.items()}
+
+
+def _with_profile(spec: StudySpec, name: str) -> StudySpec:
+    if name not in profiles():
+        raise StudySpecError("profile", f"unknown profile {name!r}; known: {', '.join(profiles())}")
+    p = profiles()[name]
+    cache = spec.feature_cache
+    if cache is not None and not cache.base_weights:
+        cache = dataclasses.replace(cache, base=cache.base or p.base,
+                                    base_epochs=_cap(cache.base_epochs, p.base_epochs),
+                                    base_max_train=_cap(cache.base_max_train, p.base_max_train))
+    if cache is not None:
+        cache = dataclasses.replace(cache, search_max_train=_cap(cache.search_max_train, p.search_max_train))
+    return dataclasses.replace(
+        spec, profile=name, max_epochs=_cap(spec.max_epochs, p.max_epochs), feature_cache=cache,
+        max_train=spec.max_train if p.max_train is None else p.max_train,
+        max_val=spec.max_val if p.max_val is None else p.max_val)
+
+
+def _cap(value: int | None, limit: int | None) -> int | None:
+    """`value` held to at most `limit`; a missing value takes the limit, a missing limit changes nothing."""
+    if limit is None:
+        return value
+    return limit if value is None else min(value, limit)

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import keras
@@ -14,27 +15,22 @@ import numpy as np
 
 from data import Splits
 from data.preprocessing import normalization_layer, training_model
-from models import build, count_params
+from models import BuilderError, BuilderParams, build, count_params
+from search._knobs import OPTIMIZERS
 from search._space import TrialConfig, TrainParams
-from search.errors import TrialFailure
+from search._spec import PRECISIONS
+from search.errors import FATAL, TrialFailure
 
 logger = logging.getLogger(__name__)
 
 
 def make_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
-    lr = train.learning_rate
-    factories = {
-        "sgd": lambda: keras.optimizers.SGD(lr, momentum=train.momentum),
-        "adam": lambda: keras.optimizers.Adam(lr),
-        "adamax": lambda: keras.optimizers.Adamax(lr),
-        "adagrad": lambda: keras.optimizers.Adagrad(lr),
-        "adadelta": lambda: keras.optimizers.Adadelta(lr),
-        "rmsprop": lambda: keras.optimizers.RMSprop(lr, momentum=train.momentum),
-        "nadam": lambda: keras.optimizers.Nadam(lr),
-    }
-    if train.optimizer not in factories:
-        raise ValueError(f"unknown optimizer {train.optimizer!r}; known: {', '.join(factories)}")
-    return factories[train.optimizer]()
+    """The study's optimiser, by its entry in search._knobs.OPTIMIZERS (Keras class, takes momentum)."""
+    if train.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {train.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    class_name, takes_momentum = OPTIMIZERS[train.optimizer]
+    momentum = {"momentum": train.momentum} if takes_momentum else {}
+    return getattr(keras.optimizers, class_name)(train.learning_rate, **momentum)
 
 
 class NanGuard(keras.callbacks.Callback):
@@ -99,13 +95,23 @@ ModelBuilder = Callable[[TrialConfig, Splits, int], keras.Model]
 
 
 def image_model(normalization: str = "scale") -> ModelBuilder:
-    """Images in: the architecture behind normalisation and (training-only) augmentation."""
+    """Images in: the architecture behind normalisation and (training-only) augmentation. A model the
+    trial's knobs cannot build fails the trial with reason 'build': a preset's ValueError, anything a
+    user's builder raises, or a result that breaks its contract. An import that fails stays fatal and
+    an allocation that fails is 'oom' (train() tells)."""
 
     def make(cfg: TrialConfig, splits: Splits, seed: int) -> keras.Model:
+        own = isinstance(cfg.model, BuilderParams)
         try:
             arch = build(cfg.model)
-        except ValueError as exc:
-            raise TrialFailure("build", f"the architecture cannot be built: {exc}") from exc
+        except FATAL:
+            raise
+        except Exception as exc:
+            if is_oom(exc) or not (own or isinstance(exc, ValueError)):
+                raise
+            why = str(exc) if not own or isinstance(exc, BuilderError) else (
+                f"builder {cfg.model.builder} raised {type(exc).__name__}: {exc} (knobs {cfg.model.knobs})")
+            raise TrialFailure("build", f"the architecture cannot be built: {why}") from exc
         return training_model(arch, normalization=normalization_layer(normalization, splits.x_train),
                               augment=cfg.augment, seed=seed)
 
@@ -123,6 +129,8 @@ def train(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     make_model: ModelBuilder | None = None,
     verbose: int | None = None,
+    precision: str = "float32",
+    jit_compile: bool = False,
 ) -> tuple[TrainResult, keras.Model]:
     """Fit the config on splits.train, validate on splits.val every epoch; keep the best epoch.
 
@@ -130,9 +138,7 @@ def train(
     """
     keras.utils.set_random_seed(seed)
     try:
-        model = (make_model or image_model())(cfg, splits, seed)
-        model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"])
+        model = compiled_model(cfg, splits, seed, make_model, precision=precision, jit_compile=jit_compile)
         log = EpochLog(label, max_epochs)
         stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                              restore_best_weights=True)
@@ -158,6 +164,41 @@ def train(
         if is_oom(exc):
             raise TrialFailure("oom", oom_message(exc)) from exc
         raise
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Keras's global dtype policy set to `precision` (a study's `precision`), the previous one restored after."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} but got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_output(model: keras.Model) -> keras.Model:
+    """A model whose output is not float32 (a user's builder under a mixed policy) gets a float32 linear
+    activation on top, so that the loss is computed in float32; presets' softmax is float32 already."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1 or keras.backend.standardize_dtype(outputs[0].dtype) == "float32":
+        return model
+    out = keras.layers.Activation("linear", dtype="float32", name="float32_output")(outputs[0])
+    return keras.Model(model.inputs, out, name=model.name)
+
+
+def compiled_model(cfg: TrialConfig, splits: Splits, seed: int, make_model: ModelBuilder | None, *,
+                   precision: str = "float32", jit_compile: bool = False) -> keras.Model:
+    """The trial's model, built under the study's dtype policy (its output float32) and compiled.
+    jit_compile False leaves Keras's own choice ("auto": XLA on a TensorFlow GPU, none on a CPU; JAX
+    always compiles): a literal False would run JAX op by op and turn off XLA where it runs today."""
+    with dtype_policy(precision):
+        model = float32_output((make_model or image_model())(cfg, splits, seed))
+        model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"], jit_compile=True if jit_compile else "auto")
+    return model
 
 
 def architecture_params(model: keras.Model) -> int:

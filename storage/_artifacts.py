@@ -17,7 +17,8 @@ _SAFE_KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
 def artifact_root(path: str | os.PathLike | None = None) -> Path:
-    root = Path(path or os.environ.get("ARTIFACTS_DIR") or Path.cwd() / "artifacts")
+    """The artifact directory (ARTIFACTS_DIR in the service's Settings; ./artifacts when None)."""
+    root = Path(path or Path.cwd() / "artifacts")
     root.mkdir(parents=True, exist_ok=True)
     return root
 

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 import optuna
 
-from storage._urls import redact
-
-
-class StorageUnavailableError(RuntimeError):
-    """The database cannot be reached or refuses us; the message names it (never the password)."""
-
-
-def unavailable(url: str, exc: BaseException) -> StorageUnavailableError:
-    """The error for a store that cannot be opened: the URL and the first line of the cause, both
-    without the password."""
-    detail = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
-    return StorageUnavailableError(f"cannot open {redact(url)}: {type(exc).__name__}: {detail}")
+from storage._errors import StorageUnavailableError
+from storage._urls import redact, unavailable
 
 
 # The connection budget: a worker's three threads (trials, heartbeat, reaper) share one pool of

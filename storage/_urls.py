@@ -1,4 +1,6 @@
-"""One place resolves the store: STORAGE (a URL), else the embedded journal file."""
+"""Store URLs: resolving STORAGE (else the embedded journal file), redacting, journal paths, schemas.
+
+Opening a store from a URL is storage._open's; this module imports only storage._errors."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
-import optuna
+from storage._errors import StorageConfigError, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "studies.journal"
@@ -30,20 +32,16 @@ def check_study_name(name: str) -> str:
     return name
 
 
-class StorageConfigError(ValueError):
-    """The store URL is malformed or names something unsupported."""
+def resolve_url(url: str | None = None, *, password_file: str | os.PathLike | None = None) -> str:
+    """The URL, else the embedded journal file in the working directory.
 
-
-def resolve_url(url: str | None = None) -> str:
-    """The explicit URL, else $STORAGE, else the embedded journal file in the working directory.
-
-    A URL with a user but no password takes it from the file named by STORAGE_PASSWORD_FILE
-    (a compose secret), so no password sits in an environment variable, a command line or a log.
+    A URL with a user but no password takes it from `password_file` (STORAGE_PASSWORD_FILE, a
+    compose or Kubernetes secret), so no password sits in an environment variable, a command line
+    or a log.
     """
-    url = url or os.environ.get("STORAGE") or ""
     if not url:
         return f"journal:///{Path(DEFAULT_JOURNAL).resolve()}".replace("////", "///")
-    secret = os.environ.get("STORAGE_PASSWORD_FILE")
+    secret = password_file
     parts = urlsplit(url)
     if secret and parts.username and parts.password is None:
         try:
@@ -64,6 +62,13 @@ def redact(url: str) -> str:
     return url
 
 
+def unavailable(url: str, exc: BaseException) -> StorageUnavailableError:
+    """The error for a store that cannot be opened: the URL and the first line of the cause, both
+    without the password."""
+    detail = redact(str(exc)).splitlines()[0] if str(exc) else type(exc).__name__
+    return StorageUnavailableError(f"cannot open {redact(url)}: {type(exc).__name__}: {detail}")
+
+
 def journal_path(url: str) -> Path | None:
     if url.startswith("journal://"):
         return Path(url[len("journal://"):])
@@ -81,55 +86,3 @@ def with_search_path(url: str, schema: str) -> str:
     query = [(k, v) for k, v in parse_qsl(parts.query) if k != "options"]
     query.append(("options", f"-csearch_path={schema}"))
     return parts._replace(query=urlencode(query)).geturl()
-
-
-def sqlalchemy_errors() -> tuple[type[BaseException], ...]:
-    import sqlalchemy.exc
-
-    return (sqlalchemy.exc.DBAPIError, sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError)
-
-
-def open_storage(url: str | None = None, *, create_schema: bool = False) -> optuna.storages.BaseStorage:
-    """Open the store named by url (see resolve_url)."""
-    url = resolve_url(url)
-    path = journal_path(url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        backend = optuna.storages.journal.JournalFileBackend(
-            str(path), lock_obj=optuna.storages.journal.JournalFileOpenLock(str(path))
-        )
-        return optuna.storages.journal.JournalStorage(backend)
-    scheme = urlsplit(url).scheme
-    if scheme.startswith(JOURNAL_PG_PREFIX + "postgresql"):
-        from storage._journal_pg import PostgresJournalBackend
-        from storage._rdb import APPLICATION_NAME, unavailable
-
-        try:
-            backend = PostgresJournalBackend(url[len(JOURNAL_PG_PREFIX):], create_schema=create_schema,
-                                             application_name=APPLICATION_NAME, label=url)
-            return optuna.storages.journal.JournalStorage(backend)
-        except sqlalchemy_errors() as exc:
-            raise unavailable(url, exc) from None
-    if scheme.startswith("postgresql") or scheme.startswith("sqlite") or scheme.startswith("mysql"):
-        from storage._rdb import open_rdb
-
-        return open_rdb(url, create_schema=create_schema)
-    raise StorageConfigError(
-        f"unsupported store URL {redact(url)!r}; use journal+postgresql+psycopg2://user:password@host:5432/db "
-        "(the service's store), postgresql+psycopg2://... (Optuna's RDB tables), journal:///path/to/file.journal, or leave STORAGE empty for the embedded store"
-    )
-
-
-def close_storage(storage: optuna.storages.BaseStorage) -> None:
-    """Give back a store's database connections (tests and benches open many stores)."""
-    backend = getattr(storage, "_backend", None)
-    if hasattr(backend, "close"):
-        backend.close()
-    elif hasattr(storage, "engine"):
-        storage.engine.dispose()
-
-
-def describe(url: str | None = None) -> str:
-    url = resolve_url(url)
-    path = journal_path(url)
-    return f"embedded journal store {path}" if path else f"store {redact(url)}"

@@ -13,6 +13,7 @@ STUDY_DESCRIPTION = "description"
 STUDY_BUDGET = "budget"  # the trial budget of the last `create`
 STUDY_DATASET = "dataset_description"  # shape, classes and class names of the study's data
 STUDY_STOPPED = "stopped"  # why the study's workers stopped early (consecutive failures)
+STUDY_STREAK_FROM = "failure_streak_from"  # trial number a failure streak counts from (set on resume)
 FINAL_EVALUATION = "final_evaluation"  # artifact id of `make evaluate`'s record
 FINAL_CONFUSION_MATRIX = "final_confusion_matrix"
 
@@ -46,3 +47,33 @@ RESULT_ATTRS = (EPOCHS_RUN, BEST_EPOCH, N_PARAMS, TRAIN_SECONDS, IMAGES_PER_S)
 HEARTBEAT = "cnn_search:heartbeat"
 STALE_FAILURES = "cnn_search:stale_failures"
 RETRY_HISTORY = "retry_history"  # Optuna's RetryHeartbeatStaleTrialCallback writes it
+
+# --- trial user attributes of warm starts imported from an old scikit-learn search (import-cv) ---
+# The old scores are never a trial's value: they were measured on CV folds, not on the study's split.
+CV_MEAN_TEST_SCORE = "cv_mean_test_score"
+CV_STD_TEST_SCORE = "cv_std_test_score"
+CV_RANK = "cv_rank"  # rank_test_score in the old search
+CV_SOURCE = "cv_source"  # the name of the file the row came from
+
+# --- trial system attributes Optuna writes, read by the report -------------------------------------
+FIXED_PARAMS = "fixed_params"  # an enqueued trial's parameters, until it runs
+
+# --- where a trial's time went (written by the objective on every trial it ran, whatever its end) ----
+# TIME_BREAKDOWN holds {phase: seconds}, one key per TIME_PHASES entry; the phases are exclusive, so
+# their sum is the trial's wall time (datetime_complete - datetime_start) less the final tell.
+TIME_BREAKDOWN = "time_breakdown"
+TIME_PHASES = (
+    "idle",  # from the trial's start in the store (ask) to the model build, less store calls: asking, marking
+    "build",  # the model built from the trial's knobs
+    "compile",  # compile(), fit's set-up and the first training step (graph tracing), less checkpoint restore
+    "train",  # training batches of every epoch after the first step, plus epoch-end bookkeeping
+    "validate",  # Keras's validation pass inside fit (on_test_begin -> on_test_end), its tracing included
+    "checkpoint",  # ResumableBackup: restoring at the start, writing at epoch ends
+    "store",  # the training thread's round trips to the store: reports, prune checks, attribute writes
+    "cleanup",  # after the last epoch: best weights restored, Keras session cleared, garbage collected
+)
+
+# --- trial user attributes of how a trial trained and what it held on its GPU ----------------------
+PRECISION = "precision"  # the study's Keras dtype policy: float32, mixed_bfloat16 or mixed_float16
+JIT_COMPILE = "jit_compile"  # whether the study asked for XLA (true) or left it to Keras (false)
+WORKER_GPU_PEAK_END_MIB = "worker_gpu_peak_end_mib"  # the worker's allocator peak as the trial ended (packing)

@@ -21,10 +21,13 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 @pytest.fixture(autouse=True)
 def _isolated_env(tmp_path_factory, monkeypatch):
-    """Each test gets its own data cache unless it asks for the shared one; DATA_DIR unset."""
+    """Each test runs in a working directory of its own, so the defaults relative to it (the data
+    cache .cache/data, ./artifacts, the embedded studies.journal) are its own; DATA_DIR and STORAGE
+    unset, and a data cache of its own for the worker processes it starts."""
     monkeypatch.delenv("DATA_DIR", raising=False)
     monkeypatch.delenv("STORAGE", raising=False)
     monkeypatch.setenv("DATA_CACHE", str(tmp_path_factory.mktemp("cache")))
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))
 
 
 @pytest.fixture(scope="session")

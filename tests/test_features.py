@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import dataclasses
 import json
 
@@ -36,9 +38,9 @@ feature_cache: {base_epochs: 1}
 
 
 @pytest.fixture
-def artifacts(tmp_path, monkeypatch):
-    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "artifacts"))
-    return tmp_path / "artifacts"
+def artifacts():
+    """Where the library puts artifacts when given none: ./artifacts, in this test's own working directory."""
+    return Path.cwd() / "artifacts"
 
 
 def test_trials_train_only_the_head_on_cached_features(artifacts):
@@ -120,8 +122,10 @@ def test_augmenting_study_runs_the_frozen_base_per_batch(artifacts, caplog):
 def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_path, artifacts, monkeypatch):
     from conftest import write_cifar10_pickles
 
+    from search.settings import Settings
+
     write_cifar10_pickles(tmp_path / "data", n_per_batch=60)
-    monkeypatch.setenv("DATA_DIR", str(tmp_path / "data"))
+    settings = Settings.from_env({"DATA_DIR": str(tmp_path / "data"), "ARTIFACTS_DIR": str(artifacts)})
     reads = []
     real = Dataset.test_split
     monkeypatch.setattr(Dataset, "test_split", lambda self: (reads.append(1), real(self))[1])
@@ -129,14 +133,14 @@ def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_pa
     spec = parse_spec(FEATURE_STUDY, name="feat")
     study = create_study(spec, optuna.storages.InMemoryStorage())
     study.sampler, study.pruner = make_sampler(spec), make_pruner(spec)
-    dataset = load_dataset("cifar10")
+    dataset = load_dataset("cifar10", data_dir=settings.data_dir)
     splits = train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed)
-    features, make_model = trial_builder(spec, splits)
+    features, make_model = trial_builder(spec, splits, artifacts=artifacts)
     study.optimize(Objective(spec, features, make_model=make_model, image_shape=splits.input_shape), n_trials=2,
                    catch=(TrialFailure,))
     assert reads == []  # the whole search never looked at the test split
 
-    record = evaluate(spec, study, seeds=(0, 1, 2))
+    record = evaluate(spec, study, settings, seeds=(0, 1, 2))
     assert reads == [1]  # evaluation looked exactly once
     assert len(record["val_accuracy_per_seed"]) == 3 and record["val_accuracy_std"] >= 0
     assert record["n_train"] == len(features.y_train)
@@ -150,12 +154,12 @@ def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_pa
     from storage import artifact_store
 
     out = tmp_path / "model.keras"
-    download_artifact(artifact_store=artifact_store(), artifact_id=record["model_artifact_id"], file_path=str(out))
+    download_artifact(artifact_store=artifact_store(artifacts), artifact_id=record["model_artifact_id"], file_path=str(out))
     model = keras.models.load_model(out)
     assert model.input.dtype == "uint8" and model.output_shape == (None, 10)  # usable on raw images
     assert any(isinstance(layer, keras.Model) for layer in model.layers)
     evaluation = tmp_path / "evaluation.json"
-    download_artifact(artifact_store=artifact_store(), artifact_id=record["evaluation_artifact_id"],
+    download_artifact(artifact_store=artifact_store(artifacts), artifact_id=record["evaluation_artifact_id"],
                       file_path=str(evaluation))
     assert json.loads(evaluation.read_text())["test_accuracy"] == record["test_accuracy"]
 

@@ -119,13 +119,13 @@ def test_models_do_not_import_optuna():
 
 
 def test_models_cli_prints_the_documented_counts():
-    out = subprocess.run([sys.executable, "-m", "models", "list", "--dataset", "cifar10"], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "dashboards.models_table", "--dataset", "cifar10"],
+                         capture_output=True, text=True, check=True).stdout
     rows = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert "42,442" in rows["s000_model_1"] and "181,162" in rows["s001_model_1"] and "252,378" in rows["s001_model_2"]
-    out100 = subprocess.run([sys.executable, "-m", "models", "list", "--dataset", "cifar100"], capture_output=True,
-                            text=True, check=True).stdout
+    out100 = subprocess.run([sys.executable, "-m", "dashboards.models_table", "--dataset", "cifar100"],
+                            capture_output=True, text=True, check=True).stdout
     assert "8,739,492" in next(line for line in out100.splitlines() if line.startswith("s002_vgg_base"))
-    mnist = subprocess.run([sys.executable, "-m", "models", "list", "--dataset", "mnist"], capture_output=True,
-                           text=True, check=True).stdout
+    mnist = subprocess.run([sys.executable, "-m", "dashboards.models_table", "--dataset", "mnist"],
+                           capture_output=True, text=True, check=True).stdout
     assert "not buildable" in next(line for line in mnist.splitlines() if line.startswith("s003_vgg19_transfer"))

@@ -16,8 +16,8 @@ from optuna.trial import TrialState
 from search._placement import Placement, apply, claim, visible_gpus
 from search._runtime import accelerator_memory_mib
 from search._train import is_oom, oom_message
-from search.bench_gpu import summarize
-from search.worker import grown_past
+from benchmarks.gpu import summarize
+from search._loop import grown_past
 
 
 def test_one_worker_per_gpu_by_default_and_a_clear_error_past_the_slots(tmp_path):
@@ -40,10 +40,8 @@ def test_packed_workers_fill_slot_zero_of_every_gpu_first_each_under_a_cap(tmp_p
 
 def test_no_gpu_means_cpu_and_cuda_visible_devices_is_honoured(tmp_path, monkeypatch):
     assert claim(tmp_path, [], 3).describe() == "no GPU visible: CPU"
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
-    assert visible_gpus() == ["2", "3"]
-    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "-1")
-    assert visible_gpus() == []
+    assert visible_gpus("2, 3") == ["2", "3"]
+    assert visible_gpus("-1") == [] and visible_gpus("") == []
 
 
 def test_apply_points_the_process_at_its_gpu_and_caps_jax(monkeypatch):
@@ -66,7 +64,7 @@ def test_a_process_without_keras_is_not_made_to_load_a_backend_for_its_memory_fi
     import subprocess
     import sys
 
-    code = ("import sys; from search.worker import memory_now; m = memory_now(); "
+    code = ("import sys; from search._loop import memory_now; m = memory_now(); "
             "print(sorted(k for k, v in m.items() if v is not None), 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["['rss']", "False"], out.stderr[-2000:]
@@ -126,3 +124,30 @@ def test_bench_gpu_reads_placement_pace_and_memory_per_worker_back():
     assert "  nvidia-smi peak per process, MiB: 900, 950 (cap 45% of 80,000 = 36,000 MiB)" in lines
     assert "  pace: 8.0 finished trials a minute (wall time, start-up included)" in lines
     assert "  trial 4 failed (oom): out of memory: X" in lines
+
+
+def test_two_machines_sharing_one_artifact_volume_each_get_their_own_gpu_slots(tmp_path):
+    """GPU slots are per machine: the lock names carry the host, so box b's worker does not find
+    box a's GPU 0 taken (issue: many GPU machines on one ReadWriteMany volume)."""
+    a0, b0 = claim(tmp_path, ["0"], 1, host="box-a"), claim(tmp_path, ["0"], 1, host="box-b")
+    assert (a0.gpu, a0.slot, b0.gpu, b0.slot) == ("0", 0, "0", 0)
+    with pytest.raises(RuntimeError, match="all 1 GPU slots"):
+        claim(tmp_path, ["0"], 1, host="box-a")  # box a's one slot is taken by its first worker
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["box-a-gpu0-slot0.lock", "box-b-gpu0-slot0.lock"]
+
+
+def test_auto_in_a_worker_started_on_its_own_takes_a_slot_and_grows_its_memory_on_a_gpu_only(tmp_path, monkeypatch):
+    """WORKERS_PER_GPU=auto outside `python -m search run`: a free slot of up to half the cores per
+    GPU, no fixed share, no backend taking the card up front; on a CPU nothing changes."""
+    from search._placement import cpu_slots, place_worker
+
+    env: dict = {}
+    monkeypatch.setattr(os, "environ", env)
+    got = [place_worker(tmp_path, per_gpu="auto", cuda_visible_devices="0,1") for _ in range(2 * cpu_slots(2))]
+    assert {(p.gpu, p.slot) for p in got} == {(g, s) for g in "01" for s in range(cpu_slots(2))}
+    assert all(p.grow and p.memory_fraction is None for p in got)
+    assert "GPU 0 (slot 0), its memory growing as needed" == got[0].describe()
+    assert env["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" and env["XLA_PYTHON_CLIENT_PREALLOCATE"] == "false"
+    assert "XLA_PYTHON_CLIENT_MEM_FRACTION" not in env
+    cpu = place_worker(tmp_path / "cpu", per_gpu="auto", cuda_visible_devices="-1")
+    assert cpu.gpu is None and not cpu.grow

@@ -234,7 +234,10 @@ def test_run_with_a_dataset_that_is_not_there_fails_before_the_study_is_created(
 FEATURE_RUN = (FEATURE_STUDY.replace("budget: {trials: 2, max_epochs: 2}",
                                      "budget: {trials: 3, max_epochs: 1}\ndata: {max_train: 1000, max_val: 200}")
                .replace("feature_cache: {base_epochs: 1}", "feature_cache: {base_epochs: EPOCHS}"))
-assert "EPOCHS" in FEATURE_RUN and "max_train: 1000" in FEATURE_RUN
+
+
+def test_the_end_to_end_feature_study_is_test_features_study_with_a_longer_budget():
+    assert "EPOCHS" in FEATURE_RUN and "max_train: 1000" in FEATURE_RUN  # the replacements above took
 
 
 def _feature_run_env(tmp_path, shared_datasets, shared_cache, base_epochs: int) -> dict:
@@ -289,7 +292,7 @@ def test_smoke_study_on_postgresql(tmp_path, postgres_url, shared_datasets, shar
     name = f"pg_smoke_{uuid.uuid4().hex[:8]}"
     studies = tmp_path / "studies"
     studies.mkdir()
-    (studies / f"{name}.yaml").write_text(Path("search/studies/mnist_cnn.yaml").read_text())
+    (studies / f"{name}.yaml").write_text((Path(__file__).resolve().parent.parent / "search/studies/mnist_cnn.yaml").read_text())
     env = {"DATA_DIR": str(shared_datasets), "DATA_CACHE": str(shared_cache), "STUDIES_DIR": str(studies),
            "STORAGE": postgres_url}
     try:
@@ -360,19 +363,20 @@ class _FlakyStorage(optuna.storages.InMemoryStorage):
 def test_a_training_trial_waits_through_a_store_outage_instead_of_failing(tmp_path, monkeypatch):
     """Regression (CI, fault row 3): each store call a trial made while training raised on a
     PostgreSQL restart, failing the trial; two restarts then used up its retries. Now it waits."""
-    from search import _lifecycle
+    from search._store import ResilientStorage
 
-    monkeypatch.setattr(_lifecycle.random, "random", lambda: 0.0)  # back off 0.5 s, not up to 1.5 s
     spec = parse_spec(TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}",
                                    "pruner: none"), name="tiny")
     storage = _FlakyStorage({"report", "get_trial", "record the result"})
-    study = create_study(spec, storage)
+    waits: list[float] = []
+    study = create_study(spec, ResilientStorage(storage, sleep=waits.append, jitter=lambda: 0.0))
     objective = Objective(spec, easy_splits(), checkpoint_root=tmp_path)
     trial = study.ask()
     storage.armed = True
     value = objective(trial)
     study.tell(trial, value)
     assert sorted(storage.dropped) == ["get_trial", "record the result", "report"]  # every outage was hit
+    assert waits == [0.5, 0.5, 0.5]  # each waited out once (1 s, jittered x0.5), no clock needed
     done = study.trials[0]
     assert done.state == TrialState.COMPLETE and len(done.intermediate_values) == 3
     assert done.user_attrs["epochs_run"] == 3 and "fail_reason" not in done.user_attrs
@@ -405,7 +409,8 @@ def test_a_retry_whose_checkpoint_was_cut_off_mid_write_trains_from_scratch(tmp_
 
 def _stopped_after_one_epoch(spec, study, root: Path):
     """A trial that trained one epoch, checkpointed, and was then failed and queued for retry."""
-    from search._lifecycle import StopFlag, WorkerStopping, fail_and_retry
+    from search._lifecycle import StopFlag, fail_and_retry
+    from search.errors import WorkerStopping
 
     stop = StopFlag()
     stop.event.set()  # as after SIGTERM: stop at the first epoch end, once the checkpoint is written
@@ -447,8 +452,9 @@ def test_a_paused_worker_that_wakes_up_to_an_error_reports_its_trial_lost_and_ke
         tmp_path, monkeypatch):
     """A paused worker can wake up to any error (the retry's worker removed a folder under it, say).
     If its trial is no longer RUNNING that is no failure of the trial: TrialLost, checkpoint kept."""
-    from search._lifecycle import TrialLost, fail_and_retry
-    from search._objective import ResumableBackup
+    from search._checkpoints import ResumableBackup
+    from search._lifecycle import fail_and_retry
+    from search.errors import TrialLost
 
     text = TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}", "pruner: none")
     spec, study = _study(text)
@@ -469,8 +475,8 @@ def test_a_paused_worker_that_wakes_up_to_an_error_reports_its_trial_lost_and_ke
 def test_the_worker_loop_goes_on_when_a_trial_reaped_meanwhile_raises(caplog):
     """Regression (CI): the paused worker's trial raised after the reaper had failed it; recording
     fail_reason "error" raised UpdateFinishedTrialError and the worker exited 1."""
-    from search._lifecycle import StopFlag, fail_and_retry
-    from search.worker import run_loop
+    from search._lifecycle import Background, Liveness, StopFlag, fail_and_retry
+    from search._loop import run_loop
 
     spec, study = _study(TINY)
 
@@ -480,14 +486,9 @@ def test_the_worker_loop_goes_on_when_a_trial_reaped_meanwhile_raises(caplog):
             raise OSError("the checkpoint folder vanished")
         return 0.5
 
-    class NoThreads:
-        trial_id = None
-
-        def beat_now(self):
-            pass
-
+    no_threads = Background(study, Liveness())  # not entered: heartbeats written inline, no threads
     with caplog.at_level("WARNING", logger="search.worker"):
-        assert run_loop(study, spec, objective, StopFlag(), NoThreads(), "w0") is None
+        assert run_loop(study, spec, objective, StopFlag(), no_threads, "w0") is None
     states = [t.state for t in study.trials]
     assert states == [TrialState.FAIL, TrialState.COMPLETE, TrialState.COMPLETE, TrialState.COMPLETE], states
     assert study.trials[0].user_attrs["fail_reason"] == "stale"
@@ -496,7 +497,7 @@ def test_the_worker_loop_goes_on_when_a_trial_reaped_meanwhile_raises(caplog):
 
 
 def test_bench_search_counts_epochs_until_ours_first_reaches_randoms_best():
-    from search.bench import Run, epochs_to_reach
+    from benchmarks.search import Run, epochs_to_reach
 
     # Best-so-far after each trial and the cumulative epochs spent by then (a pruned trial adds few).
     ours = Run(best=[0.30, 0.30, 0.42, 0.45], epochs=[20, 21, 24, 44], seconds=1.0)
@@ -512,7 +513,7 @@ def test_bench_search_trains_its_base_on_images_the_heads_never_see(monkeypatch,
 
     from data._load import Dataset
     from data._specs import CIFAR10_CLASSES
-    from search import bench
+    from benchmarks import search as bench
     from search._features import base_preset
 
     n = 2_000

@@ -12,10 +12,10 @@ import pytest
 from optuna.trial import TrialState
 
 from search import create_study, parse_spec
-from search._lifecycle import HEARTBEAT_ATTR, reap
+from search._lifecycle import reap
 from search._study import budget_used, counts, load_existing
 from search.errors import StudyMismatchError
-from storage import JOURNAL_PG_PREFIX, StorageConfigError, StorageUnavailableError, open_storage, redact, resolve_url
+from storage import JOURNAL_PG_PREFIX, attrs, StorageConfigError, StorageUnavailableError, open_storage, redact, resolve_url
 
 SPEC = """
 architecture: s000_model_1
@@ -101,23 +101,22 @@ def _run_next(study):
 def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
     study = _no_warm_start(store)
     trial = _run_next(study)  # never beats
-    time.sleep(1.5)
-    live = study.ask()  # beats now: must survive
-    study._storage.set_trial_system_attr(live._trial_id, HEARTBEAT_ATTR, time.time())
-    assert reap(study, grace=1.0) == [trial.number]
+    later = time.time() + 1.5  # the reaper's clock, 1.5 s on
+    live = study.ask()  # beats "now": must survive
+    study._storage.set_trial_system_attr(live._trial_id, attrs.HEARTBEAT, later)
+    assert reap(study, grace=1.0, now=later) == [trial.number]
     trials = study.trials
     assert trials[trial.number].state == TrialState.FAIL and trials[trial.number].user_attrs["fail_reason"] == "stale"
     assert trials[live.number].state == TrialState.RUNNING
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING and retries[0].params == trials[trial.number].params
-    assert reap(study, grace=1.0) == []  # nothing twice
+    assert reap(study, grace=1.0, now=later) == []  # nothing twice
     assert budget_used(study) == 1  # the live trial; the failed one's retry will count in its place
 
 
-def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twice(store, monkeypatch):
+def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twice(store):
     """Regression (CI, fault row 3): a trial failed by one PostgreSQL restart and its retry failed by
     the next one ended the lineage, because every retry counted against max_retry=1."""
-    from search import _lifecycle
     from search._lifecycle import fail_and_retry, lineage
 
     study = _no_warm_start(store)
@@ -128,17 +127,15 @@ def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twic
         assert lineage(study._storage.get_trial(retry._trial_id)) == first.number
         assert retry.params == first.params
     # A worker going silent may be the trial's fault (OOM killer): MAX_STALE_RETRIES per lineage.
-    monkeypatch.setattr(_lifecycle, "MAX_STALE_RETRIES", 2)
     for expect_retry in (True, True, False):
-        time.sleep(1.2)
         running = study.trials[-1].number
-        assert reap(study, grace=1.0) == [running]
+        assert reap(study, grace=1.0, max_stale_retries=2, now=time.time() + 1.2) == [running]
         waiting = [t for t in study.trials if t.state == TrialState.WAITING]
         assert len(waiting) == (1 if expect_retry else 0)
         if expect_retry:
             _run_next(study)
     last = study.trials[-1]
-    assert last.state == TrialState.FAIL and last.system_attrs[_lifecycle.STALE_ATTR] == 3
+    assert last.state == TrialState.FAIL and last.system_attrs[attrs.STALE_FAILURES] == 3
     assert "not retried: its lineage went silent 3 times (MAX_STALE_RETRIES=2)" in last.user_attrs["fail_message"]
     assert {lineage(t) for t in study.trials} == {first.number} and len(study.trials) == 1 + 4 + 2
 
@@ -150,8 +147,7 @@ def test_a_worker_back_after_an_outage_does_not_fail_a_reaped_trial_twice(store)
 
     study = _no_warm_start(store)
     trial = _run_next(study)
-    time.sleep(1.5)
-    assert reap(study, grace=1.0) == [trial.number]
+    assert reap(study, grace=1.0, now=time.time() + 1.5) == [trial.number]
     fail_and_retry(study, trial.number, "store", "store outage: OperationalError")  # must not raise
     trials = study.trials
     assert trials[trial.number].user_attrs["fail_reason"] == "stale"  # the reaper's record stands
@@ -327,13 +323,17 @@ def test_journal_read_after_an_append_waits_for_the_store_instead_of_failing_a_w
     assert len(optuna.load_study(study_name="reread", storage=open_storage(journal_pg_url)).trials) == 1
 
 
-def test_password_file_fills_the_url(tmp_path, monkeypatch):
+def test_password_file_fills_the_url(tmp_path):
+    from search.settings import Settings
+
     (tmp_path / "pw").write_text("s3cr/t@x\n")
-    monkeypatch.setenv("STORAGE_PASSWORD_FILE", str(tmp_path / "pw"))
-    assert resolve_url("postgresql+psycopg2://optuna@db:5432/optuna") == "postgresql+psycopg2://optuna:s3cr%2Ft%40x@db:5432/optuna"
-    monkeypatch.setenv("STORAGE_PASSWORD_FILE", str(tmp_path / "missing"))
+    url = "postgresql+psycopg2://optuna@db:5432/optuna"
+    assert resolve_url(url, password_file=tmp_path / "pw") == "postgresql+psycopg2://optuna:s3cr%2Ft%40x@db:5432/optuna"
+    settings = Settings.from_env({"STORAGE": url, "STORAGE_PASSWORD_FILE": str(tmp_path / "pw")})
+    assert settings.store_url() == "postgresql+psycopg2://optuna:s3cr%2Ft%40x@db:5432/optuna"
+    assert "s3cr" not in str(settings.redacted())  # what `python -m search config` prints
     with pytest.raises(StorageConfigError, match="cannot read it"):
-        resolve_url("postgresql+psycopg2://optuna@db:5432/optuna")
+        resolve_url(url, password_file=tmp_path / "missing")
 
 
 @pytest.mark.parametrize("bad", ["../outside", "a/../../outside", "/etc/passwd"])
@@ -360,7 +360,6 @@ def test_cache_keys_that_escape_the_cache_are_refused(tmp_path, kind, key):
 def test_a_report_with_a_hostile_artifact_id_renders_without_reading_it(tmp_path, monkeypatch, caplog):
     from dashboards.report import _evaluation_images
 
-    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "artifacts"))
     (tmp_path / "secret.json").write_text('{"worst_misclassified": [{"png": "leaked"}]}')
-    assert _evaluation_images({"evaluation_artifact_id": "../secret.json"}) == []
+    assert _evaluation_images({"evaluation_artifact_id": "../secret.json"}, tmp_path / "artifacts") == []
     assert "Invalid artifact_id" in caplog.text

@@ -12,8 +12,9 @@ import types
 
 import optuna
 
-from search._lifecycle import Background, StopFlag
-from search.worker import run_loop
+from search._lifecycle import Background, Liveness, StopFlag
+from search._store import resilient
+from search._loop import LoopLimits, run_loop
 from storage import open_storage
 
 
@@ -26,12 +27,12 @@ def objective(trial: optuna.Trial) -> float:
 def main(url: str, name: str, index: int, budget: int) -> int:
     logging.basicConfig(level=logging.WARNING, format=f"[t{index}] %(message)s")
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = open_storage(url)
+    storage = resilient(open_storage(url))
     study = optuna.load_study(study_name=name, storage=storage, sampler=optuna.samplers.RandomSampler(seed=index))
-    spec = types.SimpleNamespace(trials=budget, timeout_s=None)
+    spec = types.SimpleNamespace(trials=budget, timeout_s=None, max_consecutive_failures=5)
     stop = StopFlag().install()
-    with Background(study, interval=1, grace=30) as background:
-        run_loop(study, spec, objective, stop, background, f"t{index}")
+    with Background(study, Liveness(interval=1, grace=30)) as background:
+        run_loop(study, spec, objective, stop, background, f"t{index}", LoopLimits(poll_s=0.5))
     return 0
 
 

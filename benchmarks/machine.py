@@ -8,6 +8,11 @@ import platform
 from pathlib import Path
 
 
+def quiet_tensorflow() -> None:
+    """TensorFlow's C++ log at warnings and above; call before anything loads TensorFlow."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
 def machine_description(backend: str) -> str:
     cpu = platform.processor() or "unknown CPU"
     try:

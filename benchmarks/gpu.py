@@ -1,4 +1,4 @@
-"""python -m search.bench_gpu: GPU placement and GPU memory across trials, on a GPU box (`make bench-gpu`).
+"""python -m benchmarks.gpu: GPU placement and GPU memory across trials, on a GPU box (`make bench-gpu`).
 
 Runs real studies through the service's own entry point (`python -m search run NAME --workers N`),
 on a throwaway journal store and artifact folder, and reads back what the workers recorded:
@@ -160,7 +160,7 @@ def summarize(phase: dict, total_mib: int, per_gpu: int) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search.bench_gpu")
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.gpu")
     parser.add_argument("--data-dir", default=os.environ.get("DATA_DIR") or "../shared/datasets")
     parser.add_argument("--per-gpu", type=int, default=3, help="workers packed on each GPU in phase 2")
     parser.add_argument("--trials", type=int, default=24, help="trials per phase")
@@ -192,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         for phase, per_gpu in phases:
             lines += summarize(phase, total, per_gpu)
             (Path(os.environ.get("BENCH_LOG_DIR", tmp)) / f"{phase['name']}.log").write_text(phase["log"])
-    from data.machine import publish
+    from benchmarks.machine import publish
 
     publish(args.out, "bench-gpu: GPU placement and GPU memory across trials",
             os.environ.get("KERAS_BACKEND", "tensorflow"), lines)

@@ -21,18 +21,15 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import resource
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 import optuna
 
+from benchmarks.machine import publish, quiet_tensorflow
 from data import Splits, load_dataset, stratified_subset, train_val_splits
-from data.machine import publish
 from search._features import ensure_base, ensure_features, head_model
 from search._objective import Objective
 from search._spec import load_spec
@@ -98,7 +95,8 @@ def bench_features(spec, dataset, *, base: str, base_epochs: int, base_images: i
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m search.bench")
+    quiet_tensorflow()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.search")
     parser.add_argument("--data-dir", default="../shared/datasets")
     parser.add_argument("--seeds", type=int, default=5)
     # Seed 002's protocol: 11 configurations of the head, 20 epochs each.

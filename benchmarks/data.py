@@ -10,17 +10,13 @@ Prints each figure and the ratios, and appends them with the machine to BENCHMAR
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
 import numpy as np
 
+from benchmarks.machine import publish, quiet_tensorflow
 from data import load_dataset, stratified_subset
-from data.machine import publish
-from data.preprocessing import SEED000_AUGMENT, augmentation_layers, normalization_layer, training_model
 
 BATCH = 128
 
@@ -44,6 +40,8 @@ def idg_images_per_s(x: np.ndarray, y: np.ndarray, n_batches: int) -> float:
 def layers_images_per_s(x: np.ndarray, n_batches: int) -> float:
     import keras
     import tensorflow as tf
+
+    from data.preprocessing import SEED000_AUGMENT, augmentation_layers
 
     if keras.backend.backend() != "tensorflow":
         raise SystemExit("part 1 compiles the layers with tf.function: run with KERAS_BACKEND=tensorflow")
@@ -79,6 +77,7 @@ class _EpochTimer:
 def epoch_seconds(x: np.ndarray, y: np.ndarray, pipeline: str, epochs: int) -> list[float]:
     import keras
 
+    from data.preprocessing import SEED000_AUGMENT, normalization_layer, training_model
     from models import build, get_preset
 
     keras.utils.set_random_seed(0)
@@ -103,7 +102,8 @@ def _fmt(values: list[float], unit: str, digits: int = 0) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m data.bench")
+    quiet_tensorflow()
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data")
     parser.add_argument("--data-dir", default="../shared/datasets")
     parser.add_argument("--batches", type=int, default=40, help="batches per throughput repeat")
     parser.add_argument("--repeats", type=int, default=5)

@@ -1,0 +1,183 @@
+"""make bench-breakdown: where a trial's time goes (attrs.TIME_BREAKDOWN), and what checkpointing on a
+time basis (CHECKPOINT_EVERY_S) saves against a checkpoint every epoch.
+
+Each run is a real `python -m search run NAME --workers 1` (embedded journal store, heartbeats, the
+resilient store) in a folder of its own; its trials' breakdowns are read back from the store and
+summed per phase. Each case runs once per setting per repeat, the settings alternating (before,
+after, before, after...), so that both see the same machine load; WORKER_INDEX=0 seeds the sampler
+alike, so both start from the same trials (the study's warm starts, then the same random draws).
+
+Cases: (1) simple_cnn with --profile smoke (2,000 training / 500 validation images, at most 2
+epochs); (2) fc_head's head search made to fit a CPU (--fc-trials N, 0 to skip): CIFAR-10, 5,000
+training / 1,000 validation images, the s003_vgg_blocks base trained once for 1 epoch on them (in
+the first run, not in any trial) and its features cached, heads trained for at most 10 epochs;
+(3) --full-trials N (0 to skip): simple_cnn on the full data, at most --full-epochs epochs, one run
+per setting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import optuna
+import yaml
+
+from benchmarks.machine import publish, quiet_tensorflow
+from storage import attrs, open_storage
+
+STUDIES = Path(__file__).resolve().parent.parent / "search" / "studies"
+SETTINGS = {"every epoch (before)": "0", "every 60 s (after)": "60"}
+
+
+@dataclasses.dataclass
+class Measured:
+    """One run's trials: seconds per phase summed over them, their wall time, and what they trained."""
+
+    totals: dict[str, float]
+    wall: float  # sum of datetime_complete - datetime_start
+    trials: int
+    epochs: int
+    states: dict[str, int]
+
+    @classmethod
+    def of(cls, study: optuna.Study) -> Measured:
+        done = [t for t in study.get_trials(deepcopy=False)
+                if t.datetime_complete and attrs.TIME_BREAKDOWN in t.user_attrs]
+        totals = {p: sum(float(t.user_attrs[attrs.TIME_BREAKDOWN].get(p, 0.0)) for t in done)
+                  for p in attrs.TIME_PHASES}
+        states: dict[str, int] = {}
+        for t in done:
+            states[t.state.name.lower()] = states.get(t.state.name.lower(), 0) + 1
+        return cls(totals, sum((t.datetime_complete - t.datetime_start).total_seconds() for t in done), len(done),
+                   sum(len(t.intermediate_values) for t in done), states)
+
+    @property
+    def total(self) -> float:
+        return sum(self.totals.values())
+
+
+def merged(runs: list[Measured]) -> Measured:
+    totals = {p: sum(r.totals[p] for r in runs) for p in attrs.TIME_PHASES}
+    states: dict[str, int] = {}
+    for r in runs:
+        for k, v in r.states.items():
+            states[k] = states.get(k, 0) + v
+    return Measured(totals, sum(r.wall for r in runs), sum(r.trials for r in runs), sum(r.epochs for r in runs), states)
+
+
+@dataclasses.dataclass
+class Case:
+    title: str
+    name: str
+    args: list[str]
+
+
+def run_study(case: Case, folder: Path, shared: dict[str, str], checkpoint_every_s: str) -> Measured:
+    """`python -m search run` in `folder` (its own embedded journal store); the trials it ran."""
+    folder.mkdir(parents=True)
+    env = {**os.environ, **shared, "CHECKPOINT_EVERY_S": checkpoint_every_s, "WORKER_INDEX": "0", "STORAGE": ""}
+    log = folder / "run.log"
+    with log.open("w") as out:
+        done = subprocess.run([sys.executable, "-m", "search", "run", case.name, "--workers", "1", "--poll", "5",
+                               *case.args], cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        raise SystemExit(f"{case.title}: the run failed (exit {done.returncode}); see {log}:\n"
+                         + log.read_text()[-3000:])
+    storage = open_storage(f"journal:///{folder / 'studies.journal'}")
+    return Measured.of(optuna.load_study(study_name=case.name, storage=storage))
+
+
+def fc_study(studies_dir: Path, trials: int) -> None:
+    """fc_head.yaml made to fit a CPU (see the module's docstring), written to studies_dir."""
+    spec = yaml.safe_load((STUDIES / "fc_head.yaml").read_text())
+    spec.update(dataset="cifar10", data={"max_train": 5000, "max_val": 1000},
+                budget={"trials": trials, "max_epochs": 10},
+                feature_cache={"base": "s003_vgg_blocks", "base_epochs": 1, "base_batch_size": 128})
+    (studies_dir / "fc_head.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
+
+
+def compare(case: Case, root: Path, shared: dict[str, str], repeats: int) -> dict[str, list[Measured]]:
+    runs: dict[str, list[Measured]] = {label: [] for label in SETTINGS}
+    for i in range(repeats):
+        for j, (label, every) in enumerate(SETTINGS.items()):
+            started = time.perf_counter()
+            runs[label].append(run_study(case, root / f"{case.name}-{i}-{j}", shared, every))
+            print(f"{case.title}, {label}, repeat {i + 1}: {runs[label][-1].total:.1f} s in trials "
+                  f"({time.perf_counter() - started:.0f} s in all)", flush=True)
+    return runs
+
+
+def _cell(seconds: float, whole: float) -> str:
+    return f"{seconds:9.1f} s {seconds / whole if whole else 0:6.1%}"
+
+
+def table(case: Case, runs: dict[str, list[Measured]]) -> list[str]:
+    """Per-phase totals of each setting side by side, and after/before ratios."""
+    (before_label, before), (after_label, after) = ((k, merged(v)) for k, v in runs.items())
+    n = len(runs[before_label])
+    lines = [f"{case.title}: {before.trials // n} trials a run, {n} run(s) per setting, alternating",
+             f"  {'phase':<12}{before_label:>26}{after_label:>26}{'after/before':>14}"]
+    for p in attrs.TIME_PHASES:
+        ratio = f"{after.totals[p] / before.totals[p]:.2f}" if before.totals[p] else "-"
+        lines.append(f"  {p:<12}{_cell(before.totals[p], before.total):>26}{_cell(after.totals[p], after.total):>26}"
+                     f"{ratio:>14}")
+    lines.append(f"  {'all phases':<12}{before.total:>24.1f} s{after.total:>24.1f} s"
+                 f"{after.total / before.total:>14.3f}")
+    for label, m in ((before_label, before), (after_label, after)):
+        lines.append(f"  {label}: {m.trials} trials ({m.states}), {m.epochs} epochs; trials' wall time "
+                     f"{m.wall:.1f} s, of which the breakdown covers {m.total / m.wall:.1%}")
+    return lines
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.breakdown")
+    parser.add_argument("--data-dir", default="../shared/datasets")
+    parser.add_argument("--trials", type=int, default=6, help="trials per smoke run")
+    parser.add_argument("--repeats", type=int, default=2, help="runs per setting, alternating")
+    parser.add_argument("--fc-trials", type=int, default=8, help="trials per fc_head-like run; 0: skip the case")
+    parser.add_argument("--full-trials", type=int, default=3, help="simple_cnn trials on the full data (one run "
+                        "per setting); 0: skip")
+    parser.add_argument("--full-epochs", type=int, default=3)
+    parser.add_argument("--output", default="BENCHMARKS.md")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    quiet_tensorflow()
+    args = _parser().parse_args(argv)
+    root = Path(tempfile.mkdtemp(prefix="bench-breakdown-"))
+    studies = root / "studies"
+    shutil.copytree(STUDIES, studies)
+    shared = {"DATA_DIR": str(Path(args.data_dir).resolve()), "DATA_CACHE": str(root / "cache"),
+              "ARTIFACTS_DIR": str(root / "artifacts"), "STUDIES_DIR": str(studies)}
+    load = os.getloadavg()[0]
+    smoke = Case("simple_cnn, --profile smoke", "simple_cnn", ["--profile", "smoke", "--trials", str(args.trials)])
+    lines = table(smoke, compare(smoke, root, shared, args.repeats))
+    if args.fc_trials:
+        fc_study(studies, args.fc_trials)
+        fc = Case("fc_head-like head search (CIFAR-10, 5,000 / 1,000 images, s003 base)", "fc_head", [])
+        lines += table(fc, compare(fc, root, shared, args.repeats))
+    if args.full_trials:
+        full = Case(f"simple_cnn, full data (45,000 / 5,000 images, at most {args.full_epochs} epochs)", "simple_cnn",
+                    ["--trials", str(args.full_trials), "--epochs", str(args.full_epochs)])
+        lines += table(full, compare(full, root / "full", shared, 1))
+    lines.append(f"load average (1 min) {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
+                 f"on {os.cpu_count()} cores shared with other work")
+    import keras
+
+    publish(args.output, "bench-breakdown: where a trial's time goes, checkpoints every epoch vs every 60 s",
+            keras.backend.backend(), lines)
+    shutil.rmtree(root, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,121 @@
+"""Every environment variable the service reads, declared once: typed, with its default and meaning.
+
+`Settings.from_env()` is called once, in a command's `main()`, and the object is passed down;
+nothing reads the environment at import time. `python -m search config` prints the effective
+values (the store's password redacted); the README's variable table is `python -m search config
+--markdown`, and a test keeps the two identical.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from storage import redact, resolve_url
+
+STUDIES_DIR = Path(__file__).parent / "studies"
+
+
+class Settings(BaseSettings):
+    """The service's settings. Field names are the environment variables, lowercased."""
+
+    model_config = SettingsConfigDict(frozen=True, extra="ignore", case_sensitive=False)
+
+    # --- where things are ------------------------------------------------------------------------
+    storage: str = Field("", description="store URL; empty: the embedded journal file studies.journal")
+    storage_password_file: Path | None = Field(
+        None, description="file holding the store's password (a compose or Kubernetes secret)")
+    artifacts_dir: Path = Field(Path("artifacts"), description="files shared by workers: checkpoints, caches, models")
+    data_dir: Path | None = Field(None, description="folder holding the datasets (e.g. ../shared/datasets)")
+    data_cache: Path = Field(Path(".cache/data"), description="decoded datasets, cached as uint8 arrays")
+    data_offline: bool = Field(False, description="never download a dataset; fail naming what was looked for")
+    studies_dir: Path = Field(STUDIES_DIR, description="folder of study files <name>.yaml")
+    # --- study overrides (what compose and Kubernetes pass) --------------------------------------
+    dataset: str | None = Field(None, description="override the study file's dataset")
+    trials: int | None = Field(None, ge=1, description="override the trial budget (total across workers)")
+    epochs: int | None = Field(None, ge=1, description="override the maximum epochs per trial")
+    profile: str | None = Field(None, description="smoke or quick (see 'Targets and variables')")
+    # --- liveness --------------------------------------------------------------------------------
+    heartbeat_interval: float = Field(10.0, gt=0, description="seconds between a training worker's heartbeats")
+    grace_period: float = Field(60.0, gt=0, description="seconds without a heartbeat before a trial is reaped")
+    max_stale_retries: int = Field(1, ge=0, description="retries of a lineage whose worker went silent")
+    checkpoint_every_s: float = Field(60.0, ge=0, description=(
+        "least seconds between a trial's checkpoints (written at epoch ends, always at a stop); 0: every epoch"))
+    journal_settle_deadline: float = Field(
+        120.0, gt=0, description="seconds a journal read after an append waits through an outage")
+    store_max_backoff: float = Field(30.0, gt=0, description="longest wait between retries of a store call")
+    # --- placement and memory --------------------------------------------------------------------
+    worker_index: int | None = Field(
+        None, ge=0, description="this worker's index (seeds its sampler); unset: drawn from host name and PID")
+    workers_per_gpu: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(1, description=(
+        "workers packed on one GPU, each under a memory cap; auto: as many as the first trials' peak GPU "
+        "memory allows (python -m search run)"))
+    worker_threads: int = Field(0, ge=0, description="CPU threads per worker's TensorFlow ops; 0: all")
+    cuda_visible_devices: str | None = Field(None, description="GPUs this process may use (unset: all)")
+    worker_max_rss_growth_mb: float = Field(
+        512.0, ge=0, description="RSS growth after which a worker restarts itself between trials; 0: off")
+    worker_max_gpu_growth_mb: float = Field(
+        1024.0, ge=0, description="GPU memory growth after which a worker restarts itself; 0: off")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: Any,
+                                   **_other_sources: Any) -> tuple:
+        # The environment is read by from_env() alone: an empty value means "unset" there, except
+        # CUDA_VISIBLE_DEVICES, where empty means "no GPU"; and tests pass an environment of their own.
+        return (init_settings,)
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **values: Any) -> Settings:
+        """Read the environment (or `environ`) once; keyword values win over it."""
+        if environ is None:
+            environ = dict(os.environ)
+        names = {name.upper() for name in cls.model_fields}
+        found = {k.lower(): v for k, v in environ.items() if k.upper() in names}
+        if found.get("cuda_visible_devices") == "":
+            found["cuda_visible_devices"] = "-1"  # set but empty hides every GPU; unset shows all
+        # compose passes `VAR:` or `VAR=""` for "not set", and so does make's `export VAR`: the default.
+        found = {k: v for k, v in found.items() if v != ""}
+        return cls.model_validate({**found, **values})
+
+    def store_url(self, url: str | None = None) -> str:
+        """The store to open: `url` (a --storage flag), else STORAGE, else the embedded journal;
+        a password-less URL takes its password from STORAGE_PASSWORD_FILE."""
+        return resolve_url(url or self.storage, password_file=self.storage_password_file)
+
+    def child_env(self, **extra: str) -> dict[str, str]:
+        """The environment for a worker process this one starts: this one's, plus `extra`."""
+        return {**os.environ, **extra}
+
+    def study_overrides(self) -> dict[str, Any]:
+        return {"dataset": self.dataset, "trials": self.trials, "epochs": self.epochs, "profile": self.profile}
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective values, safe to print: the store's password never appears."""
+        values = self.model_dump(mode="json")
+        values["storage"] = redact(self.storage) if self.storage else ""
+        return values
+
+
+def markdown_table() -> str:
+    """The README's variable table, generated from the declaration."""
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = field.default
+        if name == "studies_dir":
+            default = "search/studies"
+        shown = "unset" if default in (None, "") else f"`{default}`"
+        rows.append(f"| `{name.upper()}` | {shown} | {field.description} |")
+    return "\n".join(rows)
+
+
+def quiet_backend_logs() -> None:
+    """TensorFlow's C++ INFO and WARNING lines (e.g. cpu_feature_guard's) are off unless the user set
+    TF_CPP_MIN_LOG_LEVEL; call before the backend is imported. In TF 2.21 it does not reach the lines
+    printed before TensorFlow's logging starts: oneDNN's notice, and on a machine without a GPU the
+    CUDA build's `Could not find cuda drivers` and `failed call to cuInit`, which the CPU build
+    (the `cpu` extra, tensorflow-cpu) has no CUDA code to print."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
