@@ -22,15 +22,16 @@ import optuna
 from search._lifecycle import StopFlag, lineage
 from search._store import fresh_trial, restart_from_epoch
 from search._timing import TrialTimer
-from search.errors import TrialLost, WorkerStopping
+from search.errors import FATAL, TrialLost, WorkerStopping
 from storage import attrs
 
 logger = logging.getLogger(__name__)
 
 EVERY_S = 60.0  # CHECKPOINT_EVERY_S's default (search/settings.py)
 
-# The trial may be resumed from its checkpoint: keep the folder.
-_KEEP = (WorkerStopping, TrialLost, optuna.exceptions.UpdateFinishedTrialError)
+# The trial may be resumed from its checkpoint: keep the folder. A fatal error hands the trial to a
+# healthy worker, and a second signal (SystemExit) leaves it to be reaped and retried.
+_KEEP = (WorkerStopping, TrialLost, optuna.exceptions.UpdateFinishedTrialError, *FATAL, SystemExit, KeyboardInterrupt)
 
 
 def forget(*folders: Path | None) -> None:

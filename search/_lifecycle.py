@@ -85,7 +85,10 @@ def _fail(study: optuna.Study, frozen: FrozenTrial, reason: str, message: str,
         storage.set_trial_user_attr(trial_id(frozen), attrs.FAIL_MESSAGE, message)
         return storage.set_trial_state_values(trial_id(frozen), state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
-        return False
+        # Someone else finished it, or our own FAIL committed and its acknowledgement was lost (the
+        # resilient store retried it): in that case it is ours to queue the retry of.
+        now = storage.get_trial(trial_id(frozen))
+        return now.state == TrialState.FAIL and now.user_attrs.get(attrs.FAIL_MESSAGE) == message
 
 
 def fail_silent(study: optuna.Study, frozen: FrozenTrial, message: str, *, max_stale_retries: int) -> bool:
@@ -159,6 +162,9 @@ class Background:
 
     def __exit__(self, *exc: object) -> None:
         self.stopped.set()
+        for t in self._threads:  # a reaper between failing a trial and queuing its retry finishes both
+            if t.is_alive():
+                t.join(timeout=30)
 
     @contextlib.contextmanager
     def beating(self, trial: optuna.Trial) -> Iterator[None]:
@@ -177,7 +183,10 @@ class Background:
         try:
             storage_of(self.study).set_trial_system_attr(current, attrs.HEARTBEAT, self.clock())
         except optuna.exceptions.UpdateFinishedTrialError:
-            self.trial_id = None  # the trial ended (or was reaped): nothing to keep alive
+            # That trial ended (or was reaped): nothing to keep alive. Only if it is still the current
+            # one: a beat delayed by an outage must not switch off the next trial's heartbeats.
+            if self.trial_id == current:
+                self.trial_id = None
 
     def reap_now(self) -> list[int]:
         return reap(self.study, grace=self.liveness.grace, max_stale_retries=self.liveness.max_stale_retries,

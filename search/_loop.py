@@ -13,6 +13,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search._lifecycle import Background, StopFlag, fail_and_retry
+from search._store import fresh_trial
 from search._study import budget_used, failure_streak, stop_study, stopped_because
 from search.errors import FATAL, StudyStopped, TrialFailure, TrialLost, WorkerStopping
 from storage import attrs
@@ -109,7 +110,7 @@ def _trial_to_run(study: optuna.Study, spec: Any, stop: StopFlag, label: str, po
         if budget_used(study) < spec.trials:
             return True
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if running == 0:
+        if running == 0 and _settled(study, spec, stop, min(poll_s, 2.0)):
             logger.info("%s: budget of %d trials met, exiting", label, spec.trials)
             return False
         if not waiting_logged:
@@ -117,6 +118,13 @@ def _trial_to_run(study: optuna.Study, spec: Any, stop: StopFlag, label: str, po
             waiting_logged = True
         stop.event.wait(poll_s)
     return False
+
+
+def _settled(study: optuna.Study, spec: Any, stop: StopFlag, wait_s: float) -> bool:
+    """Still met a moment later: a reaper that has just failed the last running trial queues its
+    retry right after (two store calls); leaving in between would strand that retry."""
+    stop.event.wait(wait_s)
+    return budget_used(study) >= spec.trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
 
 
 def _mark(trial: optuna.Trial, label: str) -> None:
@@ -177,7 +185,10 @@ def _unexpected(trial: optuna.Trial, exc: Exception, label: str) -> TrialEnd | N
 
 def _tell(study: optuna.Study, trial: optuna.Trial, end: TrialEnd, label: str) -> bool:
     """Record the result; False when the reaper finished the trial first (its result is dropped)."""
-    told = study.tell(trial, end.value, state=end.state, skip_if_finished=True)
+    try:
+        told = study.tell(trial, end.value, state=end.state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:  # reaped between tell's check and its write
+        told = fresh_trial(trial)
     if told.state != end.state:
         logger.warning("%s: trial %d was failed by the reaper while this worker was paused; its result (%s) is "
                        "dropped", label, trial.number, end.value)

@@ -77,7 +77,10 @@ class Runner:
         env = self.env
         if self.packing is not None:  # a number for the worker's slot and memory cap; no backend takes the card
             env = {**env, "WORKERS_PER_GPU": str(self.packing.k), **GROW_ENV}
-        self.procs[index] = subprocess.Popen([*self.argv, "--worker-index", str(index)], env=env)
+        # A session of its own: Ctrl-C in the terminal reaches the runner only, which passes it on once
+        # (a second SIGINT from the terminal would make each worker exit at once, mid-epoch).
+        self.procs[index] = subprocess.Popen([*self.argv, "--worker-index", str(index)], env=env,
+                                             start_new_session=True)
 
     def _pack(self) -> None:
         """WORKERS_PER_GPU=auto: start workers up to k per GPU; stop the newest above it after an oom.
@@ -136,7 +139,7 @@ class Runner:
     def _prepare(self) -> int | None:
         """The one-time base training and feature extraction, once, on every core, before the
         workers (which share the cores) start; a worker would otherwise train the base on its share."""
-        prepare = subprocess.Popen([*self.argv, "--prepare"])
+        prepare = subprocess.Popen([*self.argv, "--prepare"], start_new_session=True)
         self.procs[-1] = prepare
         code = prepare.wait()
         del self.procs[-1]
@@ -159,9 +162,9 @@ class Runner:
             try:
                 for i, p in self.procs.items():
                     if p.returncode is not None and i not in seen_dead:
-                        seen_dead.add(i)
                         reap_worker(self.study, worker_label(i, p.pid), p.returncode,
                                     max_stale_retries=self.settings.max_stale_retries)
+                        seen_dead.add(i)  # only once reaped: a store error means try again next poll
                 reap(self.study, grace=self.settings.grace_period, max_stale_retries=self.settings.max_stale_retries)
                 self._pack()
                 line = counter_line(counts(self.study))

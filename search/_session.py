@@ -65,10 +65,13 @@ class WorkerSession:
         check_compatible(self.study, self.spec)
 
     def budget_met(self) -> bool:
+        from optuna.trial import TrialState
+
         from search._study import budget_used
 
-        if budget_used(self.study) < self.spec.trials:
-            return False
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if budget_used(self.study) < self.spec.trials or running:
+            return False  # running trials elsewhere may still need a retry: the loop waits for them
         logger.info("%s: study %s has used its budget of %d trials; nothing to do", self.label, self.name,
                     self.spec.trials)
         return True
