@@ -49,7 +49,9 @@ class Service:
         self.url = url
         self.env = {**os.environ, "STUDIES_DIR": str(studies), "STORAGE": url, "DATA_DIR": str(data_dir),
                     "DATA_CACHE": str(cache), "ARTIFACTS_DIR": str(tmp / "artifacts"), "HEARTBEAT_INTERVAL": "1",
-                    "GRACE_PERIOD": "6", "CUDA_VISIBLE_DEVICES": "", "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
+                    "GRACE_PERIOD": "6", "CUDA_VISIBLE_DEVICES": "",
+                    # a checkpoint every epoch (epochs here take a second): the kill tests check the resume
+                    "CHECKPOINT_EVERY_S": "0", "PYTHONFAULTHANDLER": "1", "PYTHONUNBUFFERED": "1", **(env or {})}
         self.logs = tmp / "logs"
         self.logs.mkdir(exist_ok=True)
         self.procs: list[subprocess.Popen] = []
