@@ -220,19 +220,26 @@ class BuilderArchitecture(Section):
 Architecture = PresetArchitecture | BuilderArchitecture
 
 
-def architecture_value(value: Any) -> Architecture:
-    """The file's `architecture` (or `feature_cache.base`): a preset's name, or {builder: ...}."""
-    if isinstance(value, (PresetArchitecture, BuilderArchitecture)):
-        return value
+def _one_of(value: Any, mapping: type[BaseModel], name: type[BaseModel], hint: str = "") -> Any:
+    """`value` as `mapping`'s model when it is a mapping, else as `name`'s; a failure is a Problem at
+    the failing field (`hint` added to a problem with a plain name)."""
     try:
-        return (BuilderArchitecture if isinstance(value, dict) else PresetArchitecture).model_validate(value)
+        return (mapping if isinstance(value, dict) else name).model_validate(value)
     except ValidationError as exc:
         err = exc.errors()[0]
         cause = err.get("ctx", {}).get("error")
         if not isinstance(cause, Exception):
             raise Problem(f"{err['msg']} but got {err['input']!r}", *err["loc"]) from None
-        own = "" if isinstance(value, dict) else '; or your own model: {builder: "path/to/file.py:build"}'
+        own = "" if isinstance(value, dict) else hint
         raise Problem(f"{cause}{own}", *err["loc"], *getattr(cause, "path", ())) from None
+
+
+def architecture_value(value: Any) -> Architecture:
+    """The file's `architecture` (or `feature_cache.base`): a preset's name, or {builder: ...}."""
+    if isinstance(value, (PresetArchitecture, BuilderArchitecture)):
+        return value
+    return _one_of(value, BuilderArchitecture, PresetArchitecture,
+                   '; or your own model: {builder: "path/to/file.py:build"}')
 
 
 def _dataset_name(value: Any) -> Any:
@@ -313,14 +320,7 @@ def dataset_value(value: Any) -> NamedDataset | DatasetLocation:
     """The file's `dataset`: a name, or {path: ..., options} (or {name: ..., options})."""
     if isinstance(value, (NamedDataset, DatasetLocation)):
         return value
-    try:
-        return (DatasetLocation if isinstance(value, dict) else NamedDataset).model_validate(value)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        cause = err.get("ctx", {}).get("error")
-        if not isinstance(cause, Exception):
-            raise Problem(f"{err['msg']} but got {err['input']!r}", *err["loc"]) from None
-        raise Problem(str(cause), *err["loc"], *getattr(cause, "path", ())) from None
+    return _one_of(value, DatasetLocation, NamedDataset)
 
 
 # --- the search space ---------------------------------------------------------------------------
