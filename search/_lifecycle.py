@@ -85,16 +85,21 @@ def _fail(study: optuna.Study, frozen: FrozenTrial, reason: str, message: str,
         storage.set_trial_user_attr(trial_id(frozen), attrs.FAIL_MESSAGE, message)
         return storage.set_trial_state_values(trial_id(frozen), state=TrialState.FAIL)
     except optuna.exceptions.UpdateFinishedTrialError:
-        # Someone else finished it, or our own FAIL committed and its acknowledgement was lost (the
-        # resilient store retried it): in that case it is ours to queue the retry of.
-        now = storage.get_trial(trial_id(frozen))
-        return now.state == TrialState.FAIL and now.user_attrs.get(attrs.FAIL_MESSAGE) == message
+        return False  # someone else (another worker's reaper) finished it, and queued what was due
+
+
+def _silent_before(study: optuna.Study, frozen: FrozenTrial) -> int:
+    """How often this trial's lineage went silent before it: counted from its finished predecessors
+    (Optuna's retry_history), not from an attribute a concurrent reaper may be writing right now."""
+    trials = study.get_trials(deepcopy=False)
+    history = frozen.system_attrs.get(attrs.RETRY_HISTORY, [])
+    return sum(trials[n].user_attrs.get(attrs.FAIL_REASON) == "stale" for n in history if n < len(trials))
 
 
 def fail_silent(study: optuna.Study, frozen: FrozenTrial, message: str, *, max_stale_retries: int) -> bool:
     """Fail a trial whose worker went silent or died (`stale`), and queue its retry unless its
     lineage has gone silent more than `max_stale_retries` times. False if it had finished."""
-    stale = int(frozen.system_attrs.get(attrs.STALE_FAILURES, 0)) + 1  # inherited along the lineage
+    stale = _silent_before(study, frozen) + 1
     retry = stale <= max_stale_retries
     if not retry:
         message += (f"; not retried: its lineage went silent {stale} times (MAX_STALE_RETRIES="
