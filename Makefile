@@ -108,7 +108,7 @@ bench-storage: $(STAMP) ## ask/tell latency and worker scaling on the local Post
 bench-decode: $(STAMP) ## decode 100,000 generated 64x64 images of one's own: peak RSS vs the arrays, and time; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.decode
 
-bench-breakdown: $(STAMP) ## where a trial's time goes (simple_cnn smoke, an fc_head-like study), checkpoints every epoch vs every 60 s; appends to BENCHMARKS.md
+bench-breakdown: $(STAMP) ## where a trial's time goes (simple_cnn smoke, fc_head-like, full data) and what each overhead change saves; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.breakdown --data-dir $(or $(DATA_DIR),../shared/datasets)
 
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)

@@ -1,11 +1,16 @@
-"""make bench-breakdown: where a trial's time goes (attrs.TIME_BREAKDOWN), and what checkpointing on a
-time basis (CHECKPOINT_EVERY_S) saves against a checkpoint every epoch.
+"""make bench-breakdown: where a trial's time goes (attrs.TIME_BREAKDOWN), and what each overhead change
+saves, measured side by side in one run.
+
+--compare overheads (the default): a baseline with the three per-trial overhead changes off
+(STEPS_PER_EXECUTION=1, RESIDENT_DATA=false, GC_FREEZE=false), each change alone, and all three (the
+defaults). --compare checkpoints: a checkpoint every epoch (CHECKPOINT_EVERY_S=0) against every 60 s.
 
 Each run is a real `python -m search run NAME --workers 1` (embedded journal store, heartbeats, the
 resilient store) in a folder of its own; its trials' breakdowns are read back from the store and
-summed per phase. Each case runs once per setting per repeat, the settings alternating (before,
-after, before, after...), so that both see the same machine load; WORKER_INDEX=0 seeds the sampler
-alike, so both start from the same trials (the study's warm starts, then the same random draws).
+summed per phase. Each case runs once per setting per repeat, the settings taking turns (baseline,
+change 1, change 2, ..., baseline, ...), so that all see the same machine load; WORKER_INDEX=0 seeds
+the sampler alike, so all start from the same trials (the study's warm starts, then the same random
+draws).
 
 Cases: (1) simple_cnn with --profile smoke (2,000 training / 500 validation images, at most 2
 epochs); (2) fc_head's head search made to fit a CPU (--fc-trials N, 0 to skip): CIFAR-10, 5,000
@@ -34,7 +39,20 @@ from benchmarks.machine import publish, quiet_tensorflow
 from storage import attrs, open_storage
 
 STUDIES = Path(__file__).resolve().parent.parent / "search" / "studies"
-SETTINGS = {"every epoch (before)": "0", "every 60 s (after)": "60"}
+_OFF = {"STEPS_PER_EXECUTION": "1", "RESIDENT_DATA": "false", "GC_FREEZE": "false"}
+# Per comparison: label -> the environment a run gets; the first setting is the baseline.
+COMPARISONS = {
+    "overheads": {
+        "baseline": _OFF,
+        "steps/call": {**_OFF, "STEPS_PER_EXECUTION": "auto"},
+        "resident": {**_OFF, "RESIDENT_DATA": "true"},
+        "gc freeze": {**_OFF, "GC_FREEZE": "true"},
+        "all three": {"STEPS_PER_EXECUTION": "auto", "RESIDENT_DATA": "true", "GC_FREEZE": "true"},
+    },
+    "checkpoints": {"every epoch": {"CHECKPOINT_EVERY_S": "0"}, "every 60 s": {"CHECKPOINT_EVERY_S": "60"}},
+}
+TITLES = {"overheads": "steps per call, resident data and gc.freeze, each alone and together",
+          "checkpoints": "checkpoints every epoch vs every 60 s"}
 
 
 @dataclasses.dataclass
@@ -80,10 +98,11 @@ class Case:
     args: list[str]
 
 
-def run_study(case: Case, folder: Path, shared: dict[str, str], checkpoint_every_s: str) -> Measured:
-    """`python -m search run` in `folder` (its own embedded journal store); the trials it ran."""
+def run_study(case: Case, folder: Path, shared: dict[str, str], setting: dict[str, str]) -> Measured:
+    """`python -m search run` in `folder` (its own embedded journal store) with `setting` in its
+    environment; the trials it ran."""
     folder.mkdir(parents=True)
-    env = {**os.environ, **shared, "CHECKPOINT_EVERY_S": checkpoint_every_s, "WORKER_INDEX": "0", "STORAGE": ""}
+    env = {**os.environ, **shared, **setting, "WORKER_INDEX": "0", "STORAGE": ""}
     log = folder / "run.log"
     with log.open("w") as out:
         done = subprocess.run([sys.executable, "-m", "search", "run", case.name, "--workers", "1", "--poll", "5",
@@ -104,34 +123,41 @@ def fc_study(studies_dir: Path, trials: int) -> None:
     (studies_dir / "fc_head.yaml").write_text(yaml.safe_dump(spec, sort_keys=False))
 
 
-def compare(case: Case, root: Path, shared: dict[str, str], repeats: int) -> dict[str, list[Measured]]:
-    runs: dict[str, list[Measured]] = {label: [] for label in SETTINGS}
+def compare(case: Case, root: Path, shared: dict[str, str], settings: dict[str, dict[str, str]],
+            repeats: int) -> dict[str, list[Measured]]:
+    runs: dict[str, list[Measured]] = {label: [] for label in settings}
     for i in range(repeats):
-        for j, (label, every) in enumerate(SETTINGS.items()):
+        for j, (label, setting) in enumerate(settings.items()):
             started = time.perf_counter()
-            runs[label].append(run_study(case, root / f"{case.name}-{i}-{j}", shared, every))
+            runs[label].append(run_study(case, root / f"{case.name}-{i}-{j}", shared, setting))
             print(f"{case.title}, {label}, repeat {i + 1}: {runs[label][-1].total:.1f} s in trials "
                   f"({time.perf_counter() - started:.0f} s in all)", flush=True)
     return runs
 
 
-def _cell(seconds: float, whole: float) -> str:
-    return f"{seconds:9.1f} s {seconds / whole if whole else 0:6.1%}"
+def _cell(seconds: float, baseline: float, first: bool) -> str:
+    if first:
+        return f"{seconds:.1f} s"
+    return f"{seconds:.1f} s {seconds / baseline:5.2f}x" if baseline else f"{seconds:.1f} s     -"
 
 
 def table(case: Case, runs: dict[str, list[Measured]]) -> list[str]:
-    """Per-phase totals of each setting side by side, and after/before ratios."""
-    (before_label, before), (after_label, after) = ((k, merged(v)) for k, v in runs.items())
-    n = len(runs[before_label])
-    lines = [f"{case.title}: {before.trials // n} trials a run, {n} run(s) per setting, alternating",
-             f"  {'phase':<12}{before_label:>26}{after_label:>26}{'after/before':>14}"]
-    for p in attrs.TIME_PHASES:
-        ratio = f"{after.totals[p] / before.totals[p]:.2f}" if before.totals[p] else "-"
-        lines.append(f"  {p:<12}{_cell(before.totals[p], before.total):>26}{_cell(after.totals[p], after.total):>26}"
-                     f"{ratio:>14}")
-    lines.append(f"  {'all phases':<12}{before.total:>24.1f} s{after.total:>24.1f} s"
-                 f"{after.total / before.total:>14.3f}")
-    for label, m in ((before_label, before), (after_label, after)):
+    """Per-phase totals of each setting side by side; after the first (the baseline), the ratio to it."""
+    merged_runs = {label: merged(r) for label, r in runs.items()}
+    base_label = next(iter(merged_runs))
+    base = merged_runs[base_label]
+    n = len(runs[base_label])
+    width = 20
+    lines = [f"{case.title}: {base.trials // n} trials a run, {n} run(s) per setting, taking turns; "
+             f"ratios to {base_label}",
+             f"  {'phase':<12}" + "".join(f"{label:>{width}}" for label in merged_runs)]
+    for p in [*attrs.TIME_PHASES, "all phases"]:
+        cells = []
+        for k, m in enumerate(merged_runs.values()):
+            seconds, baseline = (m.total, base.total) if p == "all phases" else (m.totals[p], base.totals[p])
+            cells.append(f"{_cell(seconds, baseline, k == 0):>{width}}")
+        lines.append(f"  {p:<12}" + "".join(cells))
+    for label, m in merged_runs.items():
         lines.append(f"  {label}: {m.trials} trials ({m.states}), {m.epochs} epochs; trials' wall time "
                      f"{m.wall:.1f} s, of which the breakdown covers {m.total / m.wall:.1%}")
     return lines
@@ -146,6 +172,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--full-trials", type=int, default=3, help="simple_cnn trials on the full data (one run "
                         "per setting); 0: skip")
     parser.add_argument("--full-epochs", type=int, default=3)
+    parser.add_argument("--compare", choices=sorted(COMPARISONS), default="overheads")
     parser.add_argument("--output", default="BENCHMARKS.md")
     return parser
 
@@ -159,21 +186,22 @@ def main(argv: list[str] | None = None) -> int:
     shared = {"DATA_DIR": str(Path(args.data_dir).resolve()), "DATA_CACHE": str(root / "cache"),
               "ARTIFACTS_DIR": str(root / "artifacts"), "STUDIES_DIR": str(studies)}
     load = os.getloadavg()[0]
+    settings = COMPARISONS[args.compare]
     smoke = Case("simple_cnn, --profile smoke", "simple_cnn", ["--profile", "smoke", "--trials", str(args.trials)])
-    lines = table(smoke, compare(smoke, root, shared, args.repeats))
+    lines = table(smoke, compare(smoke, root, shared, settings, args.repeats))
     if args.fc_trials:
         fc_study(studies, args.fc_trials)
         fc = Case("fc_head-like head search (CIFAR-10, 5,000 / 1,000 images, s003 base)", "fc_head", [])
-        lines += table(fc, compare(fc, root, shared, args.repeats))
+        lines += table(fc, compare(fc, root, shared, settings, args.repeats))
     if args.full_trials:
         full = Case(f"simple_cnn, full data (45,000 / 5,000 images, at most {args.full_epochs} epochs)", "simple_cnn",
                     ["--trials", str(args.full_trials), "--epochs", str(args.full_epochs)])
-        lines += table(full, compare(full, root / "full", shared, 1))
+        lines += table(full, compare(full, root / "full", shared, settings, 1))
     lines.append(f"load average (1 min) {load:.1f} at the start, {os.getloadavg()[0]:.1f} at the end, "
-                 f"on {os.cpu_count()} cores shared with other work")
+                 f"on {os.cpu_count()} cores")
     import keras
 
-    publish(args.output, "bench-breakdown: where a trial's time goes, checkpoints every epoch vs every 60 s",
+    publish(args.output, f"bench-breakdown: where a trial's time goes, {TITLES[args.compare]}",
             keras.backend.backend(), lines)
     shutil.rmtree(root, ignore_errors=True)
     return 0

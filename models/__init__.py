@@ -7,6 +7,8 @@ Two kinds, one interface (knobs from the signature, `params(input_shape=..., num
 
 from __future__ import annotations
 
+import math
+
 from models._builders import (
     Builder,
     BuilderChangedError,
@@ -59,9 +61,9 @@ __all__ = [
 
 def count_params(model) -> tuple[int, int]:
     """(total, trainable) parameter counts, as Keras's summary reports them."""
-    trainable = sum(int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in model.trainable_weights)
-    total = trainable + sum(int(w.numpy().size) if hasattr(w, "numpy") else int(w.size) for w in model.non_trainable_weights)
-    return total, trainable
+    # From the shapes: reading the values would copy every weight off the accelerator.
+    trainable = sum(math.prod(w.shape) for w in model.trainable_weights)
+    return trainable + sum(math.prod(w.shape) for w in model.non_trainable_weights), trainable
 
 
 def __getattr__(name: str):

@@ -10,7 +10,7 @@ import logging
 import os
 import socket
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import optuna
@@ -24,7 +24,7 @@ from search._space import suggest, trial_config
 from search._spec import StudySpec
 from search._store import fresh_trial, store_seconds
 from search._timing import PhaseCallback, TrialTimer, timed_builder
-from search._train import ModelBuilder, TrainResult, image_model, release, train
+from search._train import FitArrays, ModelBuilder, TrainResult, image_model, release, train
 from search.errors import TrialFailure, TrialLost, WorkerStopping
 from storage import attrs
 
@@ -62,7 +62,8 @@ class TrialGuard(keras.callbacks.Callback):
 
 def result_attrs(result: TrainResult) -> dict[str, Any]:
     values = {key: getattr(result, key) for key in attrs.RESULT_ATTRS}
-    return {**values, attrs.VAL_ACCURACY_CURVE: [round(a, 5) for a in result.curve]}
+    return {**values, attrs.VAL_ACCURACY_CURVE: [round(a, 5) for a in result.curve],
+            attrs.STEPS_PER_EXECUTION: result.steps_per_execution}
 
 
 def record(trial: optuna.Trial, values: dict[str, Any]) -> None:
@@ -82,8 +83,11 @@ class Objective:
     def __init__(self, spec: StudySpec, splits: Splits, *, worker: str = "",
                  make_model: ModelBuilder | None = None, stop: StopFlag | None = None,
                  checkpoint_root: Path | None = None, image_shape: tuple[int, ...] | None = None,
-                 checkpoint_every_s: float = EVERY_S) -> None:
+                 checkpoint_every_s: float = EVERY_S, steps_per_execution: int | Literal["auto"] = "auto",
+                 resident_data: bool = True) -> None:
         self.spec, self.splits, self.stop = spec, splits, stop
+        self.steps = steps_per_execution
+        self.arrays = FitArrays.of(splits, resident=resident_data)  # converted once, for every trial
         # Trials on cached features still describe the image model they stand for.
         self.image_shape = image_shape or splits.input_shape
         self.checkpoints = (None if checkpoint_root is None
@@ -132,7 +136,8 @@ class Objective:
             result, _ = train(cfg, self.splits, max_epochs=self.spec.max_epochs, patience=self.spec.patience,
                               seed=self.spec.seed + trial.number, label=f"[{self.worker}] trial {trial.number}",
                               callbacks=callbacks, make_model=timed_builder(self.make_model, timer),
-                              precision=self.spec.precision, jit_compile=self.spec.jit_compile)
+                              precision=self.spec.precision, jit_compile=self.spec.jit_compile,
+                              steps=self.steps, arrays=self.arrays)
         except TrialFailure as failure:
             # Recorded before the checkpoint is dropped: if the reaper failed this trial meanwhile,
             # the store refuses (TrialTakenOver) and the checkpoint stays for the retry.

@@ -110,12 +110,16 @@ class WorkerSession:
 
     def loop(self) -> str | None:
         from search._objective import Objective
+        from search._train import freeze_setup
         from search._loop import LoopLimits, run_loop
 
         s = self.settings
         objective = Objective(self.spec, self.splits, worker=self.label, make_model=self.make_model, stop=self.stop,
                               checkpoint_root=self.artifacts / "checkpoints", image_shape=self.image_shape,
-                              checkpoint_every_s=s.checkpoint_every_s)
+                              checkpoint_every_s=s.checkpoint_every_s, steps_per_execution=s.steps_per_execution,
+                              resident_data=s.resident_data)
+        if s.gc_freeze:
+            freeze_setup()
         liveness = Liveness(s.heartbeat_interval, s.grace_period, s.max_stale_retries)
         limits = LoopLimits(s.worker_max_rss_growth_mb, s.worker_max_gpu_growth_mb, poll_s=s.heartbeat_interval)
         with Background(self.study, liveness) as background:

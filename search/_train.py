@@ -9,6 +9,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import keras
 import numpy as np
@@ -74,6 +75,7 @@ class TrainResult:
     images_per_s: float
     n_params: int
     curve: list[float] = field(default_factory=list)
+    steps_per_execution: int = 1
 
 
 _OOM_MARKS = ("ResourceExhausted", "RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM when allocating")
@@ -92,6 +94,41 @@ def oom_message(exc: BaseException) -> str:
 
 
 ModelBuilder = Callable[[TrialConfig, Splits, int], keras.Model]
+
+# STEPS_PER_EXECUTION=auto (search/settings.py): a model this small spends much of each step in the
+# framework's per-call overhead (BENCHMARKS.md, bench-breakdown), so it runs this many steps a call.
+SMALL_MODEL_PARAMS = 2_000_000
+SMALL_MODEL_STEPS = 16
+
+
+def steps_per_execution(setting: int | Literal["auto"], n_params: int) -> int:
+    """Training steps per call into the compiled train function. It changes no result: the same batches
+    in the same order; only batch-level callbacks (TerminateOnNaN, the timer's first step) see every
+    `steps`-th batch. The last call of an epoch runs the steps that are left."""
+    if setting == "auto":
+        return SMALL_MODEL_STEPS if n_params <= SMALL_MODEL_PARAMS else 1
+    if not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"steps_per_execution must be 'auto' or an integer >= 1 but got {setting!r}")
+    return setting
+
+
+@dataclass(frozen=True)
+class FitArrays:
+    """The four arrays model.fit() reads, as fit() is given them: numpy, or the backend's tensors made
+    once per worker (RESIDENT_DATA), so that a trial's fit does not convert the training images again
+    (with JAX, the tensors live on the accelerator and batches are gathered there)."""
+
+    x_train: Any
+    y_train: Any
+    x_val: Any
+    y_val: Any
+
+    @classmethod
+    def of(cls, splits: Splits, *, resident: bool = False) -> FitArrays:
+        arrays = (splits.x_train, splits.y_train, splits.x_val, splits.y_val)
+        if resident:
+            arrays = tuple(keras.ops.convert_to_tensor(a) for a in arrays)
+        return cls(*arrays)
 
 
 def image_model(normalization: str = "scale") -> ModelBuilder:
@@ -131,21 +168,26 @@ def train(
     verbose: int | None = None,
     precision: str = "float32",
     jit_compile: bool = False,
+    steps: int | Literal["auto"] = 1,
+    arrays: FitArrays | None = None,
 ) -> tuple[TrainResult, keras.Model]:
     """Fit the config on splits.train, validate on splits.val every epoch; keep the best epoch.
+    `steps` is STEPS_PER_EXECUTION; `arrays`, when given, are splits' arrays as fit() should get them.
 
     Returns the result and the trained model (best weights restored); the caller drops it.
     """
     keras.utils.set_random_seed(seed)
+    data = arrays or FitArrays.of(splits)
     try:
-        model = compiled_model(cfg, splits, seed, make_model, precision=precision, jit_compile=jit_compile)
+        model = compiled_model(cfg, splits, seed, make_model, precision=precision, jit_compile=jit_compile,
+                               steps=steps)
         log = EpochLog(label, max_epochs)
         stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=patience,
                                              restore_best_weights=True)
         started = time.perf_counter()
         history = model.fit(
-            splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=max_epochs,
-            validation_data=(splits.x_val, splits.y_val), verbose=0 if verbose is None else verbose,
+            data.x_train, data.y_train, batch_size=cfg.train.batch_size, epochs=max_epochs,
+            validation_data=(data.x_val, data.y_val), verbose=0 if verbose is None else verbose,
             callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *callbacks, stop],
         )
         seconds = time.perf_counter() - started
@@ -155,7 +197,7 @@ def train(
         result = TrainResult(
             best_val_accuracy=float(max(accs)), best_epoch=int(np.argmax(accs)) + 1, epochs_run=len(accs),
             train_seconds=seconds, images_per_s=len(accs) * len(splits.x_train) / max(seconds, 1e-9),
-            n_params=architecture_params(model), curve=log.curve,
+            n_params=architecture_params(model), curve=log.curve, steps_per_execution=model.steps_per_execution,
         )
         return result, model
     except TrialFailure:
@@ -190,14 +232,17 @@ def float32_output(model: keras.Model) -> keras.Model:
 
 
 def compiled_model(cfg: TrialConfig, splits: Splits, seed: int, make_model: ModelBuilder | None, *,
-                   precision: str = "float32", jit_compile: bool = False) -> keras.Model:
-    """The trial's model, built under the study's dtype policy (its output float32) and compiled.
+                   precision: str = "float32", jit_compile: bool = False,
+                   steps: int | Literal["auto"] = 1) -> keras.Model:
+    """The trial's model, built under the study's dtype policy (its output float32) and compiled to run
+    steps_per_execution(steps, its parameters) steps a call.
     jit_compile False leaves Keras's own choice ("auto": XLA on a TensorFlow GPU, none on a CPU; JAX
     always compiles): a literal False would run JAX op by op and turn off XLA where it runs today."""
     with dtype_policy(precision):
         model = float32_output((make_model or image_model())(cfg, splits, seed))
         model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"], jit_compile=True if jit_compile else "auto")
+                      metrics=["accuracy"], jit_compile=True if jit_compile else "auto",
+                      steps_per_execution=steps_per_execution(steps, architecture_params(model)))
     return model
 
 
@@ -208,6 +253,14 @@ def architecture_params(model: keras.Model) -> int:
 
 
 def release() -> None:
-    """Free what the last trial built: Keras's global state and Python garbage."""
-    keras.backend.clear_session()
+    """Free what the last trial built: Keras's global state, then Python garbage (clear_session's
+    free_memory runs gc.collect(); a second collection found nothing more and cost as much again)."""
+    keras.backend.clear_session(free_memory=True)
+
+
+def freeze_setup() -> None:
+    """After a worker's set-up (imports, data, feature cache): collect once, then gc.freeze() what is
+    left, so that each later collection walks only the objects trials create. With TensorFlow and Keras
+    imported that is ~300,000 objects fewer a collection (GC_FREEZE; BENCHMARKS.md, bench-breakdown)."""
     gc.collect()
+    gc.freeze()

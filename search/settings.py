@@ -45,6 +45,15 @@ class Settings(BaseSettings):
     max_stale_retries: int = Field(1, ge=0, description="retries of a lineage whose worker went silent")
     checkpoint_every_s: float = Field(60.0, ge=0, description=(
         "least seconds between a trial's checkpoints (written at epoch ends, always at a stop); 0: every epoch"))
+    # --- a trial's overheads (BENCHMARKS.md, bench-breakdown) ------------------------------------
+    steps_per_execution: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
+        "training steps per call into the compiled function; auto: 16 for models of at most 2,000,000 "
+        "parameters, else 1"))
+    resident_data: bool = Field(True, description=(
+        "convert the training and validation arrays to the backend's tensors once per worker (with JAX, "
+        "on the accelerator) instead of at every trial's fit"))
+    gc_freeze: bool = Field(True, description=(
+        "gc.freeze() after a worker's set-up, so the collection after each trial walks only what trials made"))
     journal_settle_deadline: float = Field(
         120.0, gt=0, description="seconds a journal read after an append waits through an outage")
     store_max_backoff: float = Field(30.0, gt=0, description="longest wait between retries of a store call")

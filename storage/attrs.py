@@ -76,4 +76,5 @@ TIME_PHASES = (
 # --- trial user attributes of how a trial trained and what it held on its GPU ----------------------
 PRECISION = "precision"  # the study's Keras dtype policy: float32, mixed_bfloat16 or mixed_float16
 JIT_COMPILE = "jit_compile"  # whether the study asked for XLA (true) or left it to Keras (false)
+STEPS_PER_EXECUTION = "steps_per_execution"  # training steps per compiled call (STEPS_PER_EXECUTION; no result changes)
 WORKER_GPU_PEAK_END_MIB = "worker_gpu_peak_end_mib"  # the worker's allocator peak as the trial ended (packing)
