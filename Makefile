@@ -23,6 +23,8 @@ EPOCHS ?=
 PROFILE ?=
 PORT ?= 8080
 N ?= 4
+# Extra flags for a bench target's script, e.g. BENCH_ARGS="--compare checkpoints" (see its --help).
+BENCH_ARGS ?=
 
 export KERAS_BACKEND ?= tensorflow
 export TF_CPP_MIN_LOG_LEVEL ?= 2
@@ -35,7 +37,7 @@ STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRI
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
-	@echo "  variables: NAME DATASET DATA_DIR STORAGE WORKERS TRIALS EPOCHS PROFILE=smoke PORT N"
+	@echo "  variables: NAME DATASET DATA_DIR STORAGE WORKERS TRIALS EPOCHS PROFILE=smoke PORT N BENCH_ARGS"
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -94,22 +96,22 @@ test-fast: $(STAMP) ## the suite without the slow end-to-end tests
 	$(PY) -m pytest -q -m "not slow"
 
 bench-data: $(STAMP) ## augmentation throughput vs ImageDataGenerator; appends to BENCHMARKS.md
-	$(PY) -m benchmarks.data --data-dir $(or $(DATA_DIR),../shared/datasets)
+	$(PY) -m benchmarks.data --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
 
 bench-search: $(STAMP) ## random search vs TPE+Hyperband on fc_head's cached features; appends to BENCHMARKS.md
-	$(PY) -m benchmarks.search --data-dir $(or $(DATA_DIR),../shared/datasets)
+	$(PY) -m benchmarks.search --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
 
 bench-gpu: $(STAMP) ## GPU placement, packing and GPU memory across trials (needs a GPU); appends to BENCHMARKS.md
-	$(PY) -m benchmarks.gpu --data-dir $(or $(DATA_DIR),../shared/datasets)
+	$(PY) -m benchmarks.gpu --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
 
 bench-storage: $(STAMP) ## ask/tell latency and worker scaling on the local PostgreSQL; appends to BENCHMARKS.md
-	$(PY) -m benchmarks.storage
+	$(PY) -m benchmarks.storage $(BENCH_ARGS)
 
 bench-decode: $(STAMP) ## decode 100,000 generated 64x64 images of one's own: peak RSS vs the arrays, and time; appends to BENCHMARKS.md
-	$(PY) -m benchmarks.decode
+	$(PY) -m benchmarks.decode $(BENCH_ARGS)
 
 bench-breakdown: $(STAMP) ## where a trial's time goes (simple_cnn smoke, fc_head-like, full data) and what each overhead change saves; appends to BENCHMARKS.md
-	$(PY) -m benchmarks.breakdown --data-dir $(or $(DATA_DIR),../shared/datasets)
+	$(PY) -m benchmarks.breakdown --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
 
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 

@@ -10,6 +10,7 @@ Store outages are waited out below this module, by the resilient store (`search/
 from __future__ import annotations
 
 import contextlib
+import copy
 import logging
 import signal
 import threading
@@ -56,7 +57,9 @@ def _pinned_experimental() -> Iterator[None]:
 
 
 def _queue_retry(study: optuna.Study, failed: FrozenTrial) -> None:
-    fresh = storage_of(study).get_trial(trial_id(failed))  # with the attributes just written, which it inherits
+    fresh = copy.deepcopy(storage_of(study).get_trial(trial_id(failed)))  # with the attributes just written
+    # The retry inherits them all but the heartbeat: its own worker beats as it starts it (_last_beat).
+    fresh.system_attrs = {k: v for k, v in fresh.system_attrs.items() if k != attrs.HEARTBEAT}
     with _pinned_experimental():
         RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, fresh)
 
@@ -69,9 +72,13 @@ def lineage(trial: FrozenTrial) -> int:
 
 
 def _last_beat(trial: FrozenTrial) -> float:
-    start = trial.datetime_start.timestamp() if trial.datetime_start else 0.0
-    # A retry inherits its original's system attrs, heartbeat included: never older than its start.
-    return max(float(trial.system_attrs.get(attrs.HEARTBEAT, 0.0)), start)
+    """The trial's last heartbeat (seconds since the epoch, the worker's clock). Before the first, which
+    a worker writes as it starts a trial, its start: Optuna's datetime_start is the asking machine's
+    naive local time, which a reaper in another time zone misreads by hours, so it is read only then."""
+    beat = trial.system_attrs.get(attrs.HEARTBEAT)
+    if beat is not None:
+        return float(beat)
+    return trial.datetime_start.timestamp() if trial.datetime_start else 0.0
 
 
 def _fail(study: optuna.Study, frozen: FrozenTrial, reason: str, message: str,

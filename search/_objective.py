@@ -84,7 +84,7 @@ class Objective:
                  make_model: ModelBuilder | None = None, stop: StopFlag | None = None,
                  checkpoint_root: Path | None = None, image_shape: tuple[int, ...] | None = None,
                  checkpoint_every_s: float = EVERY_S, steps_per_execution: int | Literal["auto"] = "auto",
-                 resident_data: bool = True) -> None:
+                 resident_data: bool = False) -> None:
         self.spec, self.splits, self.stop = spec, splits, stop
         self.steps = steps_per_execution
         self.arrays = FitArrays.of(splits, resident=resident_data)  # converted once, for every trial

@@ -115,8 +115,9 @@ def steps_per_execution(setting: int | Literal["auto"], n_params: int) -> int:
 @dataclass(frozen=True)
 class FitArrays:
     """The four arrays model.fit() reads, as fit() is given them: numpy, or the backend's tensors made
-    once per worker (RESIDENT_DATA), so that a trial's fit does not convert the training images again
-    (with JAX, the tensors live on the accelerator and batches are gathered there)."""
+    once per worker (RESIDENT_DATA), so that a trial's fit does not convert the training images again.
+    With JAX the tensors live on the default device (a GPU's memory, where batches are then gathered);
+    with TensorFlow on the host, where its input pipeline (tf.data) reads them."""
 
     x_train: Any
     y_train: Any
@@ -126,9 +127,11 @@ class FitArrays:
     @classmethod
     def of(cls, splits: Splits, *, resident: bool = False) -> FitArrays:
         arrays = (splits.x_train, splits.y_train, splits.x_val, splits.y_val)
-        if resident:
-            arrays = tuple(keras.ops.convert_to_tensor(a) for a in arrays)
-        return cls(*arrays)
+        if not resident:
+            return cls(*arrays)
+        host = keras.backend.backend() == "tensorflow"
+        with keras.device("cpu:0") if host else contextlib.nullcontext():
+            return cls(*(keras.ops.convert_to_tensor(a) for a in arrays))
 
 
 def image_model(normalization: str = "scale") -> ModelBuilder:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import os
 import time
 import uuid
 
@@ -112,6 +113,46 @@ def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING and retries[0].params == trials[trial.number].params
     assert reap(study, grace=1.0, now=later) == []  # nothing twice
     assert budget_used(study) == 1  # the live trial; the failed one's retry will count in its place
+
+
+def _time_zone(name: str | None) -> None:
+    """This process's local time zone (None: the machine's), as datetime.now() sees it."""
+    if name is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = name
+    time.tzset()
+
+
+def test_a_heartbeat_outranks_a_start_time_read_in_another_time_zone(tmp_path):
+    """Regression: on the journal stores Optuna's datetime_start is the asking machine's naive local
+    time. A reaper an hour behind it read a trial started "now" as started an hour from now, took that
+    as its last sign of life, and left a dead worker's trial RUNNING for an hour past the grace period.
+    Once a trial has a heartbeat of its own (seconds since the epoch), the reaper reads nothing else."""
+    study = _no_warm_start(f"journal://{tmp_path / 'studies.journal'}")
+    before = os.environ.get("TZ")
+    try:
+        _time_zone("Etc/GMT-1")  # the asking worker's machine: UTC+1
+        dead = _run_next(study)
+        _time_zone("UTC")  # the reaper's machine
+        study._storage.set_trial_system_attr(dead._trial_id, attrs.HEARTBEAT, time.time() - 30.0)
+        start = study._storage.get_trial(dead._trial_id).datetime_start.timestamp()
+        assert start > time.time() + 3000  # what the reaper reads: an hour ahead
+        assert reap(study, grace=10.0) == [dead.number]
+    finally:
+        _time_zone(before)
+
+
+def test_a_retry_does_not_inherit_its_original_s_heartbeat(store):
+    study = _no_warm_start(store)
+    trial = _run_next(study)
+    study._storage.set_trial_system_attr(trial._trial_id, attrs.HEARTBEAT, time.time())
+    assert reap(study, grace=10.0, now=time.time() + 30.0) == [trial.number]
+    retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number)
+    assert retry.state == TrialState.WAITING and attrs.HEARTBEAT not in retry.system_attrs
+    assert retry.system_attrs[attrs.STALE_FAILURES] == 1  # what it should inherit, it does
+    started = _run_next(study)  # no beat yet: judged by its start, so not reaped at once
+    assert started.number == retry.number and reap(study, grace=10.0) == []
 
 
 def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twice(store):
