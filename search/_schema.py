@@ -4,323 +4,25 @@
 against the architecture, `when` against earlier knobs, sampler and pruner options against Optuna);
 search._spec turns the result into a StudySpec. A validator that knows a more precise place than the
 field it checks raises `Problem(message, *path)`; `spec_error` reports it at that dotted path.
-`study_json_schema()` is the same declaration, for editors.
+`study_json_schema()` is the same declaration, for editors. The parts: search._schema_types (errors,
+value types, Section), search._schema_sources (architecture and dataset), this module (the search
+space, warm starts and the other sections).
 """
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, RootModel, ValidationError,
-                      WithJsonSchema, field_validator, model_validator)
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from data import DATASETS, DEFAULT_TEST_FRACTION, DatasetRef
 from data._augment import AugmentParams
-from models import PRESETS, Builder, BuilderError, load_builder
-from search._knobs import KNOBS, check_value, fits, knob_problem, parameter_problem
+from search._knobs import KNOBS, check_value, fits
+from search._schema_sources import Architecture, BuilderArchitecture, architecture_value
+from search._schema_types import (FEATURE_BASES, AtLeastOne, Bool, FeatureBase, Number, PositiveInt, PositiveNumber,
+                                  Problem, Section, SubsetSize)
 from search._strategies import PRUNERS, SAMPLERS, Strategy, build_problem, options_model, options_problem
-from search.errors import StudySpecError
 
 SECOND_OBJECTIVES = ("params", "train_seconds")
-_FEATURE_BASES = tuple(sorted(n for n, p in PRESETS.items() if p.family in ("convnet", "wrn")))
-
-
-class Problem(ValueError):
-    """What is wrong and how to fix it, at `path` below the value a validator checks."""
-
-    def __init__(self, problem: str, *path: str | int) -> None:
-        super().__init__(problem)
-        self.path = path
-
-
-def spec_error(exc: ValidationError, where: str) -> StudySpecError:
-    """The first error, at its dotted path (`where`, the file, for the top level)."""
-    err = exc.errors()[0]
-    cause = err.get("ctx", {}).get("error")
-    if isinstance(cause, Exception):
-        path, problem = (*err["loc"], *getattr(cause, "path", ())), str(cause)
-    else:
-        path, problem = err["loc"], f"{err['msg']} but got {err['input']!r}"
-    dotted = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-    return StudySpecError(dotted or where, problem)
-
-
-# --- value types: numbers keep the type the file gives (the space hash is over these values) -----
-
-
-def _finite(value: Any) -> Any:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise ValueError(f"expected a finite number but got {value!r}")
-    return value
-
-
-def _positive(value: Any) -> Any:
-    if _finite(value) <= 0:
-        raise ValueError("must be positive")
-    return value
-
-
-def _boolean(value: Any) -> Any:
-    if not isinstance(value, bool):
-        raise ValueError("must be true or false")
-    return value
-
-
-def _int_at_least(minimum: int, problem: str, fix: str = "") -> Any:
-    def check(value: Any) -> Any:
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise ValueError(f"{problem} but got {value!r}{fix}")
-        return value
-
-    return Annotated[int, BeforeValidator(check), Field(ge=minimum)]
-
-
-Number = Annotated[int | float, BeforeValidator(_finite), WithJsonSchema({"type": "number"})]
-PositiveNumber = Annotated[int | float, BeforeValidator(_positive),
-                           WithJsonSchema({"type": "number", "exclusiveMinimum": 0})]
-Bool = Annotated[bool, BeforeValidator(_boolean)]
-Text = Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))]
-PositiveInt = _int_at_least(1, "must be a positive integer")
-AtLeastOne = _int_at_least(1, "must be >= 1")
-NonNegativeInt = _int_at_least(0, "must be a non-negative integer")
-SubsetSize = _int_at_least(10, "must be an integer >= 10 or absent")
-FailureStreak = _int_at_least(1, "must be an integer >= 1", "; give how many failures in a row, all for one "
-                              "reason, stop the study (or leave it out for 5)")
-KnobName = Literal[tuple(KNOBS)]
-FeatureBase = Literal[_FEATURE_BASES]
-
-
-class Section(BaseModel):
-    """A mapping of the study file: null means empty; an unknown or a missing key is named."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _known_keys(cls, raw: Any) -> Any:
-        raw = {} if raw is None else raw
-        if not isinstance(raw, dict):
-            raise ValueError(f"expected a mapping but got {type(raw).__name__}")
-        unknown = sorted(set(raw) - set(cls.model_fields), key=str)
-        if unknown:
-            raise ValueError(f"unknown field(s) {unknown}; allowed: {sorted(cls.model_fields)}")
-        for key, field in cls.model_fields.items():
-            if field.is_required() and key not in raw:
-                raise Problem(f"missing; give {field.description}", key)
-        return raw
-
-
-# --- what is trained on what. Each is its own small model so that a dataset by path and a user's
-# builder ({builder: "file.py:build"}) can join as further kinds with the same properties. --------
-
-
-def _named(value: Any, known: dict, what: str) -> Any:
-    if not isinstance(value, str) or value not in known:
-        raise ValueError(f"unknown {what} {value!r}; known: {', '.join(known)}")
-    return value
-
-
-class PresetArchitecture(RootModel[Annotated[Literal[tuple(PRESETS)],
-                                             BeforeValidator(lambda v: _named(v, PRESETS, "architecture"))]]):
-    """A documented architecture by name (models/_presets.py); its keyword-only arguments are the
-    model knobs a study may search or fix."""
-
-    model_config = ConfigDict(frozen=True)
-
-    @property
-    def name(self) -> str:
-        return self.root
-
-    @property
-    def knobs(self) -> frozenset[str]:
-        return frozenset(PRESETS[self.root].knobs)
-
-    @property
-    def freezable_base(self) -> bool:
-        return PRESETS[self.root].family == "convnet" and "freeze_base" in self.knobs
-
-    def knob_problem(self, knob: object) -> str | None:
-        return knob_problem(knob, self.root, self.knobs)
-
-    def value_problem(self, knob: str, value: Any) -> str | None:
-        return check_value(knob, value) if knob in KNOBS else None
-
-    def kind(self, knob: str) -> str:
-        return KNOBS[knob].kind
-
-    def fixable(self) -> set[str]:
-        return set(KNOBS) | self.knobs
-
-    def parameter_problem(self, key: object) -> str | None:
-        return parameter_problem(key)
-
-
-# Knobs the service applies to any model (the optimiser, the batch, augmentation): a builder's
-# own keyword-only parameters are its model knobs, and may not take these names.
-TRAINING_KNOBS = tuple(name for name, knob in KNOBS.items() if knob.target != "model")
-
-
-class BuilderArchitecture(Section):
-    """Your own Keras model: a function build(input_shape, num_classes, *, knob=default, ...) that returns
-    an uncompiled keras.Model, by "path/to/file.py:build" (relative to the working directory, or absolute)
-    or "package.module:build". Its keyword-only parameters are the model knobs a study may search or fix,
-    typed by their defaults; the training knobs apply as to any model."""
-
-    builder: str = Field(description='"path/to/file.py:function" or "package.module:function"')
-    _loaded: Builder | None = PrivateAttr(None)
-
-    @model_validator(mode="after")
-    def _loads(self) -> BuilderArchitecture:
-        try:
-            self._loaded = load_builder(self.builder)
-        except BuilderError as exc:
-            raise Problem(str(exc), "builder") from None
-        clash = sorted(set(self._loaded.knobs) & set(TRAINING_KNOBS))
-        if clash:
-            raise Problem(f"knob(s) {clash} of {self.builder} are training knobs the service sets for any "
-                          "model; rename them in the builder", "builder")
-        return self
-
-    @property
-    def name(self) -> str:
-        return self.builder
-
-    @property
-    def loaded(self) -> Builder:
-        return self._loaded
-
-    @property
-    def knobs(self) -> frozenset[str]:
-        return frozenset(self._loaded.knobs)
-
-    freezable_base: ClassVar[bool] = False  # heads are a preset's HeadParams; a builder may be feature_cache.base
-
-    def knob_problem(self, knob: object) -> str | None:
-        if knob in TRAINING_KNOBS:
-            return None
-        if knob not in self.knobs:
-            return (f"builder {self.builder} has no knob {knob!r}; its knobs: {sorted(self.knobs)}; "
-                    f"training knobs: {', '.join(TRAINING_KNOBS)}")
-        return self._loaded.knob_problem(knob)  # type: ignore[arg-type]
-
-    def value_problem(self, knob: str, value: Any) -> str | None:
-        return self._loaded.value_problem(knob, value) if knob in self.knobs else check_value(knob, value)
-
-    def kind(self, knob: str) -> str:
-        return self._loaded.kinds.get(knob) or KNOBS[knob].kind
-
-    def fixable(self) -> set[str]:
-        return set(TRAINING_KNOBS) | self.knobs
-
-    def parameter_problem(self, key: object) -> str | None:
-        return None if key in self.fixable() else f"unknown knob {key!r}; knobs: {sorted(self.fixable())}"
-
-
-Architecture = PresetArchitecture | BuilderArchitecture
-
-
-def _one_of(value: Any, mapping: type[BaseModel], name: type[BaseModel], hint: str = "") -> Any:
-    """`value` as `mapping`'s model when it is a mapping, else as `name`'s; a failure is a Problem at
-    the failing field (`hint` added to a problem with a plain name)."""
-    try:
-        return (mapping if isinstance(value, dict) else name).model_validate(value)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        cause = err.get("ctx", {}).get("error")
-        if not isinstance(cause, Exception):
-            raise Problem(f"{err['msg']} but got {err['input']!r}", *err["loc"]) from None
-        own = "" if isinstance(value, dict) else hint
-        raise Problem(f"{cause}{own}", *err["loc"], *getattr(cause, "path", ())) from None
-
-
-def architecture_value(value: Any) -> Architecture:
-    """The file's `architecture` (or `feature_cache.base`): a preset's name, or {builder: ...}."""
-    if isinstance(value, (PresetArchitecture, BuilderArchitecture)):
-        return value
-    return _one_of(value, BuilderArchitecture, PresetArchitecture,
-                   '; or your own model: {builder: "path/to/file.py:build"}')
-
-
-def _dataset_name(value: Any) -> Any:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a dataset name ({', '.join(DATASETS)}, or a folder or file in DATA_DIR) or a "
-                         f"mapping {{path: ..., image_size: [h, w], ...}} but got {value!r}")
-    DatasetRef(name=value)  # its ValueError says what a name may hold
-    return value
-
-
-class NamedDataset(RootModel[Annotated[str, BeforeValidator(_dataset_name)]]):
-    """A dataset by name: one the service knows (data/_specs.py), or a folder or file <name>, <name>.npz,
-    <name>.tar.gz or <name>.tgz in DATA_DIR."""
-
-    model_config = ConfigDict(frozen=True)
-
-    @property
-    def ref(self) -> DatasetRef:
-        return DatasetRef(name=self.root)
-
-    @property
-    def name(self) -> str:
-        return self.root
-
-    @property
-    def label_modes(self) -> tuple[str, ...]:
-        return ("fine", "coarse") if self.root == "cifar100" else ("fine",)
-
-
-class DatasetLocation(Section):
-    """Data of your own by location (or by name in DATA_DIR), and how to read it (docs: own data)."""
-
-    path: str | None = Field(None, description=(
-        "a folder of images (train/<class>/..., optional test/<class>/..., or <class>/...), a .tar.gz/.tgz of "
-        "one, an .npz (x_train, y_train, optional x_test, y_test, class_names) or a CIFAR-style pickle folder; "
-        "relative to the working directory, or absolute"))
-    name: str | None = Field(None, description="instead of path: a folder or file in DATA_DIR")
-    image_size: tuple[PositiveInt, PositiveInt] | None = Field(None, description=(
-        "[height, width]: every image is resized to it once, when decoded (needed when sizes differ)"))
-    skip_unreadable: Bool = Field(False, description="skip files that are not decodable images (counted) "
-                                  "rather than fail")
-    test_fraction: Number = Field(DEFAULT_TEST_FRACTION, description=(
-        "the share of each class held out (seeded) as the test split when the data has none"))
-
-    @field_validator("image_size", mode="before")
-    @classmethod
-    def _height_width(cls, value: Any) -> Any:
-        if value is not None and (not isinstance(value, list) or len(value) != 2):
-            raise ValueError(f"must be [height, width], two positive integers, but got {value!r}")
-        return value
-
-    @field_validator("test_fraction")
-    @classmethod
-    def _fraction(cls, value: float) -> float:
-        if not 0 < value < 1:
-            raise ValueError(f"must be in (0, 1) but got {value!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_dataset(self) -> DatasetLocation:
-        try:
-            self.ref
-        except ValueError as exc:
-            raise Problem(str(exc)) from None
-        return self
-
-    @property
-    def ref(self) -> DatasetRef:
-        return DatasetRef(name=self.name, path=self.path, image_size=self.image_size,
-                          skip_unreadable=self.skip_unreadable, test_fraction=self.test_fraction)
-
-    @property
-    def label_modes(self) -> tuple[str, ...]:
-        return ("fine", "coarse") if self.name == "cifar100" else ("fine",)
-
-
-def dataset_value(value: Any) -> NamedDataset | DatasetLocation:
-    """The file's `dataset`: a name, or {path: ..., options} (or {name: ..., options})."""
-    if isinstance(value, (NamedDataset, DatasetLocation)):
-        return value
-    return _one_of(value, DatasetLocation, NamedDataset)
 
 
 # --- the search space ---------------------------------------------------------------------------
@@ -496,8 +198,8 @@ class FeatureCacheSection(Section):
     def _known_base(cls, value: Any) -> Any:
         if isinstance(value, dict):
             return architecture_value(value)
-        if value is not None and value not in _FEATURE_BASES:
-            raise ValueError(f"{value!r} is not a convnet or wrn preset; known: {', '.join(_FEATURE_BASES)}; or "
+        if value is not None and value not in FEATURE_BASES:
+            raise ValueError(f"{value!r} is not a convnet or wrn preset; known: {', '.join(FEATURE_BASES)}; or "
                              "your own model: {builder: \"file.py:build\"}")
         return value
 

@@ -21,12 +21,11 @@ from data import DATASETS, DatasetRef
 from data._augment import AugmentParams
 from models import PRESETS
 from search._knobs import KNOBS, fits, knob_problem, parameter_knob, parameter_problem
-from search._schema import (Architecture, AugmentSection, Budget, BuilderArchitecture, DataSection, EarlyStopping,
-                            FailureStreak, FeatureCacheSection, NamedDataset, NonNegativeInt, Objective,
-                            PresetArchitecture, Problem, Profile, PrunerChoice, SamplerChoice, Section, SpaceEntry,
-                            Text, WarmStart, architecture_value, check_space_entry, spec_error)
-from search._schema import Bool
-from search._schema import DatasetLocation, dataset_value
+from search._schema import (AugmentSection, Budget, DataSection, EarlyStopping, FeatureCacheSection, Objective,
+                            Profile, PrunerChoice, SamplerChoice, SpaceEntry, WarmStart, check_space_entry)
+from search._schema_sources import (Architecture, BuilderArchitecture, DatasetLocation, NamedDataset,
+                                    PresetArchitecture, architecture_value, dataset_value)
+from search._schema_types import Bool, FailureStreak, NonNegativeInt, Problem, Section, Text, spec_error
 from search._strategies import objectives_problem
 from search.errors import StudySpecError
 from storage import check_study_name
