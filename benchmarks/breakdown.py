@@ -1,10 +1,11 @@
 """make bench-breakdown: where a trial's time goes (attrs.TIME_BREAKDOWN), and what each overhead change
 saves, measured side by side in one run.
 
---compare overheads (the default): a baseline with the three per-trial overhead changes off
-(STEPS_PER_EXECUTION=1, RESIDENT_DATA=false, GC_FREEZE=false), each change alone, and all three (the
-defaults before RESIDENT_DATA was turned off). --compare defaults: that baseline against the settings'
-defaults. --compare checkpoints: a checkpoint every epoch (CHECKPOINT_EVERY_S=0) against every 60 s.
+--compare overheads (the default): a baseline with the per-trial overhead changes off
+(STEPS_PER_EXECUTION=1, GC_FREEZE=false), each change alone, and both (the defaults). --compare
+defaults: that baseline against the settings' defaults. --compare checkpoints: a checkpoint every
+epoch (CHECKPOINT_EVERY_S=0) against every 60 s. The settings a comparison varies are taken out of
+this process's environment, so the defaults are the declared ones.
 
 Each run is a real `python -m search run NAME --workers 1` (embedded journal store, heartbeats, the
 resilient store) in a folder of its own; its trials' breakdowns are read back from the store and
@@ -40,21 +41,21 @@ from benchmarks.machine import publish, quiet_tensorflow
 from storage import attrs, open_storage
 
 STUDIES = Path(__file__).resolve().parent.parent / "search" / "studies"
-_OFF = {"STEPS_PER_EXECUTION": "1", "RESIDENT_DATA": "false", "GC_FREEZE": "false"}
+_OFF = {"STEPS_PER_EXECUTION": "1", "GC_FREEZE": "false"}
+VARIED = ("STEPS_PER_EXECUTION", "GC_FREEZE", "CHECKPOINT_EVERY_S")  # never inherited from this process's environment
 # Per comparison: label -> the environment a run gets; the first setting is the baseline.
 COMPARISONS = {
     "overheads": {
         "baseline": _OFF,
         "steps/call": {**_OFF, "STEPS_PER_EXECUTION": "auto"},
-        "resident": {**_OFF, "RESIDENT_DATA": "true"},
         "gc freeze": {**_OFF, "GC_FREEZE": "true"},
-        "all three": {"STEPS_PER_EXECUTION": "auto", "RESIDENT_DATA": "true", "GC_FREEZE": "true"},
+        "both": {},
     },
     "defaults": {"baseline": _OFF, "defaults": {}},
     "checkpoints": {"every epoch": {"CHECKPOINT_EVERY_S": "0"}, "every 60 s": {"CHECKPOINT_EVERY_S": "60"}},
 }
-TITLES = {"overheads": "steps per call, resident data and gc.freeze, each alone and together",
-          "defaults": "the three overhead changes off against today's defaults",
+TITLES = {"overheads": "steps per call and gc.freeze, each alone and together",
+          "defaults": "the overhead changes off against today's defaults",
           "checkpoints": "checkpoints every epoch vs every 60 s"}
 
 
@@ -105,7 +106,8 @@ def run_study(case: Case, folder: Path, shared: dict[str, str], setting: dict[st
     """`python -m search run` in `folder` (its own embedded journal store) with `setting` in its
     environment; the trials it ran."""
     folder.mkdir(parents=True)
-    env = {**os.environ, **shared, **setting, "WORKER_INDEX": "0", "STORAGE": ""}
+    inherited = {k: v for k, v in os.environ.items() if k not in VARIED}
+    env = {**inherited, **shared, **setting, "WORKER_INDEX": "0", "STORAGE": ""}
     log = folder / "run.log"
     with log.open("w") as out:
         done = subprocess.run([sys.executable, "-m", "search", "run", case.name, "--workers", "1", "--poll", "5",

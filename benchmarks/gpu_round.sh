@@ -1,9 +1,8 @@
 #!/bin/bash
 # One GPU box, JAX backend (the device image has no TensorFlow): seconds per epoch of vgg_bn with
 # augmentation in float32 and mixed_bfloat16, and trials an hour of a small CNN at packing 1, 3 and
-# auto, and at 3 with RESIDENT_DATA=true. Synthetic CIFAR-shaped data (tests/conftest.py's pickles).
-# Prints the figures; the caller appends them to BENCHMARKS.md. Wheels for keras/optuna/... in .whl/
-# (pip download on the CPU box).
+# auto. Synthetic CIFAR-shaped data (tests/conftest.py's pickles). Prints the figures; the caller
+# appends them to BENCHMARKS.md. Wheels for keras/optuna/... in .whl/ (pip download on the CPU box).
 PY=${PY:-python3}; R=$PWD; W=/tmp/gr; mkdir -p $W/studies; OUT=${OUT:-/tmp/out}; mkdir -p $OUT
 [ -z "$SKIP_WHL" ] && [ -d .whl ] && python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
 export PYTHONPATH=/tmp/site:$R KERAS_BACKEND=${KERAS_BACKEND:-jax} PYTHONUNBUFFERED=1 DATA_OFFLINE=1
@@ -17,13 +16,11 @@ for p in float32 mixed_bfloat16; do
   (cd $W && timeout 150 $PY -m search run vgg_$p --storage journal://$W/a.journal > $OUT/vgg_$p.log 2>&1)
   echo "A $p exit $?: $(grep -o 'epoch [0-9]/4 val_accuracy=[0-9.]* .* [0-9.]*s/epoch' $OUT/vgg_$p.log | sed 's/ best.*loss=[0-9.]*//' | tr '\n' ';')"
 done
-# B. trials an hour: a small CNN, 2 epochs on 2,000 images, for WINDOW seconds at each packing; "3r" is
-# packing 3 with RESIDENT_DATA=true (the arrays on the GPU, batches gathered there), against "3".
+# B. trials an hour: a small CNN, 2 epochs on 2,000 images, for WINDOW seconds at each packing
 WINDOW=${WINDOW:-75}
-for mode in 1 3 auto 3r; do
-  pack=${mode%r}; resident=$([ "$mode" = "$pack" ] && echo false || echo true)
+for mode in 1 3 auto; do
   cat > $W/studies/pack_$mode.yaml <<YAML
-description: gpu round, trials an hour at WORKERS_PER_GPU=$pack, RESIDENT_DATA=$resident
+description: gpu round, trials an hour at WORKERS_PER_GPU=$mode
 architecture: s001_model_1
 dataset: cifar10
 space:
@@ -35,8 +32,8 @@ pruner: none
 budget: {trials: 2000, max_epochs: 2, timeout_s: $WINDOW}
 data: {max_train: 2000, max_val: 500}
 YAML
-  workers=$([ "$pack" = auto ] && echo 1 || echo $pack)
-  (cd $W && WORKERS_PER_GPU=$pack RESIDENT_DATA=$resident timeout $((WINDOW + 60)) $PY -m search run pack_$mode --workers $workers \
+  workers=$([ "$mode" = auto ] && echo 1 || echo $mode)
+  (cd $W && WORKERS_PER_GPU=$mode timeout $((WINDOW + 60)) $PY -m search run pack_$mode --workers $workers \
      --storage journal://$W/b.journal --poll 5 > $OUT/pack_$mode.log 2>&1)
   echo "B packing=$mode exit $?: $(grep -o 'packing.*' $OUT/pack_$mode.log | head -2 | tr '\n' ' ')"
   $PY - $W/b.journal pack_$mode $WINDOW <<'PY'

@@ -57,7 +57,9 @@ def _pinned_experimental() -> Iterator[None]:
 
 
 def _queue_retry(study: optuna.Study, failed: FrozenTrial) -> None:
-    fresh = copy.deepcopy(storage_of(study).get_trial(trial_id(failed)))  # with the attributes just written
+    # With the attributes just written. A copy: the journal and in-memory stores return their cached
+    # trial, and Optuna's callback appends to the inherited retry_history list in place.
+    fresh = copy.deepcopy(storage_of(study).get_trial(trial_id(failed)))
     # The retry inherits them all but the heartbeat: its own worker beats as it starts it (_last_beat).
     fresh.system_attrs = {k: v for k, v in fresh.system_attrs.items() if k != attrs.HEARTBEAT}
     with _pinned_experimental():

@@ -75,7 +75,6 @@ def run_loop(study: optuna.Study, spec: Any, objective: Any, stop: StopFlag, bac
     try:
         while _trial_to_run(study, spec, stop, label, limits.poll_s, deadline):
             trial = study.ask()
-            _mark(trial, label)
             end = run_trial(study, objective, trial, background, label)
             if end is not None:
                 _mark_peak(trial)
@@ -150,8 +149,11 @@ def _mark_peak(trial: optuna.Trial) -> None:
 
 def run_trial(study: optuna.Study, objective: Any, trial: optuna.Trial, background: Background,
               label: str) -> TrialEnd | None:
-    """Run the objective on one trial and say how it ended; None if the trial is no longer ours."""
+    """Run the objective on one trial and say how it ended; None if the trial is no longer ours.
+    Its first heartbeat is its first write after the ask: until then a reaper can only judge it by its
+    start time, which a reaper in another time zone misreads (search._lifecycle._last_beat)."""
     with background.beating(trial):
+        _mark(trial, label)
         try:
             return TrialEnd(TrialState.COMPLETE, objective(trial))
         except optuna.TrialPruned:

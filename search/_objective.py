@@ -24,7 +24,7 @@ from search._space import suggest, trial_config
 from search._spec import StudySpec
 from search._store import fresh_trial, store_seconds
 from search._timing import PhaseCallback, TrialTimer, timed_builder
-from search._train import FitArrays, ModelBuilder, TrainResult, image_model, release, train
+from search._train import ModelBuilder, TrainResult, image_model, release, train
 from search.errors import TrialFailure, TrialLost, WorkerStopping
 from storage import attrs
 
@@ -32,7 +32,8 @@ logger = logging.getLogger(__name__)
 
 
 class TrialGuard(keras.callbacks.Callback):
-    """At each epoch end: give up if the reaper failed this trial meanwhile (a paused or cut-off
+    """At the first epoch's start, record the trial's steps per call (and whether it resumed a
+    checkpoint). At each epoch end: give up if the reaper failed this trial meanwhile (a paused or cut-off
     worker), and, after the checkpoint's turn, stop if the worker was asked to, making sure this
     epoch's checkpoint is written (the signal may have come just after the checkpoint's turn)."""
 
@@ -43,9 +44,11 @@ class TrialGuard(keras.callbacks.Callback):
         self._seen = False
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        if not self.after_checkpoint and epoch > 0 and not self._seen:
-            # Keras's BackupAndRestore restored a checkpoint: this trial resumes its lineage.
-            self.trial.set_user_attr(attrs.RESUMED_FROM_EPOCH, epoch)
+        if not self.after_checkpoint and not self._seen:
+            # How it trains, on every trial however it ends (pruned and failed ones too).
+            self.trial.set_user_attr(attrs.STEPS_PER_EXECUTION, self.model.steps_per_execution)
+            if epoch > 0:  # Keras's BackupAndRestore restored a checkpoint: this trial resumes its lineage.
+                self.trial.set_user_attr(attrs.RESUMED_FROM_EPOCH, epoch)
         self._seen = True
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
@@ -62,8 +65,7 @@ class TrialGuard(keras.callbacks.Callback):
 
 def result_attrs(result: TrainResult) -> dict[str, Any]:
     values = {key: getattr(result, key) for key in attrs.RESULT_ATTRS}
-    return {**values, attrs.VAL_ACCURACY_CURVE: [round(a, 5) for a in result.curve],
-            attrs.STEPS_PER_EXECUTION: result.steps_per_execution}
+    return {**values, attrs.VAL_ACCURACY_CURVE: [round(a, 5) for a in result.curve]}
 
 
 def record(trial: optuna.Trial, values: dict[str, Any]) -> None:
@@ -83,11 +85,9 @@ class Objective:
     def __init__(self, spec: StudySpec, splits: Splits, *, worker: str = "",
                  make_model: ModelBuilder | None = None, stop: StopFlag | None = None,
                  checkpoint_root: Path | None = None, image_shape: tuple[int, ...] | None = None,
-                 checkpoint_every_s: float = EVERY_S, steps_per_execution: int | Literal["auto"] = "auto",
-                 resident_data: bool = False) -> None:
+                 checkpoint_every_s: float = EVERY_S, steps_per_execution: int | Literal["auto"] = "auto") -> None:
         self.spec, self.splits, self.stop = spec, splits, stop
         self.steps = steps_per_execution
-        self.arrays = FitArrays.of(splits, resident=resident_data)  # converted once, for every trial
         # Trials on cached features still describe the image model they stand for.
         self.image_shape = image_shape or splits.input_shape
         self.checkpoints = (None if checkpoint_root is None
@@ -137,7 +137,7 @@ class Objective:
                               seed=self.spec.seed + trial.number, label=f"[{self.worker}] trial {trial.number}",
                               callbacks=callbacks, make_model=timed_builder(self.make_model, timer),
                               precision=self.spec.precision, jit_compile=self.spec.jit_compile,
-                              steps=self.steps, arrays=self.arrays)
+                              steps=self.steps)
         except TrialFailure as failure:
             # Recorded before the checkpoint is dropped: if the reaper failed this trial meanwhile,
             # the store refuses (TrialTakenOver) and the checkpoint stays for the retry.

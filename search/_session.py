@@ -116,8 +116,7 @@ class WorkerSession:
         s = self.settings
         objective = Objective(self.spec, self.splits, worker=self.label, make_model=self.make_model, stop=self.stop,
                               checkpoint_root=self.artifacts / "checkpoints", image_shape=self.image_shape,
-                              checkpoint_every_s=s.checkpoint_every_s, steps_per_execution=s.steps_per_execution,
-                              resident_data=s.resident_data)
+                              checkpoint_every_s=s.checkpoint_every_s, steps_per_execution=s.steps_per_execution)
         if s.gc_freeze:
             freeze_setup()
         liveness = Liveness(s.heartbeat_interval, s.grace_period, s.max_stale_retries)

@@ -1,6 +1,6 @@
-"""Study files: YAML (safe-loaded), validated as a StudyFile (whose parts search._schema declares)
-into a StudySpec before anything touches a store. Every error names the field
-(`space.learning_rate.low`) and the fix.
+"""Study files: YAML (safe-loaded), validated as a StudyFile (whose parts search._schema,
+search._schema_sources and search._schema_types declare) into a StudySpec before anything touches a
+store. Every error names the field (`space.learning_rate.low`) and the fix.
 """
 
 from __future__ import annotations

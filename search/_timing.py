@@ -68,6 +68,17 @@ class TrialTimer:
         finally:
             self.switch(left)
 
+    def now(self) -> float:
+        """The timer's clock."""
+        return self._clock()
+
+    def move(self, seconds: float, source: str, target: str) -> None:
+        """Count up to `seconds` already counted in `source` (a phase left) in `target` instead: an
+        estimate made after the fact (PhaseCallback, the first call of several steps)."""
+        moved = min(max(seconds, 0.0), self.seconds[source])
+        self.seconds[source] -= moved
+        self.seconds[target] += moved
+
     def breakdown(self) -> dict[str, float]:
         """Seconds per phase so far (the current phase counted up to now), rounded to milliseconds."""
         self.switch(self.current)
@@ -75,19 +86,41 @@ class TrialTimer:
 
 
 class PhaseCallback(keras.callbacks.Callback):
-    """Switches the timer as fit() goes: compile until the first training batch ends, then train,
-    validate between on_test_begin and on_test_end, cleanup once fit ends. Put it first in the
-    callback list, so its switches come before the other callbacks' work."""
+    """Switches the timer as fit() goes: compile until the first call into the train function returns
+    (its first step traced, and compiled by XLA where it is on), then train, validate between
+    on_test_begin and on_test_end, cleanup once fit ends. Put it first in the callback list, so its
+    switches come before the other callbacks' work.
+
+    With several steps a call (STEPS_PER_EXECUTION) that first call also trained the steps after its
+    first: once a later call has shown the pace of a step, their estimated time moves from compile to
+    train. (If no later call comes, as in a one-epoch trial of a single call, it stays in compile.)"""
 
     def __init__(self, timer: TrialTimer) -> None:
         super().__init__()
         self.timer = timer
         self._stepped = False
+        self._extra = 0  # steps of the first call after its first, still counted in compile
+        self._begin = (0.0, 0)  # the current call's start on the timer's clock, and its first step
+
+    def _steps(self, begin: int, end: int) -> int:
+        """Steps a call ran: Keras passes end = begin + steps_per_execution - 1 even for an epoch's
+        last, shorter call; the epoch's step count (params["steps"]) bounds it."""
+        total = (self.params or {}).get("steps")
+        return (min(end, total - 1) if total else end) - begin + 1
+
+    def on_train_batch_begin(self, batch: int, logs: dict | None = None) -> None:
+        self._begin = (self.timer.now(), batch)
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        if not self._stepped:  # the first step: tracing (and XLA compilation) done
+        steps = self._steps(self._begin[1], batch)
+        if not self._stepped:  # the first call: tracing (and XLA compilation) done
             self._stepped = True
             self.timer.switch("train")
+            self._extra = steps - 1
+        elif self._extra and steps > 0:
+            per_step = (self.timer.now() - self._begin[0]) / steps
+            self.timer.move(self._extra * per_step, "compile", "train")
+            self._extra = 0
 
     def on_test_begin(self, logs: dict | None = None) -> None:
         self.timer.switch("validate")

@@ -9,7 +9,7 @@ import math
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import keras
 import numpy as np
@@ -112,27 +112,6 @@ def steps_per_execution(setting: int | Literal["auto"], n_params: int) -> int:
     return setting
 
 
-@dataclass(frozen=True)
-class FitArrays:
-    """The four arrays model.fit() reads, as fit() is given them: numpy, or the backend's tensors made
-    once per worker (RESIDENT_DATA), so that a trial's fit does not convert the training images again.
-    With JAX the tensors live on the default device (a GPU's memory, where batches are then gathered);
-    with TensorFlow on the host, where its input pipeline (tf.data) reads them."""
-
-    x_train: Any
-    y_train: Any
-    x_val: Any
-    y_val: Any
-
-    @classmethod
-    def of(cls, splits: Splits, *, resident: bool = False) -> FitArrays:
-        arrays = (splits.x_train, splits.y_train, splits.x_val, splits.y_val)
-        if not resident:
-            return cls(*arrays)
-        host = keras.backend.backend() == "tensorflow"
-        with keras.device("cpu:0") if host else contextlib.nullcontext():
-            return cls(*(keras.ops.convert_to_tensor(a) for a in arrays))
-
 
 def image_model(normalization: str = "scale") -> ModelBuilder:
     """Images in: the architecture behind normalisation and (training-only) augmentation. A model the
@@ -172,15 +151,14 @@ def train(
     precision: str = "float32",
     jit_compile: bool = False,
     steps: int | Literal["auto"] = 1,
-    arrays: FitArrays | None = None,
 ) -> tuple[TrainResult, keras.Model]:
     """Fit the config on splits.train, validate on splits.val every epoch; keep the best epoch.
-    `steps` is STEPS_PER_EXECUTION; `arrays`, when given, are splits' arrays as fit() should get them.
+    `steps` is STEPS_PER_EXECUTION; 1 by default, which the base training relies on (its time
+    estimate, search._base_estimate, counts one batch per on_train_batch_end).
 
     Returns the result and the trained model (best weights restored); the caller drops it.
     """
     keras.utils.set_random_seed(seed)
-    data = arrays or FitArrays.of(splits)
     try:
         model = compiled_model(cfg, splits, seed, make_model, precision=precision, jit_compile=jit_compile,
                                steps=steps)
@@ -189,8 +167,8 @@ def train(
                                              restore_best_weights=True)
         started = time.perf_counter()
         history = model.fit(
-            data.x_train, data.y_train, batch_size=cfg.train.batch_size, epochs=max_epochs,
-            validation_data=(data.x_val, data.y_val), verbose=0 if verbose is None else verbose,
+            splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=max_epochs,
+            validation_data=(splits.x_val, splits.y_val), verbose=0 if verbose is None else verbose,
             callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *callbacks, stop],
         )
         seconds = time.perf_counter() - started

@@ -49,9 +49,6 @@ class Settings(BaseSettings):
     steps_per_execution: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
         "training steps per call into the compiled function; auto: 16 for models of at most 2,000,000 "
         "parameters, else 1"))
-    resident_data: bool = Field(False, description=(
-        "convert the training and validation arrays to the backend's tensors once per worker (with JAX, "
-        "on the accelerator) instead of at every trial's fit; off: no gain measured with TensorFlow on a CPU"))
     gc_freeze: bool = Field(True, description=(
         "gc.freeze() after a worker's set-up, so the collection after each trial walks only what trials made"))
     journal_settle_deadline: float = Field(

@@ -65,7 +65,8 @@ TIME_BREAKDOWN = "time_breakdown"
 TIME_PHASES = (
     "idle",  # from the trial's start in the store (ask) to the model build, less store calls: asking, marking
     "build",  # the model built from the trial's knobs
-    "compile",  # compile(), fit's set-up and the first training step (graph tracing), less checkpoint restore
+    "compile",  # compile(), fit's set-up and the first training step (graph tracing), less checkpoint restore;
+    # with several steps a call, the first call less its other steps at the pace of a later call
     "train",  # training batches of every epoch after the first step, plus epoch-end bookkeeping
     "validate",  # Keras's validation pass inside fit (on_test_begin -> on_test_end), its tracing included
     "checkpoint",  # ResumableBackup: restoring at the start, writing at epoch ends

@@ -132,9 +132,9 @@ def test_a_heartbeat_outranks_a_start_time_read_in_another_time_zone(tmp_path):
     study = _no_warm_start(f"journal://{tmp_path / 'studies.journal'}")
     before = os.environ.get("TZ")
     try:
-        _time_zone("Etc/GMT-1")  # the asking worker's machine: UTC+1
+        _time_zone("<+01>-1")  # the asking worker's machine: UTC+1 (POSIX form: no tz database needed)
         dead = _run_next(study)
-        _time_zone("UTC")  # the reaper's machine
+        _time_zone("UTC0")  # the reaper's machine
         study._storage.set_trial_system_attr(dead._trial_id, attrs.HEARTBEAT, time.time() - 30.0)
         start = study._storage.get_trial(dead._trial_id).datetime_start.timestamp()
         assert start > time.time() + 3000  # what the reaper reads: an hour ahead
@@ -146,12 +146,12 @@ def test_a_heartbeat_outranks_a_start_time_read_in_another_time_zone(tmp_path):
 def test_a_retry_does_not_inherit_its_original_s_heartbeat(store):
     study = _no_warm_start(store)
     trial = _run_next(study)
-    study._storage.set_trial_system_attr(trial._trial_id, attrs.HEARTBEAT, time.time())
-    assert reap(study, grace=10.0, now=time.time() + 30.0) == [trial.number]
+    study._storage.set_trial_system_attr(trial._trial_id, attrs.HEARTBEAT, time.time() - 30.0)  # silent 30 s
+    assert reap(study, grace=10.0) == [trial.number]
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number)
     assert retry.state == TrialState.WAITING and attrs.HEARTBEAT not in retry.system_attrs
     assert retry.system_attrs[attrs.STALE_FAILURES] == 1  # what it should inherit, it does
-    started = _run_next(study)  # no beat yet: judged by its start, so not reaped at once
+    started = _run_next(study)  # asked just now, no beat yet: judged by its start, not the original's beat
     assert started.number == retry.number and reap(study, grace=10.0) == []
 
 
