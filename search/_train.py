@@ -96,17 +96,24 @@ def oom_message(exc: BaseException) -> str:
 ModelBuilder = Callable[[TrialConfig, Splits, int], keras.Model]
 
 # STEPS_PER_EXECUTION=auto (search/settings.py): a model this small spends much of each step in the
-# framework's per-call overhead (BENCHMARKS.md, bench-breakdown), so it runs this many steps a call.
+# framework's per-call overhead, so it runs SMALL_MODEL_STEPS steps a call; but the looped function
+# costs more to trace (train and validation), which only epochs of many batches earn back. Measured
+# on a CPU (BENCHMARKS.md, 2026-12-02): 16 a call made smoke trials of at most 63 batches an epoch
+# 1.13x slower, fc_head heads 0.90x and full-data simple_cnn (176+ batches) 0.79x; one epoch of a
+# small CNN took 0.91-1.51x as long at 4-64 batches and 0.73x at 128.
 SMALL_MODEL_PARAMS = 2_000_000
 SMALL_MODEL_STEPS = 16
+LONG_EPOCH_BATCHES = 128
 
 
-def steps_per_execution(setting: int | Literal["auto"], n_params: int) -> int:
-    """Training steps per call into the compiled train function. It changes no result: the same batches
-    in the same order; only batch-level callbacks (TerminateOnNaN, the timer's first step) see every
-    `steps`-th batch. The last call of an epoch runs the steps that are left."""
+def steps_per_execution(setting: int | Literal["auto"], n_params: int, batches: int) -> int:
+    """Training steps per call into the compiled train function, for a model of `n_params` whose epoch
+    has `batches` batches. It changes no result: the same batches in the same order; only batch-level
+    callbacks (TerminateOnNaN, the timer) see every `steps`-th batch. The last call of an epoch runs
+    the steps that are left."""
     if setting == "auto":
-        return SMALL_MODEL_STEPS if n_params <= SMALL_MODEL_PARAMS else 1
+        small, long = n_params <= SMALL_MODEL_PARAMS, batches >= LONG_EPOCH_BATCHES
+        return SMALL_MODEL_STEPS if small and long else 1
     if not isinstance(setting, int) or setting < 1:
         raise ValueError(f"steps_per_execution must be 'auto' or an integer >= 1 but got {setting!r}")
     return setting
@@ -216,14 +223,15 @@ def compiled_model(cfg: TrialConfig, splits: Splits, seed: int, make_model: Mode
                    precision: str = "float32", jit_compile: bool = False,
                    steps: int | Literal["auto"] = 1) -> keras.Model:
     """The trial's model, built under the study's dtype policy (its output float32) and compiled to run
-    steps_per_execution(steps, its parameters) steps a call.
+    steps_per_execution(steps, its parameters, its batches an epoch) steps a call.
     jit_compile False leaves Keras's own choice ("auto": XLA on a TensorFlow GPU, none on a CPU; JAX
     always compiles): a literal False would run JAX op by op and turn off XLA where it runs today."""
     with dtype_policy(precision):
         model = float32_output((make_model or image_model())(cfg, splits, seed))
         model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
                       metrics=["accuracy"], jit_compile=True if jit_compile else "auto",
-                      steps_per_execution=steps_per_execution(steps, architecture_params(model)))
+                      steps_per_execution=steps_per_execution(
+                          steps, architecture_params(model), math.ceil(len(splits.y_train) / cfg.train.batch_size)))
     return model
 
 

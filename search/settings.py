@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # --- a trial's overheads (BENCHMARKS.md, bench-breakdown) ------------------------------------
     steps_per_execution: Annotated[int, Field(ge=1)] | Literal["auto"] = Field("auto", description=(
         "training steps per call into the compiled function; auto: 16 for models of at most 2,000,000 "
-        "parameters, else 1"))
+        "parameters whose epochs have at least 128 batches, else 1"))
     gc_freeze: bool = Field(True, description=(
         "gc.freeze() after a worker's set-up, so the collection after each trial walks only what trials made"))
     journal_settle_deadline: float = Field(

@@ -15,7 +15,8 @@ from search import create_study, make_pruner, make_sampler, parse_spec
 from search._objective import Objective
 from search._space import trial_config
 from search._timing import PhaseCallback, TrialTimer
-from search._train import SMALL_MODEL_PARAMS, SMALL_MODEL_STEPS, freeze_setup, steps_per_execution, train
+from search._train import (LONG_EPOCH_BATCHES, SMALL_MODEL_PARAMS, SMALL_MODEL_STEPS, freeze_setup,
+                          steps_per_execution, train)
 from search.settings import Settings
 from storage import attrs
 from synthetic import ONE_TRIAL_STUDY, easy_splits
@@ -32,12 +33,13 @@ def _dense_with_dropout(cfg, splits, seed):
     return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
 
 
-def test_auto_runs_small_models_many_steps_a_call_and_large_ones_one():
-    assert steps_per_execution("auto", SMALL_MODEL_PARAMS) == SMALL_MODEL_STEPS > 1
-    assert steps_per_execution("auto", SMALL_MODEL_PARAMS + 1) == 1
-    assert steps_per_execution(4, 10**9) == 4
+def test_auto_runs_small_models_with_long_epochs_many_steps_a_call_and_the_others_one():
+    assert steps_per_execution("auto", SMALL_MODEL_PARAMS, LONG_EPOCH_BATCHES) == SMALL_MODEL_STEPS > 1
+    assert steps_per_execution("auto", SMALL_MODEL_PARAMS + 1, LONG_EPOCH_BATCHES) == 1
+    assert steps_per_execution("auto", SMALL_MODEL_PARAMS, LONG_EPOCH_BATCHES - 1) == 1
+    assert steps_per_execution(4, 10**9, 1) == 4
     with pytest.raises(ValueError, match="'auto' or an integer >= 1"):
-        steps_per_execution(0, 10)
+        steps_per_execution(0, 10, 10)
     assert Settings.from_env({"STEPS_PER_EXECUTION": "8"}).steps_per_execution == 8
     assert Settings.from_env({}).steps_per_execution == "auto"
     with pytest.raises(ValueError, match="steps_per_execution"):
@@ -45,20 +47,19 @@ def test_auto_runs_small_models_many_steps_a_call_and_large_ones_one():
 
 
 def test_many_steps_a_call_train_the_same_weights_as_one():
-    """600 images in batches of 32: 19 batches an epoch, run 1, 3 (3 x 6 + 1) and auto's 16 (16 + 3)
-    steps a call, the epoch's last call running the steps left: same batches, same dropout masks,
-    same weights and validation curve."""
+    """600 images in batches of 32: 19 batches an epoch, run 1, 3 (3 x 6 + 1) and 16 (16 + 3) steps a
+    call, the epoch's last call running the steps left: same batches, same dropout masks, same weights
+    and validation curve."""
     spec = parse_spec(ONE_TRIAL_STUDY, name="tiny")
     splits = easy_splits(600, 40)
     weights, curves = {}, {}
-    for steps in (1, 3, "auto"):
+    for steps in (1, 3, 16):
         result, model = train(_cfg(spec), splits, max_epochs=2, patience=5, seed=3, make_model=_dense_with_dropout,
                               steps=steps)
-        expected = SMALL_MODEL_STEPS if steps == "auto" else steps
-        assert model.steps_per_execution == result.steps_per_execution == expected
+        assert model.steps_per_execution == result.steps_per_execution == steps
         weights[steps], curves[steps] = model.get_weights(), result.curve
         keras.backend.clear_session()
-    for steps in (3, "auto"):
+    for steps in (3, 16):
         assert curves[steps] == curves[1]
         for one, many in zip(weights[1], weights[steps], strict=True):
             np.testing.assert_allclose(one, many, rtol=1e-5, atol=1e-6)
@@ -70,12 +71,15 @@ def test_every_trial_records_how_many_steps_it_ran_a_call_pruned_ones_too():
     study.sampler, study.pruner = make_sampler(spec), make_pruner(spec)
     study.optimize(Objective(spec, easy_splits(64, 32), steps_per_execution=3), n_trials=1)
     study.pruner = optuna.pruners.ThresholdPruner(lower=1.1)  # no accuracy reaches it: pruned at epoch 1
-    study.optimize(Objective(spec, easy_splits(64, 32)), n_trials=1)
-    complete, pruned = study.trials
+    # 128 batches of 32 an epoch, a small preset: auto runs 16 a call
+    study.optimize(Objective(spec, easy_splits(32 * LONG_EPOCH_BATCHES, 32)), n_trials=1)
+    study.optimize(Objective(spec, easy_splits(64, 32)), n_trials=1)  # 2 batches an epoch: auto runs 1
+    complete, pruned, short = study.trials
     assert complete.state == optuna.trial.TrialState.COMPLETE, complete.user_attrs
-    assert pruned.state == optuna.trial.TrialState.PRUNED, pruned.user_attrs
+    assert pruned.state == short.state == optuna.trial.TrialState.PRUNED, (pruned.user_attrs, short.user_attrs)
     assert complete.user_attrs[attrs.STEPS_PER_EXECUTION] == 3
-    assert pruned.user_attrs[attrs.STEPS_PER_EXECUTION] == SMALL_MODEL_STEPS  # auto, a small model
+    assert pruned.user_attrs[attrs.STEPS_PER_EXECUTION] == SMALL_MODEL_STEPS
+    assert short.user_attrs[attrs.STEPS_PER_EXECUTION] == 1
 
 
 def test_the_first_call_s_other_steps_move_from_compile_to_train_at_a_later_call_s_pace():
