@@ -109,9 +109,9 @@ class WorkerSession:
         return True
 
     def loop(self) -> str | None:
+        from search._loop import LoopLimits, run_loop
         from search._objective import Objective
         from search._train import freeze_setup
-        from search._loop import LoopLimits, run_loop
 
         s = self.settings
         objective = Objective(self.spec, self.splits, worker=self.label, make_model=self.make_model, stop=self.stop,

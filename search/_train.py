@@ -75,7 +75,6 @@ class TrainResult:
     images_per_s: float
     n_params: int
     curve: list[float] = field(default_factory=list)
-    steps_per_execution: int = 1
 
 
 _OOM_MARKS = ("ResourceExhausted", "RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM when allocating")
@@ -117,7 +116,6 @@ def steps_per_execution(setting: int | Literal["auto"], n_params: int, batches: 
     if not isinstance(setting, int) or setting < 1:
         raise ValueError(f"steps_per_execution must be 'auto' or an integer >= 1 but got {setting!r}")
     return setting
-
 
 
 def image_model(normalization: str = "scale") -> ModelBuilder:
@@ -185,7 +183,7 @@ def train(
         result = TrainResult(
             best_val_accuracy=float(max(accs)), best_epoch=int(np.argmax(accs)) + 1, epochs_run=len(accs),
             train_seconds=seconds, images_per_s=len(accs) * len(splits.x_train) / max(seconds, 1e-9),
-            n_params=architecture_params(model), curve=log.curve, steps_per_execution=model.steps_per_execution,
+            n_params=architecture_params(model), curve=log.curve,
         )
         return result, model
     except TrialFailure:
