@@ -24,7 +24,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from search._placement import memory_fraction
+from search.worker._placement import memory_fraction
 
 STUDY = """description: bench-gpu, seed 003's MNIST CNN on a subset
 architecture: s003_mnist_cnn

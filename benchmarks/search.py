@@ -30,11 +30,11 @@ import optuna
 
 from benchmarks.machine import publish, quiet_tensorflow
 from data import Splits, load_dataset, stratified_subset, train_val_splits
-from search._features import ensure_base, ensure_features, head_model
-from search._objective import Objective
-from search._spec import load_spec
-from search._strategies import make_pruner, make_sampler
 from search.errors import TrialFailure
+from search.spec import load_spec
+from search.spec._strategies import make_pruner, make_sampler
+from search.trial._features import ensure_base, ensure_features, head_model
+from search.trial._objective import Objective
 
 logger = logging.getLogger(__name__)
 

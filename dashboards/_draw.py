@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from dashboards._records import CostPoints, Curves
-from dashboards._records import TimeBreakdown
+from dashboards._records import CostPoints, Curves, TimeBreakdown
 from storage.attrs import N_PARAMS, TRAIN_SECONDS
 
 LAYOUT = dict(template="plotly_white", height=420, margin=dict(l=60, r=20, t=60, b=50))

@@ -12,10 +12,24 @@ from typing import Any
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from storage.attrs import (CV_MEAN_TEST_SCORE, CV_RANK, CV_SOURCE, CV_STD_TEST_SCORE, EPOCHS_RUN, FAIL_REASON,
-                           FINAL_CONFUSION_MATRIX, FINAL_EVALUATION, FIXED_PARAMS, N_PARAMS, STUDY_SPEC, STUDY_STOPPED,
-                           TRAIN_SECONDS, VAL_ACCURACY_CURVE)
-from storage.attrs import TIME_BREAKDOWN, TIME_PHASES
+from storage.attrs import (
+    CV_MEAN_TEST_SCORE,
+    CV_RANK,
+    CV_SOURCE,
+    CV_STD_TEST_SCORE,
+    EPOCHS_RUN,
+    FAIL_REASON,
+    FINAL_CONFUSION_MATRIX,
+    FINAL_EVALUATION,
+    FIXED_PARAMS,
+    N_PARAMS,
+    STUDY_SPEC,
+    STUDY_STOPPED,
+    TIME_BREAKDOWN,
+    TIME_PHASES,
+    TRAIN_SECONDS,
+    VAL_ACCURACY_CURVE,
+)
 
 COSTS = (N_PARAMS, TRAIN_SECONDS)  # the trial attributes the report plots accuracy against
 # The spec's names for a second objective (search's SECOND_OBJECTIVES) and the attribute each is.

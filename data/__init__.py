@@ -5,6 +5,7 @@ Trials see `Splits` (train and validation). The test split is reachable only thr
 `DatasetRef`: a named dataset, a folder or file in DATA_DIR, or a path.
 """
 
+from data._atomic import publish_file, publish_folder
 from data._errors import DatasetError, TestSplitAccessError
 from data._load import Dataset, array_fingerprint, default_cache_dir, final_evaluation, load_dataset
 from data._ref import DEFAULT_TEST_FRACTION, DatasetRef
@@ -27,5 +28,7 @@ __all__ = [
     "load_dataset",
     "stratified_split",
     "stratified_subset",
+    "publish_file",
+    "publish_folder",
     "train_val_splits",
 ]

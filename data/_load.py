@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from data._atomic import publish_folder
 from data._errors import DatasetError, TestSplitAccessError
 from data._images import DecodeOptions, read_images
 from data._ref import DatasetRef
@@ -153,17 +154,14 @@ def array_fingerprint(*arrays: np.ndarray) -> str:
 
 
 def _write_cache(target: Path, raw: RawData, meta: dict) -> None:
-    """Write to a temporary folder, then rename: a crash never leaves a half-written cache."""
+    """Write to a temporary folder, then publish it: a crash never leaves a half-written cache."""
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         for key in ("x_train", "y_train", "x_test", "y_test"):
             np.save(tmp / f"{key}.npy", getattr(raw, key))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=1))
-        try:
-            os.rename(tmp, target)
-        except OSError:  # another process cached it first: theirs is as good as ours
-            shutil.rmtree(tmp, ignore_errors=True)
+        publish_folder(tmp, target)  # False: another process cached it first, and theirs is as good as ours
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -1,6 +1,6 @@
 """What a study trains on: a named dataset, a name under DATA_DIR, or a path; and how to read it.
 
-`DatasetRef` is the data layer's half of the study file's `dataset` field (search._schema_sources declares
+`DatasetRef` is the data layer's half of the study file's `dataset` field (search.spec._schema_sources declares
 the file's syntax). No loading here.
 """
 

@@ -1,14 +1,31 @@
-"""Studies, samplers, pruners, the objective and workers."""
+"""Optuna studies of Keras models: the study file (spec), the study in its store (study), one trial
+(trial), one worker process (worker) and the commands (`python -m search`).
 
-from search._space import TrainParams, TrialConfig, suggest, trial_config
-from search._spec import Dimension, StudySpec, available_studies, load_spec, parse_spec
-from search._strategies import make_pruner, make_sampler
-from search._study import BUDGET_STATES, budget_used, check_compatible, counts, create_study, load_existing
-from search.errors import StudyMismatchError, StudySpecError, TrialFailure
+The public names below are what dashboards, benchmarks and users import; the subpackages' own
+`__init__` modules are each one's public surface.
+"""
+
+from search.errors import FailReason, StudyMismatchError, StudySpecError, TrialFailure
+from search.spec import (
+                         Dimension,
+                         StudySpec,
+                         TrainParams,
+                         TrialConfig,
+                         available_studies,
+                         load_spec,
+                         make_pruner,
+                         make_sampler,
+                         parse_spec,
+                         suggest,
+                         trial_config,
+)
+from search.study import BUDGET_STATES, StudyCounts, budget_used, check_compatible, counts, create_study, load_existing
 
 __all__ = [
     "BUDGET_STATES",
     "Dimension",
+    "FailReason",
+    "StudyCounts",
     "StudyMismatchError",
     "StudySpec",
     "StudySpecError",

@@ -9,15 +9,41 @@
   reason; every worker stops with that reason (a fatal error of the study, not of one worker).
 - `WorkerStopping` (SIGTERM/SIGINT, at an epoch boundary) and `TrialLost` (the reaper took the
   trial over) are neither: the trial is retried elsewhere.
-Store outages are none of these: the resilient store waits them out (`search/_store.py`).
+Store outages are none of these: the resilient store waits them out (`search/study/_store.py`).
 """
 
 from __future__ import annotations
+
+import enum
 
 from data import DatasetError
 from storage import StorageConfigError, StorageUnavailableError
 
 FATAL_EXIT = 2  # the exit code of a fatal error: Kubernetes' podFailurePolicy and compose read it
+
+
+class FailReason(enum.StrEnum):
+    """Why a trial failed: the trial's `fail_reason` attribute (storage.attrs.FAIL_REASON).
+
+    The trial's own reasons count towards a study's failure streak and the retry caps; outside
+    causes (`outside`) say nothing about the configuration: the trial is retried with the same
+    parameters and never makes a streak."""
+
+    NAN = "nan"  # the loss became NaN or infinite
+    OOM = "oom"  # the accelerator or host ran out of memory
+    BUILD = "build"  # the architecture cannot be built with these knobs
+    ERROR = "error"  # any other error of the trial's own (its message says which)
+    STALE = "stale"  # its worker went silent or died (the reaper failed it); retries capped per lineage
+    INTERRUPTED = "interrupted"  # SIGTERM/SIGINT: the worker was asked to stop
+    STORE = "store"  # the store failed under it
+    FATAL = "fatal"  # its worker hit a fatal error (search.errors.FATAL) during it
+
+    @property
+    def outside(self) -> bool:
+        return self in OUTSIDE_CAUSES
+
+
+OUTSIDE_CAUSES = frozenset({FailReason.STALE, FailReason.INTERRUPTED, FailReason.STORE, FailReason.FATAL})
 
 
 class FatalError(Exception):
@@ -43,9 +69,9 @@ class StudyStopped(FatalError):
 class TrialFailure(Exception):
     """One trial failed for a known reason (nan, oom, build, error); record it and go on."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: FailReason, message: str) -> None:
         super().__init__(f"{reason}: {message}")
-        self.reason = reason
+        self.reason = FailReason(reason)
         self.message = message
 
 

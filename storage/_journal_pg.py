@@ -52,6 +52,7 @@ from typing import Any, TypeVar
 import optuna
 import sqlalchemy
 from optuna.storages.journal import BaseJournalBackend
+
 # Not exported by optuna.storages.journal (5.0), yet the class JournalStorage checks for with
 # isinstance before it loads or saves a snapshot; its Redis backend imports it from here too.
 from optuna.storages.journal._base import BaseJournalSnapshot

@@ -13,7 +13,7 @@ base, its features): one process builds an entry, the others wait for it, then r
   database connection): `flock` on `<folder>.lock` beside the entry, as before.
 
 Either way the builder writes under a temporary name and publishes with a rename, so a half-written
-file of a killed builder is never taken for a finished one (search/_features.py).
+file of a killed builder is never taken for a finished one (search/trial/_features.py).
 """
 
 from __future__ import annotations

@@ -7,7 +7,6 @@ import optuna
 from storage._errors import StorageUnavailableError
 from storage._urls import redact, unavailable
 
-
 # The connection budget: a worker's three threads (trials, heartbeat, reaper) share one pool of
 # POOL_SIZE + MAX_OVERFLOW connections, so N workers hold at most 2N (README, "Reliability").
 POOL_SIZE = 1

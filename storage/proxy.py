@@ -18,8 +18,7 @@ from urllib.parse import urlsplit
 
 import optuna
 
-from storage._errors import StorageConfigError, StorageUnavailableError
-from storage._grpc import DEFAULT_PORT
+from storage._errors import StorageConfigError
 from storage._urls import JOURNAL_PG_PREFIX, journal_path, redact, unavailable
 
 logger = logging.getLogger("storage.proxy")

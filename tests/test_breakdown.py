@@ -12,17 +12,17 @@ import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState, create_trial
-
-from search import TrialFailure, create_study, make_pruner, make_sampler, parse_spec
-from search._checkpoints import Checkpoints
-from search._lifecycle import StopFlag
-from search._objective import Objective, TrialGuard
-from search._store import ResilientStorage, store_seconds
-from search._timing import TrialTimer
-from search.errors import WorkerStopping
-from storage.attrs import TIME_BREAKDOWN, TIME_PHASES
 from synthetic import easy_splits
 from test_search import TINY as SEARCH_TINY
+
+from search import TrialFailure, create_study, make_pruner, make_sampler, parse_spec
+from search.errors import WorkerStopping
+from search.study._store import ResilientStorage, store_seconds
+from search.trial._checkpoints import Checkpoints
+from search.trial._objective import Objective, TrialGuard
+from search.trial._timing import TrialTimer
+from search.worker._signals import StopFlag
+from storage.attrs import TIME_BREAKDOWN, TIME_PHASES
 
 TINY = SEARCH_TINY + """warm_start:
   - {optimizer: adam, learning_rate: 0.003}
@@ -47,7 +47,7 @@ def _study(text: str = TINY, storage: optuna.storages.BaseStorage | None = None)
 
 def test_complete_and_pruned_trials_carry_a_breakdown_that_adds_up_to_their_wall_time(tmp_path):
     spec, study = _study(storage=ResilientStorage(optuna.storages.InMemoryStorage()))  # store calls timed
-    objective = Objective(spec, easy_splits(), checkpoint_root=tmp_path, checkpoint_every_s=0)
+    objective = Objective(spec, easy_splits(), checkpoints=Checkpoints(tmp_path, spec.name, every_s=0))
     study.optimize(objective, n_trials=2, catch=(TrialFailure,))
     assert [t.state for t in study.trials] == [TrialState.COMPLETE, TrialState.PRUNED]
     for t in study.trials:
@@ -55,7 +55,10 @@ def test_complete_and_pruned_trials_carry_a_breakdown_that_adds_up_to_their_wall
         assert list(phases) == list(TIME_PHASES) and all(s >= 0 for s in phases.values()), phases
         wall = (t.datetime_complete - t.datetime_start).total_seconds()
         assert -OVER_BY_AT_MOST_S <= wall - sum(phases.values()) <= SHORT_BY_AT_MOST_S, (wall, phases)
-        for phase in ("build", "compile", "train", "validate", "checkpoint", "store", "cleanup"):
+        # Recorded to the millisecond: the in-memory store's few calls of a trial pruned at its first
+        # epoch can add up to less than that, so its store phase may round to 0.
+        timed = ("build", "compile", "train", "validate", "checkpoint", "cleanup")
+        for phase in (*timed, "store") if t.state == TrialState.COMPLETE else timed:
             assert phases[phase] > 0, (t.number, phase, phases)
 
 
@@ -161,7 +164,7 @@ def test_a_stopped_trial_checkpoints_at_its_stopping_epoch_though_no_checkpoint_
                                       "pruner: none"), _SignalAtSecondReport(stop))
     trial = study.ask()
     with pytest.raises(WorkerStopping, match="after epoch 2"):
-        Objective(spec, easy_splits(), checkpoint_root=tmp_path, stop=stop, checkpoint_every_s=3600)(trial)
+        Objective(spec, easy_splits(), checkpoints=Checkpoints(tmp_path, spec.name, every_s=3600), stop=stop)(trial)
     (folder,) = tmp_path.iterdir()
     assert _metadata(folder)["epoch"] == 2  # the retry resumes at epoch 3
     assert not (folder / "latest.weights.h5.bkp").exists()  # epoch 1 was not written: this is the only write

@@ -21,17 +21,25 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from synthetic import easy_splits
 
 from models import BuilderChangedError, BuilderParams, build, load_builder
-from search import (StudyMismatchError, StudySpecError, check_compatible, create_study, load_spec, parse_spec,
-                    trial_config)
-from search._lifecycle import Background, Liveness, StopFlag
-from search._loop import run_loop
-from search._objective import Objective
-from search._space import check_builders
-from search._spec import study_json_schema
+from search import (
+    StudyMismatchError,
+    StudySpecError,
+    check_compatible,
+    create_study,
+    load_spec,
+    parse_spec,
+    trial_config,
+)
+from search.spec import study_json_schema
+from search.spec._space import check_builders
+from search.trial._objective import Objective
+from search.worker._liveness import Background, Liveness
+from search.worker._loop import run_loop
+from search.worker._signals import StopFlag
 from storage import attrs
-from synthetic import easy_splits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -309,7 +317,7 @@ feature_cache: {{base: {{builder: "{ref}"}}, base_epochs: 1}}
 
 
 def test_a_builder_with_a_features_layer_serves_as_the_feature_cache_base(tmp_path):
-    from search._features import base_key, trial_builder
+    from search.trial._features import base_key, trial_builder
 
     ref = builder_file(tmp_path)
     spec = parse_spec(FEATURE_BASE.format(ref=ref), name="own_base")

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy
+from test_features import FEATURE_STUDY
 
 from storage import advisory_key, advisory_lock, build_lock, lock_database, resolve_url
-from test_features import FEATURE_STUDY
 
 REPO = Path(__file__).resolve().parent.parent
 HOLD = """
@@ -135,9 +135,10 @@ def test_a_postgresql_store_takes_the_advisory_lock_and_no_file_lock(tmp_path, j
 
 
 def test_a_builder_takes_no_unfinished_file_for_a_finished_one_and_clears_them(journal_pg_url, caplog):
-    from search import parse_spec
-    from search._features import base_key, ensure_base
     from synthetic import easy_splits
+
+    from search import parse_spec
+    from search.trial._features import base_key, ensure_base
     from storage import cache_path
 
     spec, splits = parse_spec(FEATURE_STUDY, name="feat"), easy_splits(100, 50)
@@ -145,7 +146,7 @@ def test_a_builder_takes_no_unfinished_file_for_a_finished_one_and_clears_them(j
     folder.mkdir(parents=True)
     left = folder / ".tmp-deadhost-1-0badf00d.weights.h5"  # a builder killed while writing the weights
     left.write_bytes(b"\x89HDF\r\n half")
-    with caplog.at_level(logging.INFO, logger="search._features"):
+    with caplog.at_level(logging.INFO, logger="search.trial._features"):
         weights = ensure_base(spec, splits, store_url=journal_pg_url)
     assert "training the s000_model_3_1 base once" in caplog.text
     assert "removed 1 unfinished file(s) a killed builder left" in caplog.text

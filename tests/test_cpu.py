@@ -11,12 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from search import parse_spec
-from search._base_estimate import BaseTimeEstimate, SlowBase
-from search._features import ensure_base
 from synthetic import ONE_TRIAL_STUDY, easy_splits
 from test_features import FEATURE_STUDY
+
+from search import parse_spec
+from search.trial._base_estimate import BaseTimeEstimate, SlowBase
+from search.trial._features import ensure_base
 
 SMALL_BATCHES = FEATURE_STUDY.replace("feature_cache: {base_epochs: 1}", "feature_cache: {base_epochs: 2, base_batch_size: 32}")
 
@@ -30,7 +30,7 @@ def _clock(step_s: float):
 
 def test_a_long_base_training_on_a_cpu_is_estimated_early_and_the_quick_profile_offered(caplog):
     spec = parse_spec(SMALL_BATCHES, name="feat")
-    with caplog.at_level(logging.WARNING, logger="search._base_estimate"):
+    with caplog.at_level(logging.WARNING, logger="search.trial._base_estimate"):
         ensure_base(spec, easy_splits(200, 50), artifacts=Path("artifacts"),
                     slow=SlowBase(threshold_s=600, batches=2, clock=_clock(200.0)))
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
@@ -49,7 +49,7 @@ def test_a_short_base_training_or_one_already_quick_says_no_more_than_it_must(ca
             estimate.on_train_batch_end(batch)
         return estimate.estimate_s
 
-    with caplog.at_level(logging.WARNING, logger="search._base_estimate"):
+    with caplog.at_level(logging.WARNING, logger="search.trial._base_estimate"):
         assert batches(parse_spec(SMALL_BATCHES, name="feat"), threshold_s=10_000) == 1400.0
         assert not caplog.records  # under the threshold
         quick = parse_spec(SMALL_BATCHES, name="feat", profile="quick")

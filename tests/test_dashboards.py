@@ -24,9 +24,21 @@ from optuna.trial import TrialState, create_trial
 from dashboards import _records, _standard
 from dashboards._html import Section
 from dashboards.report import build_report, find_baseline, sections, write_report
-from storage.attrs import (CV_MEAN_TEST_SCORE, CV_RANK, CV_SOURCE, CV_STD_TEST_SCORE, EPOCHS_RUN, FAIL_REASON,
-                           FINAL_CONFUSION_MATRIX, FINAL_EVALUATION, N_PARAMS, STUDY_SPEC, STUDY_STOPPED, TRAIN_SECONDS,
-                           VAL_ACCURACY_CURVE)
+from storage.attrs import (
+    CV_MEAN_TEST_SCORE,
+    CV_RANK,
+    CV_SOURCE,
+    CV_STD_TEST_SCORE,
+    EPOCHS_RUN,
+    FAIL_REASON,
+    FINAL_CONFUSION_MATRIX,
+    FINAL_EVALUATION,
+    N_PARAMS,
+    STUDY_SPEC,
+    STUDY_STOPPED,
+    TRAIN_SECONDS,
+    VAL_ACCURACY_CURVE,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUT = REPO / "test-output"

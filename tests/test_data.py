@@ -6,11 +6,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import add_tar_bytes, tar_folder, write_cifar10_pickles, write_cifar100_pickles, write_image_folder
 
-from conftest import (add_tar_bytes, tar_folder, write_cifar10_pickles, write_cifar100_pickles,
-                      write_image_folder)
-from data import (DatasetError, TestSplitAccessError, final_evaluation, load_dataset, stratified_split,
-                  train_val_splits)
+from data import DatasetError, TestSplitAccessError, final_evaluation, load_dataset, stratified_split, train_val_splits
 from data._specs import CIFAR10_CLASSES
 
 CLASSES10 = CIFAR10_CLASSES

@@ -2,22 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import dataclasses
 import json
+from pathlib import Path
 
 import keras
 import numpy as np
 import optuna
 import pytest
+from synthetic import easy_splits
 
 from data import Dataset, load_dataset, train_val_splits
 from search import TrialFailure, create_study, make_pruner, make_sampler, parse_spec
-from search._evaluate import evaluate
-from search._features import ensure_base, ensure_features, full_model, head_model, trial_builder
-from search._objective import Objective
-from synthetic import easy_splits
+from search.commands._evaluate import evaluate
+from search.trial._features import ensure_base, ensure_features, full_model, head_model, trial_builder
+from search.trial._objective import Objective
 
 FEATURE_STUDY = """
 architecture: s000_model_3_1
@@ -107,7 +106,7 @@ def test_augmenting_study_runs_the_frozen_base_per_batch(artifacts, caplog):
         same_splits, make_model = trial_builder(spec, splits)
     assert same_splits is splits  # images, not features
     assert "the feature cache cannot apply" in caplog.text
-    from search._space import trial_config
+    from search.spec._space import trial_config
 
     cfg = trial_config(spec, {"learning_rate": 0.01, "dense_layers": 1, "dense_units_0": 32, "optimizer": "adam",
                               "activation": "relu", "batch_size": 64}, input_shape=(32, 32, 3), num_classes=10)
@@ -151,6 +150,7 @@ def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_pa
     assert stored["test_accuracy"] == record["test_accuracy"]
     assert study.user_attrs["final_confusion_matrix"] == record["confusion_matrix"]
     from optuna.artifacts import download_artifact
+
     from storage import artifact_store
 
     out = tmp_path / "model.keras"
@@ -166,7 +166,7 @@ def test_test_split_untouched_until_evaluation_which_stores_its_artifacts(tmp_pa
 
 def test_a_lighter_base_can_stand_in_for_the_architectures_own(artifacts):
     from search import StudySpecError
-    from search._space import trial_config
+    from search.spec._space import trial_config
 
     own = parse_spec(FEATURE_STUDY, name="feat")
     light = parse_spec(FEATURE_STUDY.replace("base_epochs: 1}", "base_epochs: 1, base: s000_model_1}"), name="feat")

@@ -20,8 +20,8 @@ from optuna.trial import TrialState
 from dashboards import _records
 from search import create_study, parse_spec, suggest
 from search.__main__ import main
-from search._import_cv import IGNORED, NAMES, CvImportError, enqueue, knob_for, parse_mapping, plan_import
-from search._knobs import KNOBS
+from search.commands._import_cv import IGNORED, NAMES, CvImportError, enqueue, knob_for, parse_mapping, plan_import
+from search.spec._knobs import KNOBS
 from storage import attrs, open_storage
 
 STUDY = """description: seed 002's dense head, searched with TPE instead of a randomized grid

@@ -17,8 +17,7 @@ import pytest
 import sqlalchemy
 from optuna.trial import TrialState
 
-from storage import JOURNAL_PG_PREFIX, close_storage, open_storage
-from storage import _journal_pg
+from storage import JOURNAL_PG_PREFIX, _journal_pg, close_storage, open_storage
 from storage._journal_pg import SNAPSHOT_TABLE, PostgresJournalBackend, snapshot_format
 
 STATES = (TrialState.COMPLETE, TrialState.FAIL, TrialState.PRUNED)

@@ -540,8 +540,8 @@ def test_eight_workers_through_the_proxy_one_sigkilled_mid_trial(tmp_path, fresh
     """Its trial is reaped (grace 5 s) and retried with the same parameters; every lineage ends in
     one finished trial and nothing stays RUNNING. The budget is met and overshot by at most
     workers - 1 (the budget check and the ask are two store calls; README, Reliability row 15)."""
-    from search._lifecycle import lineage
-    from search._study import budget_used
+    from search.study._retries import lineage
+    from search.study._study import budget_used
     from storage import close_storage, open_storage
 
     name, budget, n = f"k8s_{uuid.uuid4().hex[:8]}", 72, 8
@@ -604,9 +604,10 @@ def _trivial_worker(url: str, name: str, index: int, budget: int) -> int:
     import logging
     import types
 
-    from search._lifecycle import Background, Liveness, StopFlag
-    from search._loop import LoopLimits, run_loop
-    from search._store import resilient
+    from search.study._store import resilient
+    from search.worker._liveness import Background, Liveness
+    from search.worker._loop import LoopLimits, run_loop
+    from search.worker._signals import StopFlag
     from storage import open_storage
 
     logging.basicConfig(level=logging.WARNING, format=f"[k{index}] %(message)s")

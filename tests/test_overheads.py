@@ -10,16 +10,23 @@ import keras
 import numpy as np
 import optuna
 import pytest
+from synthetic import ONE_TRIAL_STUDY, easy_splits
 
 from search import create_study, make_pruner, make_sampler, parse_spec
-from search._objective import Objective
-from search._space import trial_config
-from search._timing import PhaseCallback, TrialTimer
-from search._train import (LONG_EPOCH_BATCHES, SMALL_MODEL_PARAMS, SMALL_MODEL_STEPS, freeze_setup,
-                          steps_per_execution, train)
 from search.settings import Settings
+from search.spec._space import trial_config
+from search.trial._objective import Objective
+from search.trial._timing import PhaseCallback, TrialTimer
+from search.trial._train import (
+    LONG_EPOCH_BATCHES,
+    SMALL_MODEL_PARAMS,
+    SMALL_MODEL_STEPS,
+    FitOptions,
+    freeze_setup,
+    steps_per_execution,
+    train,
+)
 from storage import attrs
-from synthetic import ONE_TRIAL_STUDY, easy_splits
 
 
 def _cfg(spec):
@@ -54,8 +61,8 @@ def test_many_steps_a_call_train_the_same_weights_as_one():
     splits = easy_splits(600, 40)
     weights, curves = {}, {}
     for steps in (1, 3, 16):
-        result, model = train(_cfg(spec), splits, max_epochs=2, patience=5, seed=3, make_model=_dense_with_dropout,
-                              steps=steps)
+        result, model = train(_cfg(spec), splits, FitOptions(max_epochs=2, patience=5, steps=steps), seed=3,
+                              make_model=_dense_with_dropout)
         assert model.steps_per_execution == steps
         weights[steps], curves[steps] = model.get_weights(), result.curve
         keras.backend.clear_session()
@@ -69,7 +76,7 @@ def test_every_trial_records_how_many_steps_it_ran_a_call_pruned_ones_too():
     spec = parse_spec(ONE_TRIAL_STUDY, name="tiny")
     study = create_study(spec, optuna.storages.InMemoryStorage())
     study.sampler, study.pruner = make_sampler(spec), make_pruner(spec)
-    study.optimize(Objective(spec, easy_splits(64, 32), steps_per_execution=3), n_trials=1)
+    study.optimize(Objective(spec, easy_splits(64, 32), fit=FitOptions.for_study(spec, steps=3)), n_trials=1)
     study.pruner = optuna.pruners.ThresholdPruner(lower=1.1)  # no accuracy reaches it: pruned at epoch 1
     # 128 batches of 32 an epoch, a small preset: auto runs 16 a call
     study.optimize(Objective(spec, easy_splits(32 * LONG_EPOCH_BATCHES, 32)), n_trials=1)

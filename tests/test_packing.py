@@ -1,6 +1,6 @@
 """WORKERS_PER_GPU=auto on a CPU: a fake accelerator-memory probe, a fake card and fake worker processes.
 
-The decision (search._packing), the peak a trial records at its end (search._loop), and the runner
+The decision (search.commands._packing), the peak a trial records at its end (search.worker._loop), and the runner
 starting the recommended number of workers and stopping the newest after an `oom`.
 """
 
@@ -17,10 +17,10 @@ import pytest
 from optuna.trial import TrialState
 
 from search import create_study, parse_spec
-from search._packing import AutoPacking, GpuBox, recommend
-from search._placement import cpu_slots
-from search._runner import Runner
+from search.commands._packing import AutoPacking, GpuBox, recommend
+from search.commands._runner import Runner
 from search.settings import Settings
+from search.worker._placement import cpu_slots
 from storage import attrs, open_storage
 
 STUDY = """
@@ -59,7 +59,7 @@ def test_packing_waits_for_two_measured_trials_and_an_oom_lowers_it_for_good(cap
     trials = [_trial(0, peak=1200.0)]
     assert packing.update(trials) == 1  # one measurement is not enough
     trials.append(_trial(1, peak=1500.0))
-    with caplog.at_level(logging.INFO, logger="search._packing"):
+    with caplog.at_level(logging.INFO, logger="search.commands._packing"):
         assert packing.update(trials) == 3  # the largest peak decides
     assert "3 worker(s) per GPU: peak 1500 MiB" in caplog.text
     trials.append(_trial(2, oom=True))
@@ -78,14 +78,15 @@ def test_an_oom_with_one_worker_per_gpu_says_nothing_about_packing():
 
 def test_each_trial_records_its_workers_peak_gpu_memory_at_its_end(monkeypatch):
     """A fake accelerator probe whose peak grows as trials run (on a GPU it is the allocator's)."""
-    import search._runtime
-    from search._lifecycle import Background, Liveness, StopFlag
-    from search._loop import run_loop
+    from search.worker import _loop
+    from search.worker._liveness import Background, Liveness
+    from search.worker._loop import run_loop
+    from search.worker._signals import StopFlag
 
     spec = parse_spec(STUDY.replace("trials: 16", "trials: 3"), name="packed")
     study = create_study(spec, optuna.storages.InMemoryStorage())
     peak = [0.0]
-    monkeypatch.setattr(search._runtime, "accelerator_memory_mib", lambda: (10.0, peak[0]))
+    monkeypatch.setattr(_loop, "accelerator_memory_mib", lambda: (10.0, peak[0]))
 
     def objective(trial):
         peak[0] = max(peak[0], 1000.0 + 100 * trial.number)
@@ -99,7 +100,7 @@ def test_each_trial_records_its_workers_peak_gpu_memory_at_its_end(monkeypatch):
 FAKE_WORKER = textwrap.dedent("""
     import os, sys, time
     from optuna.trial import TrialState
-    from search._study import budget_used, load_existing
+    from search.study._study import budget_used, load_existing
     from storage import attrs, open_storage
 
     name, index = sys.argv[1], int(sys.argv[sys.argv.index("--worker-index") + 1])

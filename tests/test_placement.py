@@ -13,11 +13,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search._placement import Placement, apply, claim, visible_gpus
-from search._runtime import accelerator_memory_mib
-from search._train import is_oom, oom_message
 from benchmarks.gpu import summarize
-from search._loop import grown_past
+from search.runtime import accelerator_memory_mib
+from search.trial._train import is_oom, oom_message
+from search.worker._loop import grown_past
+from search.worker._placement import Placement, apply, claim, visible_gpus
 
 
 def test_one_worker_per_gpu_by_default_and_a_clear_error_past_the_slots(tmp_path):
@@ -64,7 +64,7 @@ def test_a_process_without_keras_is_not_made_to_load_a_backend_for_its_memory_fi
     import subprocess
     import sys
 
-    code = ("import sys; from search._loop import memory_now; m = memory_now(); "
+    code = ("import sys; from search.worker._loop import memory_now; m = memory_now(); "
             "print(sorted(k for k, v in m.items() if v is not None), 'keras' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.split() == ["['rss']", "False"], out.stderr[-2000:]
@@ -139,7 +139,7 @@ def test_two_machines_sharing_one_artifact_volume_each_get_their_own_gpu_slots(t
 def test_auto_in_a_worker_started_on_its_own_takes_a_slot_and_grows_its_memory_on_a_gpu_only(tmp_path, monkeypatch):
     """WORKERS_PER_GPU=auto outside `python -m search run`: a free slot of up to half the cores per
     GPU, no fixed share, no backend taking the card up front; on a CPU nothing changes."""
-    from search._placement import cpu_slots, place_worker
+    from search.worker._placement import cpu_slots, place_worker
 
     env: dict = {}
     monkeypatch.setattr(os, "environ", env)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import keras
 import optuna
 import pytest
+from synthetic import ONE_TRIAL_STUDY, easy_splits
 
 from search import StudySpecError, create_study, make_pruner, make_sampler, parse_spec
-from search._objective import Objective
-from search._space import trial_config
-from search._train import image_model, train
+from search.spec._space import trial_config
+from search.trial._objective import Objective
+from search.trial._train import FitOptions, image_model, train
 from storage import attrs
-from synthetic import ONE_TRIAL_STUDY, easy_splits
 
 TINY = ONE_TRIAL_STUDY
 
@@ -50,8 +50,8 @@ def test_a_model_whose_output_is_not_float32_gets_a_float32_activation_on_top():
         return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))  # bfloat16 under the policy
 
     spec = parse_spec(TINY, name="tiny")
-    result, model = train(_cfg(spec), easy_splits(64, 32), max_epochs=1, patience=1, seed=0, make_model=half_output,
-                          precision="mixed_bfloat16")
+    result, model = train(_cfg(spec), easy_splits(64, 32), FitOptions(max_epochs=1, patience=1, precision="mixed_bfloat16"),
+                          seed=0, make_model=half_output)
     assert model.layers[-1].name == "float32_output" and model.layers[-2].compute_dtype == "bfloat16"
     assert keras.backend.standardize_dtype(model.outputs[0].dtype) == "float32"
     assert result.epochs_run == 1
@@ -65,8 +65,8 @@ def test_jit_compile_is_passed_to_compile(jit_compile):
         return keras.Model(inputs, keras.layers.Dense(10, activation="softmax")(x))
 
     spec = parse_spec(TINY, name="tiny")
-    _, model = train(_cfg(spec), easy_splits(64, 32), max_epochs=1, patience=1, seed=0, make_model=dense,
-                     jit_compile=jit_compile)
+    _, model = train(_cfg(spec), easy_splits(64, 32), FitOptions(max_epochs=1, patience=1, jit_compile=jit_compile),
+                     seed=0, make_model=dense)
     assert model.jit_compile is jit_compile  # False: Keras's "auto", which is no XLA on a CPU
 
 

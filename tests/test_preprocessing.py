@@ -4,8 +4,15 @@ import keras
 import numpy as np
 import pytest
 
-from data.preprocessing import (SEED000_AUGMENT, AugmentParams, RandomAffine, augmentation_layers, channel_stats,
-                                normalization_layer, training_model)
+from data.preprocessing import (
+    SEED000_AUGMENT,
+    AugmentParams,
+    RandomAffine,
+    augmentation_layers,
+    channel_stats,
+    normalization_layer,
+    training_model,
+)
 
 IMAGES = np.random.default_rng(0).integers(0, 256, (64, 32, 32, 3)).astype("float32")
 

@@ -14,12 +14,23 @@ import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
-
-from search import (StudyMismatchError, TrialFailure, check_compatible, create_study, load_spec, make_pruner,
-                    make_sampler, parse_spec, suggest, trial_config)
-from search._objective import Objective
 from synthetic import easy_splits
 from test_features import FEATURE_STUDY
+
+from search import (
+    StudyMismatchError,
+    TrialFailure,
+    check_compatible,
+    create_study,
+    load_spec,
+    make_pruner,
+    make_sampler,
+    parse_spec,
+    suggest,
+    trial_config,
+)
+from search.trial._checkpoints import Checkpoints
+from search.trial._objective import Objective
 
 TINY = """
 architecture: s000_model_1
@@ -319,7 +330,7 @@ def test_checkpoints_resume_retries_only_and_do_not_outlive_their_trial(tmp_path
     stale = tmp_path / f"tiny-{uid}-0"
     stale.mkdir(parents=True)
     (stale / "training_metadata.json").write_text('{"epoch": 2}')  # junk from an older study of that name
-    objective = Objective(spec, easy_splits(), checkpoint_root=tmp_path)
+    objective = Objective(spec, easy_splits(), checkpoints=Checkpoints(tmp_path, spec.name))
     study.optimize(objective, n_trials=2, catch=(TrialFailure,))
     first, second = study.trials
     assert first.state == TrialState.COMPLETE and "resumed_from_epoch" not in first.user_attrs
@@ -363,14 +374,14 @@ class _FlakyStorage(optuna.storages.InMemoryStorage):
 def test_a_training_trial_waits_through_a_store_outage_instead_of_failing(tmp_path, monkeypatch):
     """Regression (CI, fault row 3): each store call a trial made while training raised on a
     PostgreSQL restart, failing the trial; two restarts then used up its retries. Now it waits."""
-    from search._store import ResilientStorage
+    from search.study._store import ResilientStorage
 
     spec = parse_spec(TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}",
                                    "pruner: none"), name="tiny")
     storage = _FlakyStorage({"report", "get_trial", "record the result"})
     waits: list[float] = []
     study = create_study(spec, ResilientStorage(storage, sleep=waits.append, jitter=lambda: 0.0))
-    objective = Objective(spec, easy_splits(), checkpoint_root=tmp_path)
+    objective = Objective(spec, easy_splits(), checkpoints=Checkpoints(tmp_path, spec.name))
     trial = study.ask()
     storage.armed = True
     value = objective(trial)
@@ -385,7 +396,7 @@ def test_a_training_trial_waits_through_a_store_outage_instead_of_failing(tmp_pa
 @pytest.mark.parametrize("damage", ["truncated weights", "no previous copy"])
 def test_a_retry_whose_checkpoint_was_cut_off_mid_write_trains_from_scratch(tmp_path, damage):
     """A worker SIGKILLed while Keras wrote its checkpoint leaves a broken file; the retry must not fail."""
-    from search._lifecycle import fail_and_retry
+    from search.study._retries import fail_and_retry
 
     text = TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}", "pruner: none")
     spec, study = _study(text)
@@ -398,7 +409,7 @@ def test_a_retry_whose_checkpoint_was_cut_off_mid_write_trains_from_scratch(tmp_
     (folder / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
     if damage == "truncated weights":  # the previous epoch's copy is cut off too
         (folder / "latest.weights.h5.bkp").write_bytes(b"\x89HDF")
-    study.optimize(Objective(spec, easy_splits(), checkpoint_root=tmp_path), n_trials=1, catch=(TrialFailure,))
+    study.optimize(Objective(spec, easy_splits(), checkpoints=Checkpoints(tmp_path, spec.name)), n_trials=1, catch=(TrialFailure,))
     retry = study.trials[-1]
     assert retry.system_attrs["failed_trial"] == original.number
     assert retry.state == TrialState.COMPLETE, retry.user_attrs
@@ -409,14 +420,15 @@ def test_a_retry_whose_checkpoint_was_cut_off_mid_write_trains_from_scratch(tmp_
 
 def _stopped_after_one_epoch(spec, study, root: Path):
     """A trial that trained one epoch, checkpointed, and was then failed and queued for retry."""
-    from search._lifecycle import StopFlag, fail_and_retry
     from search.errors import WorkerStopping
+    from search.study._retries import fail_and_retry
+    from search.worker._signals import StopFlag
 
     stop = StopFlag()
     stop.event.set()  # as after SIGTERM: stop at the first epoch end, once the checkpoint is written
     original = study.ask()
     with pytest.raises(WorkerStopping):
-        Objective(spec, easy_splits(), checkpoint_root=root, stop=stop)(original)
+        Objective(spec, easy_splits(), checkpoints=Checkpoints(root, spec.name), stop=stop)(original)
     fail_and_retry(study, original.number, "stale", "no heartbeat (test)")
     folder = root / f"tiny-{study.user_attrs['uid']}-{original.number}"
     assert (folder / "latest.weights.h5").exists()
@@ -436,7 +448,7 @@ def test_a_retry_resumes_while_its_paused_predecessor_still_holds_its_checkpoint
          "time.sleep(600)", str(folder / "latest.weights.h5")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout.readline().strip() == "held"
-        study.optimize(Objective(spec, easy_splits(), checkpoint_root=tmp_path), n_trials=1, catch=(TrialFailure,))
+        study.optimize(Objective(spec, easy_splits(), checkpoints=Checkpoints(tmp_path, spec.name)), n_trials=1, catch=(TrialFailure,))
     finally:
         holder.kill()
         holder.wait()
@@ -452,9 +464,9 @@ def test_a_paused_worker_that_wakes_up_to_an_error_reports_its_trial_lost_and_ke
         tmp_path, monkeypatch):
     """A paused worker can wake up to any error (the retry's worker removed a folder under it, say).
     If its trial is no longer RUNNING that is no failure of the trial: TrialLost, checkpoint kept."""
-    from search._checkpoints import ResumableBackup
-    from search._lifecycle import fail_and_retry
     from search.errors import TrialLost
+    from search.study._retries import fail_and_retry
+    from search.trial._checkpoints import ResumableBackup
 
     text = TINY.replace("pruner: {name: median, n_startup_trials: 1, n_warmup_steps: 0}", "pruner: none")
     spec, study = _study(text)
@@ -467,7 +479,7 @@ def test_a_paused_worker_that_wakes_up_to_an_error_reports_its_trial_lost_and_ke
 
     monkeypatch.setattr(ResumableBackup, "on_epoch_end", reaped_then_broken)
     with pytest.raises(TrialLost, match="FileNotFoundError"):
-        Objective(spec, easy_splits(), checkpoint_root=tmp_path)(trial)
+        Objective(spec, easy_splits(), checkpoints=Checkpoints(tmp_path, spec.name))(trial)
     assert list(tmp_path.glob(f"tiny-*-{trial.number}/latest.weights.h5"))  # the retry's to resume from
     assert study.trials[trial.number].user_attrs["fail_reason"] == "stale"
 
@@ -475,8 +487,10 @@ def test_a_paused_worker_that_wakes_up_to_an_error_reports_its_trial_lost_and_ke
 def test_the_worker_loop_goes_on_when_a_trial_reaped_meanwhile_raises(caplog):
     """Regression (CI): the paused worker's trial raised after the reaper had failed it; recording
     fail_reason "error" raised UpdateFinishedTrialError and the worker exited 1."""
-    from search._lifecycle import Background, Liveness, StopFlag, fail_and_retry
-    from search._loop import run_loop
+    from search.study._retries import fail_and_retry
+    from search.worker._liveness import Background, Liveness
+    from search.worker._loop import run_loop
+    from search.worker._signals import StopFlag
 
     spec, study = _study(TINY)
 
@@ -511,10 +525,10 @@ def test_bench_search_trains_its_base_on_images_the_heads_never_see(monkeypatch,
 
     import numpy as np
 
+    from benchmarks import search as bench
     from data._load import Dataset
     from data._specs import CIFAR10_CLASSES
-    from benchmarks import search as bench
-    from search._features import base_preset
+    from search.trial._features import base_preset
 
     n = 2_000
     y = np.arange(n) % 10

@@ -15,7 +15,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search._lifecycle import lineage
+from search.study._retries import lineage
 from storage import attrs, close_storage, open_storage
 
 pytestmark = pytest.mark.slow

@@ -15,10 +15,10 @@ import yaml
 
 from data._augment import AugmentParams
 from search import StudySpecError, available_studies, load_spec, make_pruner, make_sampler, parse_spec
-from search._knobs import KNOBS, OPTIMIZERS
-from search._schema import AugmentSection, FeatureCacheSection
-from search._spec import STUDIES_DIR, FeatureCacheSpec, profiles, study_json_schema, study_path
-from search._strategies import PRUNERS, SAMPLERS
+from search.spec import STUDIES_DIR, FeatureCacheSpec, profiles, study_json_schema, study_path
+from search.spec._knobs import KNOBS, OPTIMIZERS
+from search.spec._schema import AugmentSection, FeatureCacheSection
+from search.spec._strategies import PRUNERS, SAMPLERS
 
 GOOD = """
 architecture: s000_model_1

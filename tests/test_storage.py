@@ -13,10 +13,18 @@ import pytest
 from optuna.trial import TrialState
 
 from search import create_study, parse_spec
-from search._lifecycle import reap
-from search._study import budget_used, counts, load_existing
 from search.errors import StudyMismatchError
-from storage import JOURNAL_PG_PREFIX, attrs, StorageConfigError, StorageUnavailableError, open_storage, redact, resolve_url
+from search.study._retries import reap
+from search.study._study import budget_used, counts, load_existing
+from storage import (
+    JOURNAL_PG_PREFIX,
+    StorageConfigError,
+    StorageUnavailableError,
+    attrs,
+    open_storage,
+    redact,
+    resolve_url,
+)
 
 SPEC = """
 architecture: s000_model_1
@@ -71,7 +79,7 @@ def test_ask_tell_counts_and_budget(store):
     assert budget_used(study) == 2
     study.tell(second, state=TrialState.PRUNED)
     c = counts(load_existing(name, open_storage(store)))
-    assert (c["n_complete"], c["n_pruned"], c["n_running"], c["best_value"]) == (1, 1, 0, 0.5)
+    assert (c.n_complete, c.n_pruned, c.n_running, c.best_value) == (1, 1, 0, 0.5)
 
 
 def test_a_changed_space_cannot_join(store):
@@ -158,7 +166,7 @@ def test_a_retry_does_not_inherit_its_original_s_heartbeat(store):
 def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twice(store):
     """Regression (CI, fault row 3): a trial failed by one PostgreSQL restart and its retry failed by
     the next one ended the lineage, because every retry counted against max_retry=1."""
-    from search._lifecycle import fail_and_retry, lineage
+    from search.study._retries import fail_and_retry, lineage
 
     study = _no_warm_start(store)
     first = _run_next(study)
@@ -184,7 +192,7 @@ def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twic
 def test_a_worker_back_after_an_outage_does_not_fail_a_reaped_trial_twice(store):
     """Regression (fault row 4): the worker whose store calls failed found its trial already reaped
     and crashed with UpdateFinishedTrialError instead of going on."""
-    from search._lifecycle import fail_and_retry
+    from search.study._retries import fail_and_retry
 
     study = _no_warm_start(store)
     trial = _run_next(study)
@@ -346,7 +354,6 @@ def test_journal_read_after_an_append_waits_for_the_store_instead_of_failing_a_w
         journal_pg_url, monkeypatch):
     import sqlalchemy
 
-    from storage import _journal_pg
 
     study = optuna.create_study(study_name="reread", storage=open_storage(journal_pg_url, create_schema=True))
     backend = study._storage._backend

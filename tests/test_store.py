@@ -1,4 +1,4 @@
-"""The resilient store (search/_store.py): every call retried through outages, one exception for a
+"""The resilient store (search/study/_store.py): every call retried through outages, one exception for a
 trial finished elsewhere, and the private attributes of Optuna and Keras that the adapter relies on."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sqlalchemy.exc
 from optuna.storages import BaseStorage
 from optuna.trial import TrialState
 
-from search._store import ResilientStorage, TrialTakenOver, fresh_trial, resilient, storage_of, trial_id
+from search.study._store import ResilientStorage, TrialTakenOver, fresh_trial, resilient, storage_of, trial_id
 
 
 class _Outage:
@@ -96,7 +96,7 @@ def test_errors_that_are_not_outages_are_raised_at_once():
 
 
 def test_the_private_attributes_we_rely_on_still_exist():
-    """search/_store.py is the one place that reads private attributes of Optuna and Keras; an
+    """search/study/_store.py is the one place that reads private attributes of Optuna and Keras; an
     upgrade that renames one fails here, not in a worker at 3 a.m."""
     import keras
 

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import add_tar_bytes, tar_folder, write_cifar10_pickles
+
 from data import DatasetError, DatasetRef, final_evaluation, load_dataset
 from search import StudySpecError, parse_spec
 
@@ -375,8 +375,8 @@ def test_a_preset_builds_and_trains_on_40x48_grayscale_with_7_classes():
 
 
 def test_workers_and_evaluate_refuse_data_that_changed_since_the_study_was_created(tmp_path):
-    from search._study import check_same_data
     from search.errors import StudyMismatchError
+    from search.study._study import check_same_data
     from storage import attrs
 
     class Study:

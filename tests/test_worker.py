@@ -1,4 +1,4 @@
-"""The worker loop's decisions (search/_loop.py), on trivial objectives: a trial failure goes on, a
+"""The worker loop's decisions (search/worker/_loop.py), on trivial objectives: a trial failure goes on, a
 fatal error stops the worker, a failure streak stops the study, and a worker whose budget is met
 waits while counted trials run elsewhere."""
 
@@ -14,10 +14,11 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search._lifecycle import Background, Liveness, StopFlag
-from search._loop import LoopLimits, run_loop
-from search._study import failure_streak, resume, stop_study
 from search.errors import FATAL_EXIT, StudyStopped, TrialFailure
+from search.study._study import failure_streak, resume, stop_study
+from search.worker._liveness import Background, Liveness
+from search.worker._loop import LoopLimits, run_loop
+from search.worker._signals import StopFlag
 from storage import attrs
 
 

@@ -12,9 +12,10 @@ import types
 
 import optuna
 
-from search._lifecycle import Background, Liveness, StopFlag
-from search._store import resilient
-from search._loop import LoopLimits, run_loop
+from search.study._store import resilient
+from search.worker._liveness import Background, Liveness
+from search.worker._loop import LoopLimits, run_loop
+from search.worker._signals import StopFlag
 from storage import open_storage
 
 

@@ -1,0 +1,145 @@
+"""make evaluate NAME=...: is the best trial real or noise, and how does it do on the test split?
+
+Retrains the best trial's configuration with several seeds (validation accuracy: mean and
+spread), then evaluates the first seed's model once on the test split, the only place in the
+service that may. Stores the final model (.keras), test accuracy, confusion matrix, per-class
+accuracy and the most confidently misclassified test images with the study.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import logging
+import statistics
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import optuna
+from PIL import Image
+
+from data import Splits, final_evaluation
+from search.settings import Settings
+from search.spec import StudySpec, load_data, study_splits, trial_config
+from search.study import check_same_data
+from search.trial import FitOptions, ensure_features, full_model, image_model, release, train, trial_builder
+from storage import artifact_root, attrs, upload
+
+logger = logging.getLogger(__name__)
+
+
+def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
+    if len(study.directions) == 1:
+        return study.best_trial
+    return max(study.best_trials, key=lambda t: t.values[0])  # Pareto front: the most accurate
+
+
+def test_metrics(probs: np.ndarray, y: np.ndarray, class_names: tuple[str, ...], n_worst: int = 25) -> dict[str, Any]:
+    pred = probs.argmax(1)
+    k = len(class_names)
+    confusion = np.zeros((k, k), dtype=np.int64)
+    np.add.at(confusion, (y, pred), 1)
+    per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    wrong = np.flatnonzero(pred != y)
+    worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:n_worst]
+    return {
+        "test_accuracy": float((pred == y).mean()),
+        "n_test": int(len(y)),
+        "class_names": list(class_names),
+        "confusion_matrix": confusion.tolist(),
+        "per_class_accuracy": [round(float(a), 4) for a in per_class],
+        "worst_misclassified": [{"index": int(i), "true": int(y[i]), "pred": int(pred[i]),
+                                 "confidence": round(float(probs[i, pred[i]]), 4)} for i in worst],
+    }
+
+
+@dataclass
+class _EvaluationData:
+    dataset: Any
+    splits: Splits
+    train_splits: Splits  # images, or every cached feature of a feature-cache study
+    make_model: Any
+    base_weights: Path | None = None  # a feature-cache study's base: the final model is base + head
+
+
+def _evaluation_data(spec: StudySpec, settings: Settings, store_url: str | None = None) -> _EvaluationData:
+    dataset = load_data(spec, settings)
+    splits = study_splits(spec, dataset)
+    if spec.feature_cache is None:
+        return _EvaluationData(dataset, splits, splits, image_model(spec.normalization))
+    artifacts = artifact_root(settings.artifacts_dir)
+    # All features, not the search subset.
+    store_url = store_url or settings.store_url()  # a PostgreSQL store: builds are locked there, across machines
+    train_splits, make_model = trial_builder(spec, splits, search=False, artifacts=artifacts, store_url=store_url)
+    weights = None if spec.augments else ensure_features(spec, splits, artifacts=artifacts,
+                                                         store_url=store_url).base_weights
+    return _EvaluationData(dataset, splits, train_splits, make_model, weights)
+
+
+def _retrain(spec: StudySpec, data: _EvaluationData, cfg: Any, seeds: tuple[int, ...]) -> tuple[list[float], Any]:
+    """Train the configuration once per seed; the validation accuracies and the first seed's model."""
+    accuracies, final = [], None
+    for seed in seeds:
+        result, model = train(cfg, data.train_splits, FitOptions.for_study(spec), seed=seed,
+                              label=f"evaluate seed {seed}", make_model=data.make_model)
+        accuracies.append(result.best_val_accuracy)
+        logger.info("seed %d: best validation accuracy %.4f at epoch %d", seed, result.best_val_accuracy,
+                    result.best_epoch)
+        if final is None:
+            final = model
+            if data.base_weights is not None:
+                final = full_model(spec, data.splits, data.base_weights, model)
+        else:
+            del model
+    return accuracies, final
+
+
+def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_url: str | None = None,
+             seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+    if len(seeds) < 3:
+        raise ValueError(f"evaluation needs at least 3 seeds to say anything about noise but got {len(seeds)}")
+    trial = best_trial(study)
+    data = _evaluation_data(spec, settings, store_url)
+    check_same_data(study, spec, data.dataset.fingerprint)  # test figures on other data would mislead
+    cfg = trial_config(spec, trial.params, input_shape=data.splits.input_shape, num_classes=data.splits.num_classes)
+    accuracies, final = _retrain(spec, data, cfg, seeds)
+    with final_evaluation():
+        x_test, y_test = data.dataset.test_split()
+        probs = np.asarray(final.predict(x_test, batch_size=256, verbose=0))
+        for worst in (metrics := test_metrics(probs, y_test, data.dataset.class_names))["worst_misclassified"]:
+            worst["png"] = _png(x_test[worst["index"]])
+    record = {
+        "trial": trial.number, "params": trial.params, "study_best_value": trial.values[0], "seeds": list(seeds),
+        "n_train": len(data.train_splits.y_train),  # all of it, even when the search used a subset
+        "val_accuracy_per_seed": [round(a, 5) for a in accuracies],
+        "val_accuracy_mean": statistics.mean(accuracies), "val_accuracy_std": statistics.stdev(accuracies),
+        **metrics,
+    }
+    _store(study, final, record, artifact_root(settings.artifacts_dir))
+    release()
+    return record
+
+
+def _png(image: np.ndarray) -> str:
+    """A small base64 PNG of one test image, for the report's misclassification grid."""
+    buf = io.BytesIO()
+    Image.fromarray(image.squeeze()).save(buf, format="PNG")
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def _store(study: optuna.Study, model: keras.Model, record: dict[str, Any], artifacts: Path) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        model_path = Path(tmp) / f"{study.study_name}-final.keras"
+        model.save(model_path)
+        record["model_artifact_id"] = upload(study, model_path, root=artifacts, mimetype="application/zip")
+        json_path = Path(tmp) / f"{study.study_name}-evaluation.json"
+        json_path.write_text(json.dumps(record, indent=1))
+        record["evaluation_artifact_id"] = upload(study, json_path, root=artifacts, mimetype="application/json")
+    summary = {k: v for k, v in record.items() if k not in ("confusion_matrix", "worst_misclassified")}
+    study.set_user_attr(attrs.FINAL_EVALUATION, summary)
+    study.set_user_attr(attrs.FINAL_CONFUSION_MATRIX, record["confusion_matrix"])

@@ -1,0 +1,40 @@
+"""`python -m search evaluate NAME` (`make evaluate`): retrain the best trial with several seeds, then
+score it once on the test split (search.commands._evaluate)."""
+
+from __future__ import annotations
+
+import argparse
+
+from search._cli import add_study_args, overrides
+from search.settings import Settings
+from search.spec import load_spec
+from search.study import check_compatible, open_study
+
+HELP = "retrain the best trial with several seeds, then test once"
+
+
+def add_parser(sub: argparse._SubParsersAction, settings: Settings) -> None:
+    p = sub.add_parser("evaluate", help=HELP)
+    add_study_args(p, settings)
+    p.add_argument("--seeds", type=int, default=3, help="retrains of the best trial (at least 3)")
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    # Keras loads here, and only for this command: every other command starts without a backend.
+    from search.commands._evaluate import evaluate
+
+    spec = load_spec(args.name, studies_dir=settings.studies_dir, **overrides(args))
+    study = open_study(args.name, settings.store_url(args.storage))
+    check_compatible(study, spec)
+    seeds = tuple(range(args.seeds))
+    record = evaluate(spec, study, settings, store_url=settings.store_url(args.storage), seeds=seeds)
+    per_seed = ", ".join(f"{a:.4f}" for a in record["val_accuracy_per_seed"])
+    print(f"study {spec.name}, best trial {record['trial']} (search value {record['study_best_value']:.4f})")
+    print(f"validation accuracy over {len(seeds)} seeds: {record['val_accuracy_mean']:.4f} "
+          f"± {record['val_accuracy_std']:.4f} ({per_seed})")
+    print(f"test accuracy (evaluated once): {record['test_accuracy']:.4f} on {record['n_test']} images")
+    worst = sorted(zip(record["per_class_accuracy"], record["class_names"]))[:3]
+    print("weakest classes: " + ", ".join(f"{n} {a:.3f}" for a, n in worst))
+    print(f"stored with the study: final model (artifact {record['model_artifact_id']}), confusion matrix, "
+          f"per-class accuracy (artifact {record['evaluation_artifact_id']})")
+    return 0

@@ -1,0 +1,74 @@
+"""Where a trial ran: backend, device, code version, accelerator memory.
+
+A leaf any layer may import. It loads a backend only inside the functions that ask it something
+(`device`, `accelerator_memory_mib`), and only the one Keras runs on: importing this module loads none.
+"""
+
+from __future__ import annotations
+
+import functools
+import subprocess
+import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+
+@functools.cache
+def code_version() -> str:
+    root = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "-C", str(root), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=5, check=True).stdout.strip()
+        return rev or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        try:
+            return version("cnn-search")
+        except PackageNotFoundError:
+            return "unknown"
+
+
+@functools.cache
+def device() -> str:
+    import keras
+
+    backend = keras.backend.backend()
+    if backend == "jax":
+        import jax
+
+        d = jax.devices()[0]
+        return f"{d.platform}:{getattr(d, 'device_kind', d.platform)}"
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        return f"gpu:{len(gpus)}" if gpus else "cpu"
+    return backend
+
+
+def accelerator_memory_mib() -> tuple[float, float] | None:
+    """(in use, peak) MiB on this process's first GPU as its backend's allocator counts them; None on a CPU.
+
+    JAX's and TensorFlow's allocators keep freed blocks for reuse, so nvidia-smi shows a high-water
+    mark; "in use" is what live arrays hold, the figure that must not grow from trial to trial.
+    """
+    if "keras" not in sys.modules:  # nothing trained here (a trivial worker): no backend to load for this
+        return None
+    if not device().startswith("gpu"):
+        return None
+    import keras
+
+    mib = 2**20
+    if keras.backend.backend() == "jax":
+        import jax
+
+        stats = jax.local_devices()[0].memory_stats() or {}
+        if "bytes_in_use" not in stats:
+            return None
+        return stats["bytes_in_use"] / mib, stats.get("peak_bytes_in_use", stats["bytes_in_use"]) / mib
+    import tensorflow as tf
+
+    try:
+        info = tf.config.experimental.get_memory_info("GPU:0")
+    except (ValueError, RuntimeError):
+        return None
+    return info["current"] / mib, info["peak"] / mib

@@ -1,0 +1,19 @@
+"""A study's data, loaded once the same way by every command and worker."""
+
+from __future__ import annotations
+
+from data import Dataset, Splits, load_dataset, train_val_splits
+from search.settings import Settings
+from search.spec._spec import StudySpec
+
+
+def load_data(spec: StudySpec, settings: Settings) -> Dataset:
+    """The study's dataset, decoded into (or read from) the data cache; fails before any store is touched."""
+    return load_dataset(spec.dataset_ref, label_mode=spec.label_mode, data_dir=settings.data_dir,
+                        cache_dir=settings.data_cache, allow_download=not settings.data_offline)
+
+
+def study_splits(spec: StudySpec, dataset: Dataset) -> Splits:
+    """The study's train/validation split of `dataset` (the test split is never part of it)."""
+    return train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed,
+                            max_train=spec.max_train, max_val=spec.max_val)

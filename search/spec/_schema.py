@@ -1,0 +1,282 @@
+"""The study file, declared: every field's type, default and meaning, as pydantic models.
+
+`StudyFile.model_validate(raw, context={"name": ...})` checks a YAML-loaded study completely (knobs
+against the architecture, `when` against earlier knobs, sampler and pruner options against Optuna);
+search.spec._load turns the result into a StudySpec. A validator that knows a more precise place than the
+field it checks raises `Problem(message, *path)`; `spec_error` reports it at that dotted path.
+`study_json_schema()` is the same declaration, for editors. The parts: search.spec._schema_types (errors,
+value types, Section), search.spec._schema_sources (architecture and dataset), this module (the search
+space, warm starts and the other sections).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from data._augment import AugmentParams
+from search.spec._knobs import KNOBS, check_value, fits
+from search.spec._schema_sources import Architecture, BuilderArchitecture, architecture_value
+from search.spec._schema_types import (
+    FEATURE_BASES,
+    AtLeastOne,
+    Bool,
+    FeatureBase,
+    Number,
+    PositiveInt,
+    PositiveNumber,
+    Problem,
+    Section,
+    SubsetSize,
+)
+from search.spec._strategies import PRUNERS, SAMPLERS, Strategy, build_problem, options_model, options_problem
+
+SECOND_OBJECTIVES = ("params", "train_seconds")
+
+
+# --- the search space ---------------------------------------------------------------------------
+
+
+class SpaceEntry(Section):
+    """One searched knob: `choices`, or a range `low`..`high` with an optional `log` scale or `step`;
+    `when` searches it only while knobs declared before it have the given values."""
+
+    choices: list[Any] | None = Field(None, min_length=1, description="the values to choose from")
+    low: Number | None = Field(None, description="the range's lower bound")
+    high: Number | None = Field(None, description="the range's upper bound (included)")
+    log: Bool = Field(False, description="sample on a log scale (needs low > 0)")
+    step: PositiveNumber | None = Field(None, description="sample only low, low + step, ...")
+    when: dict[str, Any] | None = Field(None, min_length=1, description="earlier knob -> its value (or values)")
+
+    @field_validator("choices", mode="before")
+    @classmethod
+    def _choice_list(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, list) or not value):
+            raise ValueError("must be a non-empty list")
+        if value and len(set(map(repr, value))) != len(value):
+            raise ValueError("has duplicates")
+        return value
+
+    @field_validator("when", mode="before")
+    @classmethod
+    def _when_mapping(cls, value: Any) -> Any:
+        if value is not None and (not isinstance(value, dict) or not value):
+            raise ValueError("must map an earlier knob to its value(s)")
+        return value
+
+    @model_validator(mode="after")
+    def _choices_or_range(self) -> SpaceEntry:
+        if self.choices is not None:
+            if {"low", "high", "log", "step"} & self.model_fields_set:
+                raise ValueError("give choices or low/high, not both")
+            return self
+        if self.low is None or self.high is None:
+            raise ValueError("needs choices, or low and high")
+        if self.low > self.high:
+            raise ValueError(f"low ({self.low}) is greater than high ({self.high}); swap them")
+        if self.log and self.low <= 0:
+            raise Problem(f"a log scale needs low > 0 but got {self.low}", "low")
+        if self.log and self.step is not None:
+            raise ValueError("choose log or step, not both")
+        return self
+
+    def conditions(self) -> tuple[tuple[str, tuple], ...]:
+        return tuple((k, tuple(v) if isinstance(v, list) else (v,)) for k, v in (self.when or {}).items())
+
+    def contains(self, value: Any) -> bool:
+        return fits(value, self.choices, self.low, self.high)
+
+
+def _check_value(knob: str, value: Any, *path: str | int, arch: Architecture | None = None) -> None:
+    problem = arch.value_problem(knob, value) if arch is not None else check_value(knob, value)
+    if problem is not None:
+        raise Problem(problem, *path)
+
+
+def check_space_entry(knob: str, entry: SpaceEntry, earlier: dict[str, SpaceEntry],
+                      arch: Architecture | None = None) -> None:
+    """What depends on the knob: its `when` refers to earlier knobs, its values suit the knob (its
+    type: the vocabulary's, or a builder's default's)."""
+    for other, values in entry.conditions():
+        if other not in earlier:
+            raise Problem("must name a knob declared earlier in space", knob, "when", other)
+        for value in values:
+            if not earlier[other].contains(value):
+                raise Problem(f"{value!r} is not a value {other} can take", knob, "when", other)
+    if entry.choices is not None:
+        for choice in entry.choices:
+            _check_value(knob, choice, knob, "choices", arch=arch)
+        return
+    kind = arch.kind(knob) if arch is not None else KNOBS[knob].kind
+    if kind not in ("int", "float"):
+        raise Problem(f"{knob} is a {kind} knob; give choices", knob)
+    if kind == "int" and not all(isinstance(v, int) for v in (entry.low, entry.high, entry.step or 1)):
+        raise Problem(f"{knob} takes integers", knob)
+    _check_value(knob, entry.low, knob, "low", arch=arch)
+    _check_value(knob, entry.high, knob, "high", arch=arch)
+
+
+def _warm_start_entry(entry: Any) -> Any:
+    """Its keys are checked against the architecture's knobs by StudyFile (a builder has knobs of its own)."""
+    if not isinstance(entry, dict) or not entry:
+        raise ValueError("must be a non-empty mapping of knob values")
+    return entry
+
+
+WarmStart = Annotated[dict[str, Any], BeforeValidator(_warm_start_entry), Field(min_length=1)]
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+class AugmentSection(Section):
+    """The augmentation a trial trains with while its `augment` knob is on (data/_augment.py)."""
+
+    rotation: Number = Field(0.0, description="degrees, in [0, 180]")
+    width_shift: Number = Field(0.0, description="a fraction of the width, in [0, 1)")
+    height_shift: Number = Field(0.0, description="a fraction of the height, in [0, 1)")
+    horizontal_flip: Bool = False
+    vertical_flip: Bool = False
+    zoom: Number = Field(0.0, description="a fraction, in [0, 1)")
+    fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = "nearest"
+
+    def params(self) -> AugmentParams:
+        return AugmentParams(**self.model_dump(exclude_unset=True))
+
+    @model_validator(mode="after")
+    def _in_range(self) -> AugmentSection:
+        self.params()  # AugmentParams checks the ranges; its ValueError names the field
+        return self
+
+
+class Budget(Section):
+    """How much to search. Not part of the study's identity: it may change between runs."""
+
+    trials: PositiveInt = Field(20, description="trials in all, across every worker")
+    max_epochs: PositiveInt = Field(20, description="the most epochs one trial trains (hyperband's max_resource)")
+    timeout_s: PositiveNumber | None = Field(None, description="no new trial is asked for after this many seconds")
+
+
+class EarlyStopping(Section):
+    patience: AtLeastOne = Field(5, description="epochs without a better validation accuracy before a trial stops")
+
+
+class Objective(Section):
+    """Validation accuracy is maximised; a second objective makes the study multi-objective."""
+
+    second: Literal[SECOND_OBJECTIVES] | None = Field(None, description="also minimise this")
+
+    @field_validator("second", mode="before")
+    @classmethod
+    def _known(cls, value: Any) -> Any:
+        if value not in (None, *SECOND_OBJECTIVES):
+            raise ValueError(f"{value!r} is not one of {SECOND_OBJECTIVES} (or leave it out)")
+        return value
+
+
+class DataSection(Section):
+    val_fraction: Number = Field(0.1, description="the share of the training set held out for validation")
+    max_train: PositiveInt | None = Field(None, description="train on a stratified subset of this many images")
+    max_val: PositiveInt | None = Field(None, description="validate on a stratified subset of this many images")
+
+    @field_validator("val_fraction")
+    @classmethod
+    def _fraction(cls, value: float) -> float:
+        if not 0 < value < 1:
+            raise ValueError("must be in (0, 1)")
+        return value
+
+
+class FeatureCacheSection(Section):
+    """Train the base once (or take base_weights), cache its features, train heads on them."""
+
+    base: FeatureBase | BuilderArchitecture | None = Field(None, description=(
+        "the conv base whose flattened features heads train on: a convnet or wrn preset, or your own model "
+        "{builder: \"file.py:build\"} with a flat layer named 'features' to cut at; none: the study's "
+        "architecture. The final model is this base (frozen) followed by the searched head"))
+    base_epochs: AtLeastOne = Field(10, description="epochs the base is trained for, once")
+    base_max_train: SubsetSize | None = Field(None, description="train the base on a subset of this many images")
+    base_batch_size: AtLeastOne = Field(128, description="the base's training batch size")
+    base_weights: str | None = Field(None, description="a weights file for the base, which is then not trained")
+    search_max_train: SubsetSize | None = Field(None, description=(
+        "trials train their heads on a stratified subset of this many cached training features (the "
+        "validation split stays whole); `make evaluate` retrains the winner on all of them"))
+
+    @field_validator("base", mode="before")
+    @classmethod
+    def _known_base(cls, value: Any) -> Any:
+        if isinstance(value, dict):
+            return architecture_value(value)
+        if value is not None and value not in FEATURE_BASES:
+            raise ValueError(f"{value!r} is not a convnet or wrn preset; known: {', '.join(FEATURE_BASES)}; or "
+                             "your own model: {builder: \"file.py:build\"}")
+        return value
+
+
+class _StrategyChoice(BaseModel):
+    """`name`, or {name: ..., option: value, ...} with options of the Optuna class's constructor."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+    kind: ClassVar[str]
+    registry: ClassVar[dict[str, Strategy]]
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_file(cls, raw: Any) -> Any:
+        raw = {"name": raw} if isinstance(raw, str) else raw
+        if not isinstance(raw, dict) or "name" not in raw:
+            raise ValueError(f"give a name: one of {', '.join(cls.registry)}")
+        name = raw["name"]
+        if not isinstance(name, str) or name not in cls.registry:
+            raise Problem(f"unknown {cls.kind} {name!r}; known: {', '.join(cls.registry)}", "name")
+        options = {k: v for k, v in raw.items() if k != "name"}
+        found = options_problem(cls.kind, name, options)
+        if found is not None:
+            option, problem = found
+            raise Problem(problem, *([option] if option else []))
+        return {"name": name, "options": options}
+
+    @property
+    def strategy(self) -> Strategy:
+        return self.registry[self.name]
+
+    def check_builds(self, max_epochs: int) -> None:
+        """Build it once, so that a value Optuna refuses fails now, at its option."""
+        found = build_problem(self.name, self.strategy, self.options, max_epochs=max_epochs)
+        if found is not None:
+            raise Problem(found[1], self.kind, *([found[0]] if found[0] else []))
+
+    @classmethod
+    def __get_pydantic_json_schema__(cls, core_schema: Any, handler: Any) -> dict[str, Any]:
+        variants = [options_model(cls.kind, name).model_json_schema() for name in cls.registry]
+        return {"description": cls.__doc__, "anyOf": [{"type": "string", "enum": list(cls.registry)}, *variants]}
+
+
+class SamplerChoice(_StrategyChoice):
+    """The sampler: a name, or {name: ..., option: value} with options of the Optuna sampler."""
+
+    kind = "sampler"
+    registry = SAMPLERS
+
+
+class PrunerChoice(_StrategyChoice):
+    """The pruner: a name, or {name: ..., option: value} with options of the Optuna pruner."""
+
+    kind = "pruner"
+    registry = PRUNERS
+
+
+class Profile(Section):
+    """What `--profile NAME` changes in any study (search/spec/profiles.yaml); a field left out changes nothing."""
+
+    description: str = ""
+    max_train: PositiveInt | None = Field(None, description="replaces the study's data.max_train")
+    max_val: PositiveInt | None = Field(None, description="replaces the study's data.max_val")
+    max_epochs: PositiveInt | None = Field(None, description="caps budget.max_epochs")
+    base: FeatureBase | None = Field(None, description="feature_cache.base, where the study names none")
+    base_epochs: PositiveInt | None = Field(None, description="caps feature_cache.base_epochs")
+    base_max_train: PositiveInt | None = Field(None, description="caps feature_cache.base_max_train")
+    search_max_train: PositiveInt | None = Field(None, description="caps feature_cache.search_max_train")

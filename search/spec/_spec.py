@@ -1,0 +1,141 @@
+"""What the code reads of a study: StudySpec (frozen, hashed), its searched Dimensions and its feature cache.
+
+search.spec._study_file declares and validates the file; search.spec._load reads it into this.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from data import DatasetRef
+from data._augment import AugmentParams
+from search.settings import STUDIES_DIR as SETTINGS_STUDIES_DIR
+from search.spec._knobs import fits
+
+logger = logging.getLogger(__name__)
+
+STUDIES_DIR = SETTINGS_STUDIES_DIR  # one definition: search/settings.py
+PROFILES_FILE = Path(__file__).parent / "profiles.yaml"
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies a study may train under
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched knob: choices, or a numeric range; optionally only `when` others match."""
+
+    name: str
+    choices: tuple | None = None
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    step: float | None = None
+    when: tuple[tuple[str, tuple], ...] = ()
+
+    def contains(self, value: object) -> bool:
+        return fits(value, self.choices, self.low, self.high)
+
+
+@dataclass(frozen=True)
+class FeatureCacheSpec:
+    """Train the base once (or take base_weights), cache its features, train heads on them
+    (each field is described in search.spec._schema.FeatureCacheSection)."""
+
+    base: str | None = None
+    base_epochs: int = 10
+    base_max_train: int | None = None
+    base_batch_size: int = 128
+    base_weights: str | None = None
+    search_max_train: int | None = None
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    name: str
+    architecture: str
+    dataset: str
+    space: tuple[Dimension, ...]
+    description: str = ""
+    source: str = ""
+    label_mode: str = "fine"
+    normalization: str = "scale"
+    fixed: dict[str, Any] = field(default_factory=dict)
+    augment: AugmentParams = AugmentParams()
+    sampler: str = "tpe"
+    sampler_options: dict[str, Any] = field(default_factory=dict)
+    pruner: str = "hyperband"
+    pruner_options: dict[str, Any] = field(default_factory=dict)
+    trials: int = 20
+    max_epochs: int = 20
+    timeout_s: float | None = None
+    patience: int = 5
+    second_objective: str | None = None
+    warm_start: tuple[dict[str, Any], ...] = ()
+    val_fraction: float = 0.1
+    seed: int = 0
+    profile: str | None = None
+    max_train: int | None = None
+    max_val: int | None = None
+    feature_cache: FeatureCacheSpec | None = None
+    max_consecutive_failures: int = 5
+    builder_files: dict[str, str] = field(default_factory=dict)  # each user builder used -> its file's sha256
+    precision: str = "float32"  # a Keras dtype policy (PRECISIONS)
+    jit_compile: bool = False  # True: XLA for every trial; False: Keras's own choice ("auto")
+    dataset_ref: DatasetRef | None = None  # where and how to read `dataset` (None: by name; set after __init__)
+
+    def __post_init__(self) -> None:
+        if self.dataset_ref is None:
+            object.__setattr__(self, "dataset_ref", DatasetRef(name=self.dataset))
+
+    @property
+    def augments(self) -> bool:
+        """Whether any trial of this study may train on augmented images."""
+        dim = self.dimension("augment")
+        if dim is not None:
+            return True in (dim.choices or ())
+        return bool(self.fixed.get("augment", self.augment.enabled)) and self.augment.enabled
+
+    @property
+    def directions(self) -> list[str]:
+        return ["maximize"] + (["minimize"] if self.second_objective else [])
+
+    def dimension(self, name: str) -> Dimension | None:
+        return next((d for d in self.space if d.name == name), None)
+
+    def hashed_fields(self) -> dict[str, Any]:
+        """What makes trials comparable (not the budget, sampler, pruner or failure limit); for a study
+        with a builder of its own, also its file's content (a preset study's hash is as it always was)."""
+        fields = {k: _jsonable(getattr(self, k)) for k in _HASHED}
+        fields["dataset"] = self.dataset_ref.study_value()  # a name, as it always was; else the mapping
+        if self.builder_files:
+            fields["builder_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.builder_files.items()}
+        # Only when not the default, so that the studies written before them keep their hash.
+        fields.update({k: getattr(self, k) for k, default in _HASHED_IF_SET.items() if getattr(self, k) != default})
+        return fields
+
+    def space_hash(self) -> str:
+        """A worker whose hash differs from the study's must not join it."""
+        return hashlib.sha256(json.dumps(self.hashed_fields(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+_HASHED = ("architecture", "dataset", "label_mode", "normalization", "space", "fixed", "augment",
+           "max_epochs", "patience", "second_objective", "val_fraction", "seed", "max_train", "max_val",
+           "feature_cache")
+_HASHED_IF_SET = {"precision": "float32", "jit_compile": False}
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+

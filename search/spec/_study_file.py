@@ -1,0 +1,198 @@
+"""The study file, whole: StudyFile, whose parts search.spec._schema, search.spec._schema_sources and
+search.spec._schema_types declare, with the checks across its fields; and its JSON Schema.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from data import DATASETS
+from models import PRESETS
+from search.spec._knobs import KNOBS, knob_problem, parameter_problem
+from search.spec._schema import (
+    AugmentSection,
+    Budget,
+    DataSection,
+    EarlyStopping,
+    FeatureCacheSection,
+    Objective,
+    PrunerChoice,
+    SamplerChoice,
+    SpaceEntry,
+    WarmStart,
+    check_space_entry,
+)
+from search.spec._schema_sources import (
+    Architecture,
+    BuilderArchitecture,
+    DatasetLocation,
+    NamedDataset,
+    PresetArchitecture,
+    architecture_value,
+    dataset_value,
+)
+from search.spec._schema_types import Bool, FailureStreak, NonNegativeInt, Problem, Section, Text
+from search.spec._spec import PRECISIONS
+from search.spec._strategies import objectives_problem
+
+logger = logging.getLogger(__name__)
+
+
+
+def _knob_problem(knob: Any, arch: Architecture | None) -> str | None:
+    return arch.knob_problem(knob) if arch is not None else knob_problem(knob, None, ())
+
+
+def _check_fixed(fixed: dict, arch: Architecture | None, space: dict) -> None:
+    allowed = arch.fixable() if arch is not None else set(KNOBS)
+    unknown = sorted(set(fixed) - allowed, key=str)
+    if unknown:
+        raise ValueError(f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+    for knob, value in fixed.items():
+        checked = arch is not None and (knob in KNOBS or isinstance(arch, BuilderArchitecture))
+        problem = (_knob_problem(knob, arch) or arch.value_problem(knob, value)) if checked else None
+        if problem:
+            raise Problem(problem, knob)
+        if knob in space:
+            raise Problem("is also in space; keep it in one place", knob)
+
+
+class StudyFile(Section):
+    """A study: what is searched (architecture, dataset, space) and how (sampler, pruner, budget)."""
+
+    model_config = ConfigDict(title="Study file")
+
+    name: str | None = Field(None, description="optional; when given, the file's own name (without .yaml)")
+    description: Text = Field("", description="one line on what the study searches")
+    source: Text = Field("", description="where the setup comes from (e.g. seed 000)")
+    architecture: PresetArchitecture | BuilderArchitecture = Field(description=(
+        f"the model: a preset, one of {', '.join(PRESETS)}; or your own, {{builder: \"file.py:build\"}}"))
+    dataset: NamedDataset | DatasetLocation = Field(description=(
+        f"a name: {', '.join(DATASETS)}, or a folder or file in DATA_DIR; or your own by location, "
+        "{path: ..., image_size: [h, w], skip_unreadable: false, test_fraction: 0.2}"))
+    label_mode: Literal["fine", "coarse"] = Field("fine", description="cifar100's 100 fine or 20 coarse classes")
+    normalization: Literal["scale", "zscore"] = Field("scale", description="pixels to [0, 1], or z-scores per channel")
+    space: dict[str, SpaceEntry] = Field(description=(
+        "the searched knobs (at least one), in order: a knob's `when` names knobs declared before it"))
+    fixed: dict[str, Any] = Field(default_factory=dict, description=(
+        "knobs held at one value: search knobs, or keyword arguments of the architecture"))
+    augment: AugmentSection = Field(default_factory=AugmentSection)
+    sampler: SamplerChoice = Field("tpe", validate_default=True)
+    pruner: PrunerChoice = Field("hyperband", validate_default=True)
+    budget: Budget = Field(default_factory=Budget)
+    early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
+    objective: Objective = Field(default_factory=Objective)
+    data: DataSection = Field(default_factory=DataSection)
+    seed: NonNegativeInt = Field(0, description="seeds the split, the sampler (plus the worker index) and training")
+    feature_cache: FeatureCacheSection | None = Field(None, json_schema_extra=lambda s: s["anyOf"].append(
+        {"type": "boolean", "description": "true: the defaults; false: no feature cache"}))
+    warm_start: list[WarmStart] = Field(default_factory=list, description=(
+        "trials enqueued first, as a trial's parameters (dense_units_0, dense_units_1, ...); one that does "
+        "not fit the space is left out"))
+    max_consecutive_failures: FailureStreak = Field(5, description=(
+        "workers stop the study once its last N trials all failed for the same reason"))
+    precision: Literal[PRECISIONS] = Field("float32", description=(
+        "the Keras dtype policy trials train under (mixed_*: float16/bfloat16 compute, float32 weights and output)"))
+    jit_compile: Bool = Field(False, description=(
+        "true: compile every trial's steps with XLA; false: Keras decides (XLA on a TensorFlow GPU, not on a CPU)"))
+
+    @field_validator("name")
+    @classmethod
+    def _is_the_files(cls, value: str | None, info: ValidationInfo) -> str | None:
+        expected = (info.context or {}).get("name")
+        if value is not None and expected is not None and value != expected:
+            raise ValueError(f"the file says {value!r} but is named {expected!r}")
+        return value
+
+    @field_validator("architecture", mode="before")
+    @classmethod
+    def _architecture(cls, value: Any) -> Any:
+        return architecture_value(value)  # a preset's name, or {builder: ...} (imported and checked here)
+
+    @field_validator("dataset", mode="before")
+    @classmethod
+    def _dataset(cls, value: Any) -> Any:
+        return dataset_value(value)  # a name, or {path: ..., options}
+
+    @field_validator("label_mode", mode="before")
+    @classmethod
+    def _label_mode(cls, value: Any, info: ValidationInfo) -> Any:
+        dataset = info.data.get("dataset")
+        if value not in (dataset.label_modes if dataset else ("fine", "coarse")):
+            raise ValueError(f"{value!r}: 'coarse' applies only to cifar100, otherwise 'fine'")
+        return value
+
+    @field_validator("space", mode="before")
+    @classmethod
+    def _knobs_exist(cls, value: Any, info: ValidationInfo) -> Any:
+        if not isinstance(value, dict) or not value:
+            raise ValueError("needs at least one knob to search (a mapping knob: {...})")
+        for knob in value:
+            problem = _knob_problem(knob, info.data.get("architecture"))
+            if problem:
+                raise Problem(problem, knob)
+        return value
+
+    @field_validator("space")
+    @classmethod
+    def _values_suit_knobs(cls, space: dict[str, SpaceEntry], info: ValidationInfo) -> dict[str, SpaceEntry]:
+        items = list(space.items())
+        for i, (knob, entry) in enumerate(items):
+            check_space_entry(knob, entry, dict(items[:i]), info.data.get("architecture"))
+        return space
+
+    @field_validator("fixed", mode="before")
+    @classmethod
+    def _fixed_knobs(cls, value: Any, info: ValidationInfo) -> Any:
+        value = {} if value is None else value
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping but got {type(value).__name__}")
+        _check_fixed(value, info.data.get("architecture"), info.data.get("space") or {})
+        return value
+
+    @field_validator("feature_cache", mode="before")
+    @classmethod
+    def _feature_cache(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is None or value is False:
+            return None
+        arch = info.data.get("architecture")
+        if arch is not None and not arch.freezable_base:
+            raise ValueError(f"needs a convnet preset with a freezable base (freeze_base), not {arch.name}")
+        return {} if value is True else value
+
+    @field_validator("warm_start", mode="before")
+    @classmethod
+    def _warm_start(cls, value: Any, info: ValidationInfo) -> Any:
+        if value is not None and not isinstance(value, list):
+            raise ValueError("must be a list of {knob: value} mappings")
+        arch = info.data.get("architecture")
+        for i, entry in enumerate(value or []):
+            for key in entry if isinstance(entry, dict) else ():
+                problem = arch.parameter_problem(key) if arch is not None else parameter_problem(key)
+                if problem:
+                    raise Problem(problem, i, key)
+        return value or []
+
+    @model_validator(mode="after")
+    def _fits_together(self) -> StudyFile:
+        if self.sampler.name == "grid":
+            for knob, entry in self.space.items():
+                if entry.choices is None and (entry.step is None or entry.log):
+                    raise Problem("the grid sampler needs choices or a step (and no log scale) for every knob",
+                                  "space", knob)
+        found = self.objective.second and objectives_problem(self.sampler.name, self.pruner.name)
+        if found:
+            raise Problem(found[1], found[0])
+        self.sampler.check_builds(self.budget.max_epochs)
+        self.pruner.check_builds(self.budget.max_epochs)
+        return self
+
+
+def study_json_schema() -> dict[str, Any]:
+    """The study file's JSON Schema (draft 2020-12), for editors and for checking files offline."""
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", **StudyFile.model_json_schema()}
+
+

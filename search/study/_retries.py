@@ -1,0 +1,137 @@
+"""Failing a trial for a cause outside it, and queuing its retry: lineages, the reaper's judgement.
+
+One mechanism for every store. Optuna ships a heartbeat for RDB stores only; its thread stops at
+the first database error, and stale trials are reaped only when some worker asks for a trial. So
+the worker runs its own heartbeat and reaper threads (search.worker._liveness), and this module
+holds what they do to the store: fail a silent trial and queue its retry with Optuna's
+RetryHeartbeatStaleTrialCallback. Store outages are waited out below this module, by the resilient
+store (search.study._store).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import logging
+import time
+import warnings
+from collections.abc import Iterator
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from search.errors import FailReason
+from search.study._store import storage_of, trial_id
+from storage import attrs
+
+logger = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def _pinned_experimental() -> Iterator[None]:
+    """Optuna marks the retry callback experimental; we pin optuna==5.0.*, so its warning is noise."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        yield
+
+
+def _queue_retry(study: optuna.Study, failed: FrozenTrial) -> None:
+    # With the attributes just written. A copy: the journal and in-memory stores return their cached
+    # trial, and Optuna's callback appends to the inherited retry_history list in place.
+    fresh = copy.deepcopy(storage_of(study).get_trial(trial_id(failed)))
+    # The retry inherits them all but the heartbeat: its own worker beats as it starts it (_last_beat).
+    fresh.system_attrs = {k: v for k, v in fresh.system_attrs.items() if k != attrs.HEARTBEAT}
+    with _pinned_experimental():
+        RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, fresh)
+
+
+def lineage(trial: FrozenTrial) -> int:
+    """The number of the first trial in a retry chain (the trial itself if it is no retry)."""
+    with _pinned_experimental():
+        original = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
+    return trial.number if original is None else original
+
+
+def _last_beat(trial: FrozenTrial) -> float:
+    """The trial's last heartbeat (seconds since the epoch, the worker's clock). Before the first, which
+    a worker writes as it starts a trial, its start: Optuna's datetime_start is the asking machine's
+    naive local time, which a reaper in another time zone misreads by hours, so it is read only then."""
+    beat = trial.system_attrs.get(attrs.HEARTBEAT)
+    if beat is not None:
+        return float(beat)
+    return trial.datetime_start.timestamp() if trial.datetime_start else 0.0
+
+
+def _fail(study: optuna.Study, frozen: FrozenTrial, reason: FailReason, message: str,
+          system: dict[str, object] | None = None) -> bool:
+    """Record why, then fail the trial; False if it had finished already (someone got there first)."""
+    storage = storage_of(study)
+    try:  # the reason first: once failed, the trial is read-only
+        for key, value in (system or {}).items():
+            storage.set_trial_system_attr(trial_id(frozen), key, value)
+        storage.set_trial_user_attr(trial_id(frozen), attrs.FAIL_REASON, FailReason(reason).value)
+        storage.set_trial_user_attr(trial_id(frozen), attrs.FAIL_MESSAGE, message)
+        return storage.set_trial_state_values(trial_id(frozen), state=TrialState.FAIL)
+    except optuna.exceptions.UpdateFinishedTrialError:
+        return False  # someone else (another worker's reaper) finished it, and queued what was due
+
+
+def _silent_before(study: optuna.Study, frozen: FrozenTrial) -> int:
+    """How often this trial's lineage went silent before it: counted from its finished predecessors
+    (Optuna's retry_history), not from an attribute a concurrent reaper may be writing right now."""
+    trials = study.get_trials(deepcopy=False)
+    history = frozen.system_attrs.get(attrs.RETRY_HISTORY, [])
+    return sum(trials[n].user_attrs.get(attrs.FAIL_REASON) == FailReason.STALE for n in history if n < len(trials))
+
+
+def fail_silent(study: optuna.Study, frozen: FrozenTrial, message: str, *, max_stale_retries: int) -> bool:
+    """Fail a trial whose worker went silent or died (`stale`), and queue its retry unless its
+    lineage has gone silent more than `max_stale_retries` times. False if it had finished."""
+    stale = _silent_before(study, frozen) + 1
+    retry = stale <= max_stale_retries
+    if not retry:
+        message += (f"; not retried: its lineage went silent {stale} times (MAX_STALE_RETRIES="
+                    f"{max_stale_retries}), so the trial itself may kill its worker")
+    if not _fail(study, frozen, FailReason.STALE, message, {attrs.STALE_FAILURES: stale}):
+        return False
+    if retry:
+        _queue_retry(study, frozen)
+    logger.warning("trial %d: %s: failed it%s", frozen.number, message, " and queued its retry" if retry else "")
+    return True
+
+
+def reap(study: optuna.Study, *, grace: float, max_stale_retries: int = 1, now: float | None = None) -> list[int]:
+    """Fail RUNNING trials whose heartbeat is older than `grace` and queue a retry of each."""
+    now = time.time() if now is None else now
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        silent = now - _last_beat(trial)
+        if silent > grace and fail_silent(study, trial, f"no heartbeat for {silent:.0f}s (grace {grace:.0f}s)",
+                                          max_stale_retries=max_stale_retries):
+            reaped.append(trial.number)
+    return reaped
+
+
+def reap_worker(study: optuna.Study, worker: str, exit_code: int, *, max_stale_retries: int = 1) -> list[int]:
+    """Fail the RUNNING trials of a worker process seen to exit (it will send no heartbeat again),
+    at once rather than after the grace period, and queue their retries."""
+    reaped = []
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if trial.user_attrs.get(attrs.WORKER) == worker and fail_silent(
+                study, trial, f"its worker {worker} exited with {exit_code}", max_stale_retries=max_stale_retries):
+            reaped.append(trial.number)
+    return reaped
+
+
+def fail_and_retry(study: optuna.Study, trial_number: int, reason: FailReason, message: str) -> None:
+    """Record a trial as failed for a cause outside it (`interrupted`, `store`, `fatal`) and queue
+    its retry (same parameters, resuming from the checkpoint)."""
+    frozen = storage_of(study).get_trial(trial_id(study.get_trials(deepcopy=False)[trial_number]))  # fresh
+    if frozen.state != TrialState.RUNNING or not _fail(study, frozen, reason, message):
+        # Another worker's reaper got there first (this one was cut off past the grace period):
+        # it failed the trial and queued the retry already.
+        logger.warning("trial %d was already failed by the reaper (its retry is queued); nothing more to do",
+                       trial_number)
+        return
+    _queue_retry(study, frozen)

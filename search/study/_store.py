@@ -1,0 +1,178 @@
+"""The resilient store, and the one module that touches Optuna's private attributes.
+
+`ResilientStorage` wraps any Optuna storage the way Optuna's own `_CachedStorage` does: it
+delegates every call to its backend and adds one concern, waiting through store outages. Each
+call that fails with a connection-level error is retried with a jittered exponential backoff
+(1 s doubling to `max_backoff`), logged at most once a minute, and never given up: a PostgreSQL
+restart costs a worker a pause, not its trial. So the rest of `search/` calls plain Optuna
+(`study.ask`, `trial.report`, `study.tell`).
+
+Retrying a write is safe here: Optuna's setters are idempotent (an attribute or intermediate value
+written twice holds the same value), the journal backend looks an append cut off in flight up by
+its batch id before writing it again (`storage/_journal_pg.py`), and a `create_new_trial` retried
+after an ambiguous failure leaves at worst an orphan RUNNING trial without heartbeats, which the
+reaper fails.
+
+"The trial was finished by someone else" (the reaper failed it while this worker was paused or
+cut off) comes out as one exception, `TrialTakenOver`, whichever call ran into it.
+"""
+
+from __future__ import annotations
+
+import abc
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import optuna
+import sqlalchemy.exc
+import tenacity
+from optuna.storages import BaseStorage
+
+from search.settings import Settings
+
+logger = logging.getLogger(__name__)
+MAX_BACKOFF: float = Settings.model_fields["store_max_backoff"].default  # STORE_MAX_BACKOFF, written once in Settings
+
+
+class TrialTakenOver(optuna.exceptions.UpdateFinishedTrialError):
+    """The trial is no longer this worker's: it was finished (usually failed by the reaper, which
+    queued its retry) while this worker was paused or cut off from the store."""
+
+
+def storage_errors() -> tuple[type[BaseException], ...]:
+    """The errors that mean "the store is unreachable right now", as opposed to "you asked for
+    something wrong": connection-level driver errors and Optuna's wrapper of them; grpc.RpcError: the
+    gRPC storage proxy unreachable or restarting."""
+    return (optuna.exceptions.StorageInternalError, sqlalchemy.exc.OperationalError, sqlalchemy.exc.InterfaceError,
+            ConnectionError, grpc.RpcError)
+
+
+class _Backoff:
+    """1 s doubling to `max_wait`, each wait jittered by x0.5-1.5; one warning a minute at most."""
+
+    def __init__(self, max_wait: float, jitter: Callable[[], float] = random.random) -> None:
+        self.max_wait, self.jitter, self.last_log = max_wait, jitter, float("-inf")
+
+    def wait(self, state: tenacity.RetryCallState) -> float:
+        return min(2.0 ** min(state.attempt_number - 1, 16), self.max_wait) * (0.5 + self.jitter())
+
+    def log(self, state: tenacity.RetryCallState) -> None:
+        now = time.monotonic()
+        if now - self.last_log > 60:
+            exc = state.outcome.exception() if state.outcome else None
+            logger.warning("store unreachable while calling %s (%s); retrying, down %.0fs so far",
+                           state.fn.__name__ if state.fn else "it", type(exc).__name__, state.seconds_since_start)
+            self.last_log = now
+
+
+# Seconds each thread has spent in store calls (round trips, and waits through outages): the
+# objective reads its training thread's figure for the trial's time breakdown (attrs.TIME_BREAKDOWN).
+_spent = threading.local()
+
+
+def store_seconds() -> float:
+    """Seconds this thread has spent inside ResilientStorage calls since it started (monotonic)."""
+    return getattr(_spent, "seconds", 0.0)
+
+
+class ResilientStorage(BaseStorage):
+    """Any Optuna storage, with every call retried through outages (see the module's docstring)."""
+
+    def __init__(self, backend: BaseStorage, *, max_backoff: float = MAX_BACKOFF,
+                 sleep: Callable[[float], None] = time.sleep, jitter: Callable[[], float] = random.random) -> None:
+        self.backend = backend
+        self._backoff = _Backoff(max_backoff, jitter)
+        self._sleep = sleep
+        self._errors = storage_errors()
+
+    def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        method = getattr(self.backend, name)
+        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception_type(self._errors), wait=self._backoff.wait,
+                                     before_sleep=self._backoff.log, sleep=self._sleep, reraise=True)
+        started = time.perf_counter()
+        try:
+            return retrying(method, *args, **kwargs)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            if isinstance(exc, TrialTakenOver):
+                raise
+            raise TrialTakenOver(f"{exc} (finished elsewhere: the reaper failed it while this worker was paused "
+                                 "or cut off, and queued its retry)") from exc
+        finally:
+            _spent.seconds = getattr(_spent, "seconds", 0.0) + time.perf_counter() - started
+
+    def __getstate__(self) -> dict:
+        return self.__dict__
+
+    def remove_session(self) -> None:
+        self.backend.remove_session()
+
+    def check_trial_is_updatable(self, trial_id: int, trial_state: optuna.trial.TrialState) -> None:
+        try:
+            self.backend.check_trial_is_updatable(trial_id, trial_state)
+        except optuna.exceptions.UpdateFinishedTrialError as exc:
+            raise TrialTakenOver(str(exc)) from exc
+
+
+# Every data call of BaseStorage goes through _call (and so through the retries).
+_DELEGATED = (
+    "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
+    "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
+    "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
+    "get_trial_number_from_id", "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials",
+    "get_best_trial", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
+)
+
+
+def _delegate(name: str) -> Callable[..., Any]:
+    def method(self: ResilientStorage, *args: Any, **kwargs: Any) -> Any:
+        return self._call(name, *args, **kwargs)
+
+    method.__name__ = method.__qualname__ = name
+    method.__doc__ = f"{name} of the backend, retried through outages."
+    return method
+
+
+for _name in _DELEGATED:
+    setattr(ResilientStorage, _name, _delegate(_name))
+abc.update_abstractmethods(ResilientStorage)
+
+
+def resilient(storage: BaseStorage, *, max_backoff: float = MAX_BACKOFF) -> ResilientStorage:
+    """The storage a worker uses: Optuna's cache in front of an RDB store (as `optuna.load_study`
+    would add), then the retries around everything."""
+    if isinstance(storage, ResilientStorage):
+        return storage
+    return ResilientStorage(optuna.storages.get_storage(storage), max_backoff=max_backoff)
+
+
+# --- Optuna's private attributes: read here and nowhere else ---------------------------------
+# tests/test_store.py::test_the_private_attributes_we_rely_on_still_exist fails if an Optuna or
+# Keras upgrade removes one of them.
+
+
+def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
+    # Optuna has no public trial id; the storage API is keyed by it (heartbeats, the reaper).
+    return trial._trial_id
+
+
+def storage_of(study: optuna.Study) -> BaseStorage:
+    # Optuna exposes no public handle on a study's storage; heartbeats, the reaper and the retry
+    # callback write trial attributes and states through it directly.
+    return study._storage
+
+
+def fresh_trial(trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+    """The trial as the store has it now (the reaper may have failed it), not Optuna's cached copy."""
+    return storage_of(trial.study).get_trial(trial_id(trial))
+
+
+def restart_from_epoch(model: Any, epoch: int) -> None:
+    # Keras's BackupAndRestore tells fit() where to resume through the model's `_initial_epoch`;
+    # an unreadable checkpoint must reset it to start over (Keras has no public setter).
+    model._initial_epoch = epoch

@@ -1,0 +1,26 @@
+"""One trial on Keras, no threads or processes: the objective (suggest, build, fit, record), the fit
+itself with early stopping, epoch checkpoints, the time breakdown and the frozen-base feature cache.
+
+Importing it loads Keras: only the worker's session (search.worker, after placement) and
+`evaluate` do.
+"""
+
+from search.trial._checkpoints import Checkpoints, StopRequest
+from search.trial._features import ensure_features, full_model, trial_builder
+from search.trial._objective import Objective
+from search.trial._train import FitOptions, ModelBuilder, freeze_setup, image_model, release, train
+
+__all__ = [
+    "Checkpoints",
+    "FitOptions",
+    "ModelBuilder",
+    "Objective",
+    "StopRequest",
+    "ensure_features",
+    "freeze_setup",
+    "full_model",
+    "image_model",
+    "release",
+    "train",
+    "trial_builder",
+]

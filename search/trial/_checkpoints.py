@@ -1,0 +1,177 @@
+"""Epoch checkpoints, one folder per attempt, so a retried trial resumes where its lineage stopped.
+
+Each attempt checkpoints into `<root>/<study>-<uid>-<trial number>`; only a retry of a failed
+trial (same lineage, same parameters) starts from a copy of its predecessor's newest checkpoint.
+A predecessor's worker that was paused, not dead, may still be writing its folder when it wakes up
+(it notices it lost its trial only at the next epoch end); a shared folder let that write clash
+with the retry's restore (CI: HDF5's lock refused the read, and the retry started over).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+import keras
+import optuna
+
+from search.errors import FATAL, TrialLost, WorkerStopping
+from search.settings import Settings
+from search.study import fresh_trial, lineage, restart_from_epoch
+from search.trial._timing import TrialTimer
+from storage import attrs
+
+
+class StopRequest(Protocol):
+    """What a trial sees of the worker's stop signal (search.worker's StopFlag): asked at each epoch end."""
+
+    def is_set(self) -> bool: ...
+
+
+logger = logging.getLogger(__name__)
+
+EVERY_S: float = Settings.model_fields["checkpoint_every_s"].default
+
+# The trial may be resumed from its checkpoint: keep the folder. A fatal error hands the trial to a
+# healthy worker, and a second signal (SystemExit) leaves it to be reaped and retried.
+_KEEP = (WorkerStopping, TrialLost, optuna.exceptions.UpdateFinishedTrialError, *FATAL, SystemExit, KeyboardInterrupt)
+
+
+def forget(*folders: Path | None) -> None:
+    for folder in folders:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def adopt(folder: Path, earlier: list[Path], number: int) -> None:
+    """Copy the newest checkpoint of the lineage (`earlier`, newest first) into this attempt's
+    folder, then drop the earlier folders. A copy cut short leaves files that ResumableBackup
+    cannot read: the retry then starts over, with a warning, as after a kill mid-write."""
+    for source in earlier:
+        try:
+            files = [f for f in source.iterdir() if f.is_file()]
+        except OSError:  # never written, or already dropped
+            continue
+        if not files:
+            continue
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            for f in files:
+                shutil.copyfile(f, folder / f.name)
+        except OSError as exc:
+            logger.warning("trial %d: could not copy the checkpoint in %s (%s); training from scratch",
+                           number, source, exc)
+            forget(folder)
+        break
+    forget(*earlier)
+
+
+class ResumableBackup(keras.callbacks.BackupAndRestore):
+    """Keras's BackupAndRestore, keeping the previous checkpoint too (`double_checkpoint`), and
+    starting from scratch, with a warning, when no checkpoint can be read: a worker killed while it
+    wrote one must not make its retry fail.
+
+    It writes at an epoch's end only when `every_s` seconds (CHECKPOINT_EVERY_S; 0: every epoch)
+    have passed since its last write or the start of training, or when the worker was asked to stop
+    (`stop`): cheap epochs do not each pay for a write, and a stopped trial's retry resumes from the
+    epoch it stopped at. A worker killed outright loses at most `every_s` seconds of training.
+    Restoring and writing are timed as the "checkpoint" phase of `timer`."""
+
+    def __init__(self, folder: Path, trial: optuna.Trial, *, every_s: float = EVERY_S, stop: StopRequest | None = None,
+                 timer: TrialTimer | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+        if every_s < 0:
+            raise ValueError(f"every_s cannot be negative but got {every_s}")
+        super().__init__(str(folder), save_freq="epoch", double_checkpoint=True)
+        self.folder, self.trial, self.every_s, self.stop = folder, trial, every_s, stop
+        self.timer, self.clock = timer or TrialTimer(), clock
+        self.writes = 0
+        self._written_epoch: int | None = None
+        self._last_write = clock()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        stopping = self.stop is not None and self.stop.is_set()
+        if stopping or self.clock() - self._last_write >= self.every_s:
+            self.save(epoch, logs)
+
+    def save(self, epoch: int, logs: dict | None = None) -> None:
+        """Write the checkpoint of `epoch`'s end, unless it is written already."""
+        if self._written_epoch == epoch:
+            return
+        with self.timer.phase("checkpoint"):
+            super().on_epoch_end(epoch, logs)
+        self._written_epoch, self._last_write = epoch, self.clock()
+        self.writes += 1
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        with self.timer.phase("checkpoint"):
+            self._restore(logs)
+        self._last_write = self.clock()
+
+    def _restore(self, logs: dict | None) -> None:
+        fresh = self.model.get_weights()
+        try:
+            super().on_train_begin(logs)
+        except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint means: start over
+            logger.warning("trial %d: checkpoint in %s unreadable (%s: %s); training from scratch",
+                           self.trial.number, self.folder, type(exc).__name__, str(exc).splitlines()[0][:200])
+            self.model.set_weights(fresh)
+            restart_from_epoch(self.model, 0)
+            forget(self.folder)
+            self.trial.set_user_attr(attrs.CHECKPOINT_UNREADABLE, f"{type(exc).__name__}: {exc}"[:300])
+
+
+def _lost(trial: optuna.Trial, exc: BaseException) -> TrialLost | None:
+    """TrialLost when the store no longer has the trial RUNNING: whatever broke in a worker paused
+    past the grace period (its folder removed under it, say) is not the trial's doing."""
+    state = fresh_trial(trial).state
+    if state == optuna.trial.TrialState.RUNNING:
+        return None
+    return TrialLost(f"trial {trial.number} is {state.name} in the store (failed by the reaper while this worker "
+                     f"was paused or cut off); here it raised {type(exc).__name__}: {str(exc)[:200]}")
+
+
+class Checkpoints:
+    """Where a study's attempts checkpoint, and what happens to a folder when an attempt ends."""
+
+    def __init__(self, root: Path, study_name: str, *, every_s: float = EVERY_S,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.root, self.study_name, self.every_s, self.clock = root, study_name, every_s, clock
+
+    def _folder(self, uid: str, number: int) -> Path:
+        return self.root / f"{self.study_name}-{uid}-{number}"
+
+    @contextlib.contextmanager
+    def attempt(self, trial: optuna.Trial, *, stop: StopRequest | None = None,
+                timer: TrialTimer | None = None) -> Iterator[ResumableBackup]:
+        """This attempt's BackupAndRestore callback. The folder is dropped when the attempt ends
+        for good (finished, pruned, failed) and kept when it may be resumed (stopped, lost)."""
+        frozen = fresh_trial(trial)
+        uid = trial.study.user_attrs.get(attrs.STUDY_UID, "nouid")
+        folder = self._folder(uid, trial.number)
+        forget(folder)  # stale files of an older study of this name
+        earlier = [self._folder(uid, n) for n in reversed(frozen.system_attrs.get(attrs.RETRY_HISTORY, []))]
+        origin = lineage(frozen)
+        if origin != trial.number:
+            # fail_reason/fail_message are inherited from the failed original: cleared
+            for key, value in ((attrs.RETRY_OF, origin), (attrs.FAIL_REASON, None), (attrs.FAIL_MESSAGE, None)):
+                trial.set_user_attr(key, value)
+            adopt(folder, earlier, trial.number)
+        try:
+            yield ResumableBackup(folder, trial, every_s=self.every_s, stop=stop, timer=timer, clock=self.clock)
+        except _KEEP:
+            raise
+        except Exception as exc:
+            lost = _lost(trial, exc)
+            if lost is not None:
+                raise lost from exc
+            forget(folder, *earlier)
+            raise
+        except BaseException:
+            forget(folder, *earlier)
+            raise
+        forget(folder, *earlier)

@@ -1,0 +1,147 @@
+"""The objective: one trial = suggest, build, train, record.
+
+Every store call below is plain Optuna; the study's storage is the resilient store, which waits
+through outages, so a PostgreSQL restart costs a trial a pause, not the epochs trained so far.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from typing import Any
+
+import keras
+import optuna
+from optuna_integration import KerasPruningCallback
+
+from data import Splits
+from search.errors import TrialFailure, TrialLost, WorkerStopping
+from search.runtime import code_version, device
+from search.spec import StudySpec, suggest, trial_config
+from search.study import fresh_trial, store_seconds
+from search.trial._checkpoints import Checkpoints, ResumableBackup, StopRequest
+from search.trial._timing import PhaseCallback, TrialTimer, timed_builder
+from search.trial._train import FitOptions, ModelBuilder, TrainResult, image_model, release, train
+from storage import attrs
+
+logger = logging.getLogger(__name__)
+
+
+class TrialGuard(keras.callbacks.Callback):
+    """At the first epoch's start, record the trial's steps per call (and whether it resumed a
+    checkpoint). At each epoch end: give up if the reaper failed this trial meanwhile (a paused or cut-off
+    worker), and, after the checkpoint's turn, stop if the worker was asked to, making sure this
+    epoch's checkpoint is written (the signal may have come just after the checkpoint's turn)."""
+
+    def __init__(self, trial: optuna.Trial, stop: StopRequest | None, *, after_checkpoint: bool,
+                 checkpoint: ResumableBackup | None = None) -> None:
+        super().__init__()
+        self.trial, self.stop, self.after_checkpoint, self.checkpoint = trial, stop, after_checkpoint, checkpoint
+        self._seen = False
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.after_checkpoint and not self._seen:
+            # How it trains, on every trial however it ends (pruned and failed ones too).
+            self.trial.set_user_attr(attrs.STEPS_PER_EXECUTION, self.model.steps_per_execution)
+            if epoch > 0:  # Keras's BackupAndRestore restored a checkpoint: this trial resumes its lineage.
+                self.trial.set_user_attr(attrs.RESUMED_FROM_EPOCH, epoch)
+        self._seen = True
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if not self.after_checkpoint:
+            state = fresh_trial(self.trial).state
+            if state != optuna.trial.TrialState.RUNNING:
+                raise TrialLost(f"trial {self.trial.number} is {state.name} in the store (failed by the reaper "
+                                f"while this worker was paused or cut off)")
+        elif self.stop is not None and self.stop.is_set():
+            if self.checkpoint is not None:
+                self.checkpoint.save(epoch, logs)  # already written unless the signal came just now
+            raise WorkerStopping(f"stopped after epoch {epoch + 1}, checkpoint written")
+
+
+def result_attrs(result: TrainResult) -> dict[str, Any]:
+    values = {key: getattr(result, key) for key in attrs.RESULT_ATTRS}
+    return {**values, attrs.VAL_ACCURACY_CURVE: [round(a, 5) for a in result.curve]}
+
+
+def record(trial: optuna.Trial, values: dict[str, Any]) -> None:
+    for key, value in values.items():
+        trial.set_user_attr(key, value)
+
+
+def record_breakdown(trial: optuna.Trial, timer: TrialTimer) -> None:
+    """The trial's seconds per phase (attrs.TIME_BREAKDOWN), however it ended, unless it is no longer ours."""
+    try:
+        trial.set_user_attr(attrs.TIME_BREAKDOWN, timer.breakdown())
+    except optuna.exceptions.UpdateFinishedTrialError:
+        logger.debug("trial %d: finished elsewhere; its time breakdown is dropped", trial.number)
+
+
+class Objective:
+    def __init__(self, spec: StudySpec, splits: Splits, *, fit: FitOptions | None = None,
+                 checkpoints: Checkpoints | None = None, make_model: ModelBuilder | None = None,
+                 stop: StopRequest | None = None, worker: str = "", image_shape: tuple[int, ...] | None = None) -> None:
+        """fit: how every trial fits (default: the study's, STEPS_PER_EXECUTION=auto); checkpoints: where
+        attempts checkpoint (None: not at all); image_shape: what trials on cached features stand for."""
+        self.spec, self.splits, self.stop, self.checkpoints = spec, splits, stop, checkpoints
+        self.fit = fit or FitOptions.for_study(spec, steps="auto")
+        # Trials on cached features still describe the image model they stand for.
+        self.image_shape = image_shape or splits.input_shape
+        self.make_model = make_model or image_model(spec.normalization)
+        self.worker = worker or f"{socket.gethostname()}:{os.getpid()}"
+        self.static_attrs = {
+            attrs.DATASET_FINGERPRINT: splits.fingerprint, attrs.SPACE_HASH: spec.space_hash(),
+            attrs.CODE_VERSION: code_version(), attrs.BACKEND: keras.backend.backend(), attrs.DEVICE: device(),
+            attrs.WORKER: self.worker, attrs.PRECISION: spec.precision, attrs.JIT_COMPILE: spec.jit_compile,
+        }
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        # Idle from the trial's start in the store; the training thread's store calls counted apart.
+        timer = TrialTimer.since(trial.datetime_start, store_clock=store_seconds)
+        try:
+            return self._run(trial, timer)
+        finally:
+            record_breakdown(trial, timer)  # the last write: the breakdown covers all but the tell
+
+    def _run(self, trial: optuna.Trial, timer: TrialTimer) -> float | tuple[float, float]:
+        record(trial, self.static_attrs)
+        values = suggest(trial, self.spec)  # idempotent: a retry's kept params are reused
+        cfg = trial_config(self.spec, values, input_shape=self.image_shape, num_classes=self.splits.num_classes)
+        callbacks: list[keras.callbacks.Callback] = [PhaseCallback(timer),
+                                                     TrialGuard(trial, self.stop, after_checkpoint=False)]
+        if self.spec.second_objective is None:
+            callbacks.append(KerasPruningCallback(trial, "val_accuracy"))
+        try:
+            if self.checkpoints is None:
+                result = self._train(trial, cfg, callbacks, timer)
+            else:
+                with self.checkpoints.attempt(trial, stop=self.stop, timer=timer) as backup:
+                    result = self._train(trial, cfg, [*callbacks, backup], timer, backup)
+        finally:
+            timer.switch("cleanup")
+            release()
+        record(trial, result_attrs(result))
+        return self._value(result)
+
+    def _train(self, trial: optuna.Trial, cfg: Any, callbacks: list[keras.callbacks.Callback], timer: TrialTimer,
+               backup: ResumableBackup | None = None) -> TrainResult:
+        # After the checkpoint's turn at each epoch end.
+        callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True, checkpoint=backup))
+        try:
+            result, _ = train(cfg, self.splits, self.fit, seed=self.spec.seed + trial.number,
+                              label=f"[{self.worker}] trial {trial.number}", callbacks=callbacks,
+                              make_model=timed_builder(self.make_model, timer))
+        except TrialFailure as failure:
+            # Recorded before the checkpoint is dropped: if the reaper failed this trial meanwhile,
+            # the store refuses (TrialTakenOver) and the checkpoint stays for the retry.
+            record(trial, {attrs.FAIL_REASON: failure.reason.value, attrs.FAIL_MESSAGE: failure.message[:500]})
+            logger.warning("trial %d failed (%s): %s", trial.number, failure.reason, failure.message)
+            raise
+        return result
+
+    def _value(self, result: TrainResult) -> float | tuple[float, float]:
+        if self.spec.second_objective is None:
+            return result.best_val_accuracy
+        second = result.n_params if self.spec.second_objective == "params" else result.train_seconds
+        return result.best_val_accuracy, float(second)

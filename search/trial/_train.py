@@ -1,0 +1,258 @@
+"""One trial's training: compile, fit with early stopping, measure. Backend-agnostic Keras 3."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import gc
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import keras
+import numpy as np
+
+from data import Splits
+from data.preprocessing import normalization_layer, training_model
+from models import BuilderError, BuilderParams, build, count_params
+from search.errors import FATAL, FailReason, TrialFailure
+from search.spec import OPTIMIZERS, PRECISIONS, StudySpec, TrainParams, TrialConfig
+
+logger = logging.getLogger(__name__)
+
+
+def make_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
+    """The study's optimiser, by its entry in search.spec._knobs.OPTIMIZERS (Keras class, takes momentum)."""
+    if train.optimizer not in OPTIMIZERS:
+        raise ValueError(f"unknown optimizer {train.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    class_name, takes_momentum = OPTIMIZERS[train.optimizer]
+    momentum = {"momentum": train.momentum} if takes_momentum else {}
+    return getattr(keras.optimizers, class_name)(train.learning_rate, **momentum)
+
+
+class NanGuard(keras.callbacks.Callback):
+    """After Keras's TerminateOnNaN stops an epoch, fail the trial with reason 'nan' (before
+    any pruner sees the epoch)."""
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrialFailure(FailReason.NAN, f"training loss became {loss} at epoch {epoch + 1}")
+
+
+class EpochLog(keras.callbacks.Callback):
+    """One progress line per epoch: trial, epoch, validation accuracy, seconds per epoch."""
+
+    def __init__(self, label: str, max_epochs: int) -> None:
+        super().__init__()
+        self.label, self.max_epochs = label, max_epochs
+        self.best = 0.0
+        self.curve: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._t0 = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        acc = float(logs.get("val_accuracy", float("nan")))
+        self.curve.append(acc)
+        self.best = max(self.best, acc) if math.isfinite(acc) else self.best
+        logger.info("%s epoch %d/%d val_accuracy=%.4f best=%.4f loss=%.4f %.1fs/epoch", self.label, epoch + 1,
+                    self.max_epochs, acc, self.best, float(logs.get("loss", float("nan"))),
+                    time.perf_counter() - self._t0)
+
+
+@dataclass
+class TrainResult:
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    train_seconds: float
+    images_per_s: float
+    n_params: int
+    curve: list[float] = field(default_factory=list)
+
+
+_OOM_MARKS = ("ResourceExhausted", "RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM when allocating")
+
+
+def is_oom(exc: BaseException) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return isinstance(exc, MemoryError) or any(mark in text for mark in _OOM_MARKS) or "out of memory" in text.lower()
+
+
+def oom_message(exc: BaseException) -> str:
+    """The allocator's own line: XLA on a GPU reports an autotuning failure first and the OOM lines after."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()] or [type(exc).__name__]
+    line = next((line for line in lines if any(mark in line for mark in _OOM_MARKS)), lines[0])
+    return f"out of memory: {line[:300]}"
+
+
+ModelBuilder = Callable[[TrialConfig, Splits, int], keras.Model]
+
+# STEPS_PER_EXECUTION=auto (search/settings.py): a model this small spends much of each step in the
+# framework's per-call overhead, so it runs SMALL_MODEL_STEPS steps a call; but the looped function
+# costs more to trace (train and validation), which only epochs of many batches earn back. Measured
+# on a CPU (BENCHMARKS.md, 2026-12-02): 16 a call made smoke trials of at most 63 batches an epoch
+# 1.13x slower, fc_head heads 0.90x and full-data simple_cnn (176+ batches) 0.79x; one epoch of a
+# small CNN took 0.91-1.51x as long at 4-64 batches and 0.73x at 128.
+SMALL_MODEL_PARAMS = 2_000_000
+SMALL_MODEL_STEPS = 16
+LONG_EPOCH_BATCHES = 128
+
+
+def steps_per_execution(setting: int | Literal["auto"], n_params: int, batches: int) -> int:
+    """Training steps per call into the compiled train function, for a model of `n_params` whose epoch
+    has `batches` batches. It changes no result: the same batches in the same order; only batch-level
+    callbacks (TerminateOnNaN, the timer) see every `steps`-th batch. The last call of an epoch runs
+    the steps that are left."""
+    if setting == "auto":
+        small, long = n_params <= SMALL_MODEL_PARAMS, batches >= LONG_EPOCH_BATCHES
+        return SMALL_MODEL_STEPS if small and long else 1
+    if not isinstance(setting, int) or setting < 1:
+        raise ValueError(f"steps_per_execution must be 'auto' or an integer >= 1 but got {setting!r}")
+    return setting
+
+
+def image_model(normalization: str = "scale") -> ModelBuilder:
+    """Images in: the architecture behind normalisation and (training-only) augmentation. A model the
+    trial's knobs cannot build fails the trial with reason 'build': a preset's ValueError, anything a
+    user's builder raises, or a result that breaks its contract. An import that fails stays fatal and
+    an allocation that fails is 'oom' (train() tells)."""
+
+    def make(cfg: TrialConfig, splits: Splits, seed: int) -> keras.Model:
+        own = isinstance(cfg.model, BuilderParams)
+        try:
+            arch = build(cfg.model)
+        except FATAL:
+            raise
+        except Exception as exc:
+            if is_oom(exc) or not (own or isinstance(exc, ValueError)):
+                raise
+            why = str(exc) if not own or isinstance(exc, BuilderError) else (
+                f"builder {cfg.model.builder} raised {type(exc).__name__}: {exc} (knobs {cfg.model.knobs})")
+            raise TrialFailure(FailReason.BUILD, f"the architecture cannot be built: {why}") from exc
+        return training_model(arch, normalization=normalization_layer(normalization, splits.x_train),
+                              augment=cfg.augment, seed=seed)
+
+    return make
+
+
+@dataclass(frozen=True)
+class FitOptions:
+    """How a study's models are fitted, the same for each of its trials: built once (`for_study`) and
+    passed whole, so a new training option is a field here and a line where it is used.
+
+    `steps` is STEPS_PER_EXECUTION; 1 by default, which the base training relies on (its time
+    estimate, search.trial._base_estimate, counts one batch per on_train_batch_end)."""
+
+    max_epochs: int
+    patience: int
+    precision: str = "float32"
+    jit_compile: bool = False
+    steps: int | Literal["auto"] = 1
+    verbose: int = 0  # Keras's own progress output (1: a bar, for the base training on a terminal)
+
+    @classmethod
+    def for_study(cls, spec: StudySpec, **changes: object) -> FitOptions:
+        """The study's options (epochs, patience, precision, XLA), with `changes` on top."""
+        return dataclasses.replace(cls(max_epochs=spec.max_epochs, patience=spec.patience, precision=spec.precision,
+                                       jit_compile=spec.jit_compile), **changes)
+
+
+def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, label: str = "trial",
+          callbacks: Sequence[keras.callbacks.Callback] = (),
+          make_model: ModelBuilder | None = None) -> tuple[TrainResult, keras.Model]:
+    """Fit the config on splits.train, validate on splits.val every epoch; keep the best epoch.
+
+    Returns the result and the trained model (best weights restored); the caller drops it.
+    """
+    keras.utils.set_random_seed(seed)
+    try:
+        model = compiled_model(cfg, splits, seed, make_model, options)
+        log = EpochLog(label, options.max_epochs)
+        stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=options.patience,
+                                             restore_best_weights=True)
+        started = time.perf_counter()
+        history = model.fit(
+            splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=options.max_epochs,
+            validation_data=(splits.x_val, splits.y_val), verbose=options.verbose,
+            callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *callbacks, stop],
+        )
+        seconds = time.perf_counter() - started
+        accs = [a if math.isfinite(a) else 0.0 for a in history.history.get("val_accuracy", [])]
+        if not accs:
+            raise TrialFailure(FailReason.ERROR, "training ran no epoch")
+        result = TrainResult(
+            best_val_accuracy=float(max(accs)), best_epoch=int(np.argmax(accs)) + 1, epochs_run=len(accs),
+            train_seconds=seconds, images_per_s=len(accs) * len(splits.x_train) / max(seconds, 1e-9),
+            n_params=architecture_params(model), curve=log.curve,
+        )
+        return result, model
+    except TrialFailure:
+        raise
+    except Exception as exc:
+        if is_oom(exc):
+            raise TrialFailure(FailReason.OOM, oom_message(exc)) from exc
+        raise
+
+
+@contextlib.contextmanager
+def dtype_policy(precision: str) -> Iterator[None]:
+    """Keras's global dtype policy set to `precision` (a study's `precision`), the previous one restored after."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)} but got {precision!r}")
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(precision)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def float32_output(model: keras.Model) -> keras.Model:
+    """A model whose output is not float32 (a user's builder under a mixed policy) gets a float32 linear
+    activation on top, so that the loss is computed in float32; presets' softmax is float32 already."""
+    outputs = getattr(model, "outputs", None) or []
+    if len(outputs) != 1 or keras.backend.standardize_dtype(outputs[0].dtype) == "float32":
+        return model
+    out = keras.layers.Activation("linear", dtype="float32", name="float32_output")(outputs[0])
+    return keras.Model(model.inputs, out, name=model.name)
+
+
+def compiled_model(cfg: TrialConfig, splits: Splits, seed: int, make_model: ModelBuilder | None,
+                   options: FitOptions) -> keras.Model:
+    """The trial's model, built under the study's dtype policy (its output float32) and compiled to run
+    steps_per_execution(steps, its parameters, its batches an epoch) steps a call.
+    jit_compile False leaves Keras's own choice ("auto": XLA on a TensorFlow GPU, none on a CPU; JAX
+    always compiles): a literal False would run JAX op by op and turn off XLA where it runs today."""
+    with dtype_policy(options.precision):
+        model = float32_output((make_model or image_model())(cfg, splits, seed))
+        model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
+                      metrics=["accuracy"], jit_compile=True if options.jit_compile else "auto",
+                      steps_per_execution=steps_per_execution(
+                          options.steps, architecture_params(model), math.ceil(len(splits.y_train) / cfg.train.batch_size)))
+    return model
+
+
+def architecture_params(model: keras.Model) -> int:
+    """Parameters of the architecture inside a training model (not normalisation statistics)."""
+    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
+    return sum(count_params(m)[0] for m in nested) if nested else count_params(model)[0]
+
+
+def release() -> None:
+    """Free what the last trial built: Keras's global state, then Python garbage (clear_session's
+    free_memory runs gc.collect(); a second collection found nothing more and cost as much again)."""
+    keras.backend.clear_session(free_memory=True)
+
+
+def freeze_setup() -> None:
+    """After a worker's set-up (imports, data, feature cache): collect once, then gc.freeze() what is
+    left, so that each later collection walks only the objects trials create. With TensorFlow and Keras
+    imported that is ~300,000 objects fewer a collection (GC_FREEZE; BENCHMARKS.md, bench-breakdown)."""
+    gc.collect()
+    gc.freeze()

@@ -1,0 +1,226 @@
+"""The worker's loop: ask, train, tell until the study's budget is met, and what ends it early."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from search.errors import FATAL, FailReason, StudyStopped, TrialFailure, TrialLost, WorkerStopping
+from search.runtime import accelerator_memory_mib
+from search.settings import Settings
+from search.study import budget_used, fail_and_retry, failure_streak, fresh_trial, stop_study, stopped_because
+from search.worker._liveness import Background
+from search.worker._signals import StopFlag
+from storage import attrs
+
+logger = logging.getLogger("search.worker")
+DEFAULTS = Settings.model_fields  # the defaults are written once, in Settings
+
+RECYCLE = "recycle"
+
+
+def rss_mib() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def grown_past(baseline: dict | None, now: dict, limits: dict) -> str | None:
+    """Which memory (if any) has grown past its limit since the baseline; a limit of 0 is off."""
+    if baseline is None:
+        return None
+    for key, limit in limits.items():
+        if limit and now.get(key) is not None and baseline.get(key) is not None and now[key] - baseline[key] > limit:
+            return (f"{key} grew {now[key] - baseline[key]:.0f} MiB since this process's first finished trial "
+                    f"(limit {limit:.0f} MiB)")
+    return None
+
+
+def memory_now() -> dict:
+
+    gpu = accelerator_memory_mib()
+    return {"rss": rss_mib(), "gpu": None if gpu is None else gpu[0], "gpu_peak": None if gpu is None else gpu[1]}
+
+
+@dataclass(frozen=True)
+class LoopLimits:
+    """What ends a worker's loop besides the budget; from the study and the Settings."""
+
+    max_rss_growth_mb: float = DEFAULTS["worker_max_rss_growth_mb"].default  # continue in a fresh process past it
+    max_gpu_growth_mb: float = DEFAULTS["worker_max_gpu_growth_mb"].default
+    poll_s: float = DEFAULTS["heartbeat_interval"].default  # how often a worker whose budget is met looks for retries
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoopLimits:
+        return cls(settings.worker_max_rss_growth_mb, settings.worker_max_gpu_growth_mb,
+                   poll_s=settings.heartbeat_interval)
+
+
+@dataclass
+class TrialEnd:
+    state: TrialState
+    value: Any = None
+    reason: str | None = None
+
+
+def run_loop(study: optuna.Study, spec: Any, objective: Any, stop: StopFlag, background: Background, label: str,
+             limits: LoopLimits = LoopLimits()) -> str | None:
+    """Ask, train, tell until the study's budget is met and no counted trial can need a retry.
+
+    Optuna's study.optimize has no budget shared across workers and treats every exception alike;
+    this is the same ask/tell with the budget check of MaxTrialsCallback (running trials counted)
+    and the service's error handling (errors.py). Store outages are the resilient store's.
+    """
+    deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+    baseline = None  # memory once this process has finished a trial (the backend warmed up)
+    try:
+        while _trial_to_run(study, spec, stop, label, limits.poll_s, deadline):
+            trial = study.ask()
+            end = run_trial(study, objective, trial, background, label)
+            if end is not None:
+                _mark_peak(trial)
+            if end is None or not _tell(study, trial, end, label):
+                continue
+            _check_streak(study, spec)
+            if end.reason == FailReason.OOM:
+                # TensorFlow's CPU allocator keeps what the failed trial got before it ran out (measured:
+                # 16 GiB after a 4,000,000-unit layer failed); a fresh process starts from an empty one.
+                logger.info("%s: trial %d ran out of memory: continuing in a fresh process", label, trial.number)
+                return RECYCLE
+            baseline, grown = _memory_check(baseline, end, limits)
+            if grown:
+                logger.info("%s: %s (WORKER_MAX_RSS_GROWTH_MB / WORKER_MAX_GPU_GROWTH_MB): continuing in a "
+                            "fresh process", label, grown)
+                return RECYCLE
+    except WorkerStopping:
+        logger.warning("%s: trial checkpointed, failed and queued for retry; exiting", label)
+    return None
+
+
+def _trial_to_run(study: optuna.Study, spec: Any, stop: StopFlag, label: str, poll_s: float,
+                  deadline: float | None) -> bool:
+    """Whether to ask for another trial. With the budget met, a worker waits while trials it counts
+    are RUNNING elsewhere: one may die and be retried, and nobody else may be left to run the retry
+    (a Kubernetes work-queue Job starts no pod once one has exited 0)."""
+    waiting_logged = False
+    while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
+        reason = stopped_because(study)
+        if reason:
+            raise StudyStopped(reason)
+        if budget_used(study) < spec.trials:
+            return True
+        running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
+        if running == 0 and _settled(study, spec, stop, min(poll_s, 2.0)):
+            logger.info("%s: budget of %d trials met, exiting", label, spec.trials)
+            return False
+        if not waiting_logged:
+            logger.info("%s: budget met; waiting for %d running trial(s) to finish or be retried", label, running)
+            waiting_logged = True
+        stop.event.wait(poll_s)
+    return False
+
+
+def _settled(study: optuna.Study, spec: Any, stop: StopFlag, wait_s: float) -> bool:
+    """Still met a moment later: a reaper that has just failed the last running trial queues its
+    retry right after (two store calls); leaving in between would strand that retry."""
+    stop.event.wait(wait_s)
+    return budget_used(study) >= spec.trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+
+
+def _mark(trial: optuna.Trial, label: str) -> None:
+    """Who runs the trial (the runner fails it at once if this process dies) and this process's
+    memory as it starts (bench-gpu reads the GPU figures; growth recycles the worker)."""
+    trial.set_user_attr(attrs.WORKER, label)
+    for key, value in memory_now().items():
+        if value is not None:
+            trial.set_user_attr(attrs.WORKER_MEMORY[key], round(value, 1))
+
+
+def _mark_peak(trial: optuna.Trial) -> None:
+    """The GPU memory this process's allocator has held at most, as the trial ends: what
+    WORKERS_PER_GPU=auto packs by (search.commands._packing). Nothing on a CPU."""
+    peak = memory_now()["gpu_peak"]
+    if peak is None:
+        return
+    try:
+        trial.set_user_attr(attrs.WORKER_GPU_PEAK_END_MIB, round(peak, 1))
+    except optuna.exceptions.UpdateFinishedTrialError:
+        pass  # the reaper finished the trial meanwhile; _tell says so
+
+
+def run_trial(study: optuna.Study, objective: Any, trial: optuna.Trial, background: Background,
+              label: str) -> TrialEnd | None:
+    """Run the objective on one trial and say how it ended; None if the trial is no longer ours.
+    Its first heartbeat is its first write after the ask: until then a reaper can only judge it by its
+    start time, which a reaper in another time zone misreads (search._lifecycle._last_beat)."""
+    with background.beating(trial):
+        _mark(trial, label)
+        try:
+            return TrialEnd(TrialState.COMPLETE, objective(trial))
+        except optuna.TrialPruned:
+            return TrialEnd(TrialState.PRUNED)
+        except TrialFailure as failure:  # its reason is recorded by the objective
+            return TrialEnd(TrialState.FAIL, reason=failure.reason)
+        except (TrialLost, optuna.exceptions.UpdateFinishedTrialError) as lost:
+            logger.warning("%s: %s; its result is dropped and this worker goes on", label, lost)
+            return None
+        except WorkerStopping as why:
+            fail_and_retry(study, trial.number, FailReason.INTERRUPTED, str(why))
+            raise
+        except FATAL as exc:
+            fail_and_retry(study, trial.number, FailReason.FATAL, f"{type(exc).__name__}: {exc}"[:500])
+            raise
+        except Exception as exc:  # a bug in one configuration must not stop the worker
+            return _unexpected(trial, exc, label)
+
+
+def _unexpected(trial: optuna.Trial, exc: Exception, label: str) -> TrialEnd | None:
+    logger.exception("%s: trial %d raised", label, trial.number)
+    try:
+        trial.set_user_attr(attrs.FAIL_REASON, FailReason.ERROR.value)
+        trial.set_user_attr(attrs.FAIL_MESSAGE, f"{type(exc).__name__}: {exc}"[:500])
+    except optuna.exceptions.UpdateFinishedTrialError:
+        logger.warning("%s: trial %d was failed by the reaper meanwhile; its error is dropped and this worker "
+                       "goes on", label, trial.number)
+        return None
+    return TrialEnd(TrialState.FAIL, reason="error")
+
+
+def _tell(study: optuna.Study, trial: optuna.Trial, end: TrialEnd, label: str) -> bool:
+    """Record the result; False when the reaper finished the trial first (its result is dropped)."""
+    try:
+        told = study.tell(trial, end.value, state=end.state, skip_if_finished=True)
+    except optuna.exceptions.UpdateFinishedTrialError:  # reaped between tell's check and its write
+        told = fresh_trial(trial)
+    if told.state != end.state:
+        logger.warning("%s: trial %d was failed by the reaper while this worker was paused; its result (%s) is "
+                       "dropped", label, trial.number, end.value)
+        return False
+    logger.info("%s: trial %d %s%s", label, trial.number, end.state.name.lower(),
+                "" if end.value is None else f", value {end.value}")
+    return True
+
+
+def _check_streak(study: optuna.Study, spec: Any) -> None:
+    reason = failure_streak(study, spec.max_consecutive_failures)
+    if reason:
+        stop_study(study, reason)
+        raise StudyStopped(reason)
+
+
+def _memory_check(baseline: dict | None, end: TrialEnd, limits: LoopLimits) -> tuple[dict | None, str | None]:
+    now = memory_now()
+    if baseline is None:
+        return (now if end.state in (TrialState.COMPLETE, TrialState.PRUNED) else None), None
+    return baseline, grown_past(baseline, now, {"rss": limits.max_rss_growth_mb, "gpu": limits.max_gpu_growth_mb})
+
+
+def worker_label(index: int, pid: int | None = None) -> str:
+    """How a worker names itself on its trials (attrs.WORKER) and in its log lines."""
+    return f"w{index}@{socket.gethostname()}:{pid or os.getpid()}"

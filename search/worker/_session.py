@@ -1,0 +1,114 @@
+"""One worker process's session: the study, the data (and a feature-cache study's base), then the loop.
+
+Imported by search.worker.__main__ only after the worker's placement is decided: importing this
+module loads Keras (through search.trial). `WorkerSession.open` builds a session complete; every
+setting arrives as one Settings object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from pathlib import Path
+
+import keras
+import optuna
+from optuna.trial import TrialState
+
+from data import Splits
+from search.errors import WorkerStopping
+from search.settings import Settings
+from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_splits
+from search.study import budget_used, check_compatible, check_same_data, close_study, open_study
+from search.trial import Checkpoints, FitOptions, ModelBuilder, Objective, freeze_setup, trial_builder
+from search.worker._liveness import Background, Liveness
+from search.worker._loop import LoopLimits, run_loop, worker_label
+from search.worker._placement import Placement, cap_tensorflow_memory, limit_cpu_threads
+from search.worker._signals import StopFlag
+from storage import describe
+
+logger = logging.getLogger("search.worker")
+
+
+@dataclasses.dataclass
+class WorkerSession:
+    """What one worker holds for its whole life. `splits` and `make_model` are set by `prepare`."""
+
+    name: str
+    settings: Settings
+    spec: StudySpec
+    study: optuna.Study
+    placement: Placement
+    artifacts: Path
+    storage_url: str
+    label: str
+    stop: StopFlag
+    splits: Splits | None = None
+    make_model: ModelBuilder | None = None
+    image_shape: tuple[int, ...] | None = None
+
+    @classmethod
+    def open(cls, name: str, settings: Settings, placement: Placement, artifacts: Path, *,
+             storage_url: str | None = None, worker_index: int = 0, **spec_overrides: object) -> WorkerSession:
+        """Signals handled, the backend capped to its placement, the study opened behind the resilient
+        store and checked against this worker's study file."""
+        stop = StopFlag().install()
+        if keras.backend.backend() == "tensorflow":
+            cap_tensorflow_memory(placement)
+        limit_cpu_threads(settings.worker_threads)
+        spec = load_spec(name, studies_dir=settings.studies_dir, **spec_overrides)
+        url = settings.store_url(storage_url)
+        study = open_study(name, url, max_backoff=settings.store_max_backoff,
+                           sampler=make_sampler(spec, worker_index=worker_index), pruner=make_pruner(spec))
+        check_compatible(study, spec)
+        return cls(name, settings, spec, study, placement, artifacts, url, worker_label(worker_index), stop)
+
+    def __enter__(self) -> WorkerSession:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        close_study(self.study)
+
+    def budget_met(self) -> bool:
+        running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if budget_used(self.study) < self.spec.trials or running:
+            return False  # running trials elsewhere may still need a retry: the loop waits for them
+        logger.info("%s: study %s has used its budget of %d trials; nothing to do", self.label, self.name,
+                    self.spec.trials)
+        return True
+
+    def prepare(self, *, only: bool = False) -> bool:
+        """Load the data (and, for a feature-cache study, the base and its features); False if a
+        signal arrived meanwhile. only: the runner's one-time preparation, no trials follow."""
+        logger.info("%s: %s study %s in %s on %s", self.label, "preparing" if only else "joining", self.name,
+                    describe(self.storage_url), self.placement.describe())
+        spec = self.spec
+        dataset = load_data(spec, self.settings)
+        check_same_data(self.study, spec, dataset.fingerprint)
+        self.splits = study_splits(spec, dataset)
+        self.image_shape = self.splits.input_shape
+        logger.info("%s: %s train %d / val %d images (fingerprint %s)", self.label, spec.dataset,
+                    len(self.splits.y_train), len(self.splits.y_val), self.splits.fingerprint)
+        return spec.feature_cache is None or self._prepare_features()
+
+    def _prepare_features(self) -> bool:
+        try:
+            self.splits, self.make_model = trial_builder(self.spec, self.splits, stop=self.stop,
+                                                         artifacts=self.artifacts, store_url=self.storage_url)
+        except WorkerStopping as why:
+            logger.warning("%s: %s; exiting", self.label, why)
+            return False
+        return True
+
+    def loop(self) -> str | None:
+        s = self.settings
+        objective = Objective(self.spec, self.splits, fit=FitOptions.for_study(self.spec, steps=s.steps_per_execution),
+                              checkpoints=Checkpoints(self.artifacts / "checkpoints", self.spec.name,
+                                                      every_s=s.checkpoint_every_s),
+                              make_model=self.make_model, stop=self.stop, worker=self.label,
+                              image_shape=self.image_shape)
+        if s.gc_freeze:
+            freeze_setup()
+        with Background(self.study, Liveness.from_settings(s)) as background:
+            return run_loop(self.study, self.spec, objective, self.stop, background, self.label,
+                            LoopLimits.from_settings(s))
