@@ -7,6 +7,8 @@ import os
 import platform
 from pathlib import Path
 
+from benchmarks import current
+
 
 def quiet_tensorflow() -> None:
     """TensorFlow's C++ log at warnings and above; call before anything loads TensorFlow."""
@@ -66,7 +68,9 @@ def append_benchmark(path: str | os.PathLike, title: str, machine: str, lines: l
 
 
 def publish(path: str | os.PathLike, title: str, backend: str, lines: list[str]) -> None:
-    """Print a benchmark's lines and append them, with the machine, to BENCHMARKS.md."""
+    """Print a benchmark's lines, append them with the machine to BENCHMARKS.md and update its current figures."""
     print("\n".join(lines), flush=True)
     append_benchmark(path, title, machine_description(backend), lines)
     print(f"appended to {path}")
+    if current.update(path):
+        print(f"updated the current-figures table in {path}")
