@@ -33,7 +33,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown up down clean require-name
+.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -90,10 +90,10 @@ test: $(STAMP) test-tools ## the import contract (pyproject.toml, [tool.importli
 	$(PY) -m pytest -q --durations=15
 
 test-faults: $(STAMP) ## only the fault matrix on PostgreSQL (README, "Reliability"); make test runs it too
-	$(PY) -m pytest -q tests/test_service.py tests/test_faults.py
+	$(PY) -m pytest -q tests/e2e/test_service.py tests/e2e/test_faults.py
 
-test-fast: $(STAMP) ## the suite without the slow end-to-end tests
-	$(PY) -m pytest -q -m "not slow"
+test-fast: $(STAMP) ## the inner-loop tier: no end-to-end studies, no PostgreSQL, no browser (no service needs to run)
+	$(PY) -m pytest -q -m "not slow and not postgres and not browser"
 
 bench-data: $(STAMP) ## augmentation throughput vs ImageDataGenerator; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.data --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
@@ -112,6 +112,9 @@ bench-decode: $(STAMP) ## decode 100,000 generated 64x64 images of one's own: pe
 
 bench-breakdown: $(STAMP) ## where a trial's time goes (simple_cnn smoke, fc_head-like, full data) and what each overhead change saves; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.breakdown --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
+
+bench-current: $(STAMP) ## rewrite BENCHMARKS.md's current-figures table from its history (every bench target does this too)
+	$(PY) -m benchmarks.current
 
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
 

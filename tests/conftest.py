@@ -1,22 +1,49 @@
-"""Shared fixtures. Tests never touch the network: downloads are off (DATA_OFFLINE=1)."""
+"""Shared fixtures, and the tiers' markers. Tests never touch the network: downloads are off (DATA_OFFLINE=1).
+
+Markers are applied here, never by hand: `postgres` to every test that uses the PostgreSQL server
+(the `postgres_url` fixture, directly or through another fixture), `browser` to every test that uses
+headless Chromium (the `chromium` fixture), and `slow` to every test under tests/e2e/ (whole studies,
+many processes). `make test-fast` deselects all three and runs with no service running.
+"""
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
-import tarfile
+import shutil
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["DATA_OFFLINE"] = "1"
 
-import numpy as np
 import pytest
+from helpers.kube import base, fresh_db  # noqa: F401 - fixtures shared by deploy/ and e2e/
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"
 DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
+
+
+E2E = Path(__file__).resolve().parent / "e2e"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "postgres_url" in fixtures:
+            item.add_marker(pytest.mark.postgres)
+        if "chromium" in fixtures:
+            item.add_marker(pytest.mark.browser)
+        if E2E in Path(item.path).parents:
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(scope="session")
+def chromium() -> str:
+    """Debian's headless Chromium (`make test` installs it); missing, the test fails, never skips."""
+    path = shutil.which("chromium") or shutil.which("chromium-browser")
+    if not path:
+        pytest.fail("headless Chromium is needed: `make test` installs Debian's chromium (apt-get install chromium)")
+    return path
 
 
 @pytest.fixture(autouse=True)
@@ -59,65 +86,6 @@ def postgres_url() -> str:
         pytest.fail(f"PostgreSQL at {url} is not reachable ({exc}); start it (see README, 'Tests') "
                     "or set TEST_POSTGRES_URL")
     return url
-
-
-def rng_images(n: int, shape=(32, 32, 3), seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).integers(0, 256, size=(n, *shape), dtype=np.uint8)
-
-
-def write_cifar10_pickles(root: Path, n_per_batch: int = 20, n_classes: int = 10) -> Path:
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(1)
-    for i in range(1, 6):
-        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in np.arange(n_per_batch) % n_classes]}
-        (folder / f"data_batch_{i}").write_bytes(pickle.dumps(batch))
-    test = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-            b"labels": [int(v) for v in np.arange(n_per_batch) % n_classes]}
-    (folder / "test_batch").write_bytes(pickle.dumps(test))
-    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
-    (folder / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
-    return folder
-
-
-def write_cifar100_pickles(root: Path, n: int = 200) -> Path:
-    folder = root / "cifar-100-python"
-    folder.mkdir(parents=True)
-    rng = np.random.default_rng(2)
-    for split in ("train", "test"):
-        fine = np.arange(n) % 100
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"fine_labels": fine.tolist(),
-                 b"coarse_labels": (fine // 5).tolist()}
-        (folder / split).write_bytes(pickle.dumps(batch))
-    meta = {b"fine_label_names": [f"f{i}".encode() for i in range(100)],
-            b"coarse_label_names": [f"c{i}".encode() for i in range(20)]}
-    (folder / "meta").write_bytes(pickle.dumps(meta))
-    return folder
-
-
-def write_image_folder(root: Path, classes=("cat", "dog", "frog"), n: int = 4, shape=(32, 32, 3)) -> Path:
-    from PIL import Image
-
-    for split in ("train", "test"):
-        for c in classes:
-            d = root / split / c
-            d.mkdir(parents=True)
-            for i, img in enumerate(rng_images(n, shape, seed=hash((split, c)) % 1000)):
-                Image.fromarray(img.squeeze()).save(d / f"{i:04d}.png")
-    return root
-
-
-def tar_folder(folder: Path, target: Path, arcname: str) -> Path:
-    with tarfile.open(target, "w:gz") as tar:
-        tar.add(folder, arcname=arcname)
-    return target
-
-
-def add_tar_bytes(tar: tarfile.TarFile, name: str, blob: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(blob)
-    tar.addfile(info, io.BytesIO(blob))
 
 
 @pytest.fixture

@@ -10,16 +10,10 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-LIBRARY = ("search", "models", "data", "storage", "dashboards")
+from helpers.code import LIBRARY, ROOT, sources
+
 SETTINGS = Path("search/settings.py")
 ENV_NAMES = {"environ", "environb", "getenv", "getenvb"}
-
-
-def sources(*packages: str) -> Iterator[tuple[Path, ast.Module]]:
-    for package in packages:
-        for path in sorted((ROOT / package).rglob("*.py")):
-            yield path.relative_to(ROOT), ast.parse(path.read_text(), filename=str(path))
 
 
 def _lint_imports() -> str:
@@ -115,3 +109,52 @@ def test_benchmarks_do_nothing_at_import_but_define_constants():
              for node in _runs_at_import(tree)]
     assert not found, "benchmark modules run code at import time:\n" + "\n".join(found)
 
+
+# An assert in library code that runs at import vanishes under `python -O` and fails as an ImportError
+# far from its cause: an invariant of the library's constants and tables is a test, here.
+def test_library_code_has_no_asserts_at_import_time():
+    """An assert that runs at import vanishes under `python -O`; an invariant is a test."""
+    found = []
+    for path, tree in sources(*LIBRARY):
+        stack = list(tree.body)
+        while stack:
+            node = stack.pop()
+            if isinstance(node, ast.Assert):
+                found.append(f"{path}:{node.lineno}: {ast.unparse(node)[:80]}")
+            elif not isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
+                stack.extend(child for child in ast.iter_child_nodes(node) if isinstance(child, ast.stmt))
+    assert not found, "asserts that run at import (make each a test in this file):\n" + "\n".join(found)
+
+
+def test_the_study_layers_and_the_cli_load_no_deep_learning_backend():
+    """search.spec and search.study never load Keras, TensorFlow or JAX (import-linter checks their
+    direct imports; this checks the whole chain, models and data included), nor does anything
+    `python -m search status` or a worker imports before its placement."""
+    code = ("import sys, search, search.spec, search.study, search.commands, search.worker, search.__main__, "
+            "search.worker.__main__; print(sorted(m for m in ('keras', 'tensorflow', 'jax') if m in sys.modules))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout
+
+
+def _imports_inside_functions(tree: ast.Module) -> Iterator[ast.stmt]:
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            yield from (sub for sub in ast.walk(node) if isinstance(sub, (ast.Import, ast.ImportFrom)))
+
+
+def test_imports_inside_functions_in_search_are_few_and_each_says_why():
+    """The lazy boundary (Keras after settings and placement) is written in search/worker/__main__.py;
+    any other import inside a function carries its reason in a comment on its line or the line above,
+    or in its module's docstring (search/runtime.py)."""
+    found, unexplained = [], []
+    for path, tree in sources("search"):
+        lines = (ROOT / path).read_text().splitlines()
+        doc = ast.get_docstring(tree) or ""
+        for node in _imports_inside_functions(tree):
+            found.append(f"{path}:{node.lineno}")
+            said = "#" in lines[node.lineno - 1] or lines[node.lineno - 2].strip().startswith("#")
+            if not (said or "inside the functions" in doc):
+                unexplained.append(f"{path}:{node.lineno}: {ast.unparse(node)}")
+    assert len(found) <= 12, f"{len(found)} imports inside functions (at most about 10): {found}"
+    assert not unexplained, "imports inside functions without a reason:\n" + "\n".join(unexplained)

@@ -25,7 +25,7 @@ from PIL import Image
 
 from data import Splits, final_evaluation
 from search.settings import Settings
-from search.spec import StudySpec, load_data, study_splits, trial_config
+from search.spec import StudySpec, TrialConfig, load_data, study_splits, trial_config
 from search.study import check_same_data
 from search.trial import FitOptions, ensure_features, full_model, image_model, release, train, trial_builder
 from storage import artifact_root, attrs, upload
@@ -81,7 +81,7 @@ def _evaluation_data(spec: StudySpec, settings: Settings, store_url: str | None 
     return _EvaluationData(dataset, splits, train_splits, make_model, weights)
 
 
-def _retrain(spec: StudySpec, data: _EvaluationData, cfg: Any, seeds: tuple[int, ...]) -> tuple[list[float], Any]:
+def _retrain(spec: StudySpec, data: _EvaluationData, cfg: TrialConfig, seeds: tuple[int, ...]) -> tuple[list[float], keras.Model]:
     """Train the configuration once per seed; the validation accuracies and the first seed's model."""
     accuracies, final = [], None
     for seed in seeds:

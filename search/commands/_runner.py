@@ -17,11 +17,11 @@ import signal
 import subprocess
 import sys
 import time
-from typing import Any
 
 from search._cli import override_argv
 from search.commands._packing import MIN_MEASURED, AutoPacking, GpuBox
 from search.settings import Settings
+from search.spec import StudySpec
 from search.study import budget_used, counter_line, counts, open_study, reap, reap_worker, storage_errors
 from search.worker import GROW_ENV, visible_gpus, worker_label
 
@@ -29,7 +29,7 @@ logger = logging.getLogger("search")
 
 
 class Runner:
-    def __init__(self, args: argparse.Namespace, settings: Settings, spec: Any, *, box: GpuBox | None = None) -> None:
+    def __init__(self, args: argparse.Namespace, settings: Settings, spec: StudySpec, *, box: GpuBox | None = None) -> None:
         """box: the GPUs and cores WORKERS_PER_GPU=auto packs for (default: this machine's)."""
         self.args, self.settings, self.spec, self.box = args, settings, spec, box
         self.argv = [sys.executable, "-m", "search.worker", args.name, *override_argv(args)]

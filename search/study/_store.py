@@ -152,7 +152,7 @@ def resilient(storage: BaseStorage, *, max_backoff: float = MAX_BACKOFF) -> Resi
 
 
 # --- Optuna's private attributes: read here and nowhere else ---------------------------------
-# tests/test_store.py::test_the_private_attributes_we_rely_on_still_exist fails if an Optuna or
+# tests/search/study/test_resilient_store.py::test_the_private_attributes_we_rely_on_still_exist fails if an Optuna or
 # Keras upgrade removes one of them.
 
 

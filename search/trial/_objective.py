@@ -18,7 +18,7 @@ from optuna_integration import KerasPruningCallback
 from data import Splits
 from search.errors import TrialFailure, TrialLost, WorkerStopping
 from search.runtime import code_version, device
-from search.spec import StudySpec, suggest, trial_config
+from search.spec import StudySpec, TrialConfig, suggest, trial_config
 from search.study import fresh_trial, store_seconds
 from search.trial._checkpoints import Checkpoints, ResumableBackup, StopRequest
 from search.trial._timing import PhaseCallback, TrialTimer, timed_builder
@@ -124,7 +124,7 @@ class Objective:
         record(trial, result_attrs(result))
         return self._value(result)
 
-    def _train(self, trial: optuna.Trial, cfg: Any, callbacks: list[keras.callbacks.Callback], timer: TrialTimer,
+    def _train(self, trial: optuna.Trial, cfg: TrialConfig, callbacks: list[keras.callbacks.Callback], timer: TrialTimer,
                backup: ResumableBackup | None = None) -> TrainResult:
         # After the checkpoint's turn at each epoch end.
         callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True, checkpoint=backup))

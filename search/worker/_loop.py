@@ -6,8 +6,9 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import optuna
 from optuna.trial import TrialState
@@ -22,6 +23,15 @@ from storage import attrs
 
 logger = logging.getLogger("search.worker")
 DEFAULTS = Settings.model_fields  # the defaults are written once, in Settings
+TrialObjective = Callable[[optuna.Trial], float | tuple[float, float]]
+
+
+class LoopBudget(Protocol):
+    """What the loop reads of a study (a StudySpec; tests pass a plain namespace)."""
+
+    trials: int
+    timeout_s: float | None
+    max_consecutive_failures: int
 
 RECYCLE = "recycle"
 
@@ -69,7 +79,7 @@ class TrialEnd:
     reason: str | None = None
 
 
-def run_loop(study: optuna.Study, spec: Any, objective: Any, stop: StopFlag, background: Background, label: str,
+def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, stop: StopFlag, background: Background, label: str,
              limits: LoopLimits = LoopLimits()) -> str | None:
     """Ask, train, tell until the study's budget is met and no counted trial can need a retry.
 
@@ -103,7 +113,7 @@ def run_loop(study: optuna.Study, spec: Any, objective: Any, stop: StopFlag, bac
     return None
 
 
-def _trial_to_run(study: optuna.Study, spec: Any, stop: StopFlag, label: str, poll_s: float,
+def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: str, poll_s: float,
                   deadline: float | None) -> bool:
     """Whether to ask for another trial. With the budget met, a worker waits while trials it counts
     are RUNNING elsewhere: one may die and be retried, and nobody else may be left to run the retry
@@ -126,7 +136,7 @@ def _trial_to_run(study: optuna.Study, spec: Any, stop: StopFlag, label: str, po
     return False
 
 
-def _settled(study: optuna.Study, spec: Any, stop: StopFlag, wait_s: float) -> bool:
+def _settled(study: optuna.Study, spec: LoopBudget, stop: StopFlag, wait_s: float) -> bool:
     """Still met a moment later: a reaper that has just failed the last running trial queues its
     retry right after (two store calls); leaving in between would strand that retry."""
     stop.event.wait(wait_s)
@@ -154,7 +164,7 @@ def _mark_peak(trial: optuna.Trial) -> None:
         pass  # the reaper finished the trial meanwhile; _tell says so
 
 
-def run_trial(study: optuna.Study, objective: Any, trial: optuna.Trial, background: Background,
+def run_trial(study: optuna.Study, objective: TrialObjective, trial: optuna.Trial, background: Background,
               label: str) -> TrialEnd | None:
     """Run the objective on one trial and say how it ended; None if the trial is no longer ours.
     Its first heartbeat is its first write after the ask: until then a reaper can only judge it by its
@@ -207,7 +217,7 @@ def _tell(study: optuna.Study, trial: optuna.Trial, end: TrialEnd, label: str) -
     return True
 
 
-def _check_streak(study: optuna.Study, spec: Any) -> None:
+def _check_streak(study: optuna.Study, spec: LoopBudget) -> None:
     reason = failure_streak(study, spec.max_consecutive_failures)
     if reason:
         stop_study(study, reason)

@@ -1,0 +1,221 @@
+"""TODO"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+from helpers.kube import (
+    DEPLOY,
+    container,
+    containers,
+    copy_study_files,
+    find,
+    local_command,
+    pod_spec,
+    render,
+    store_url_like,
+)
+from helpers.processes import REPO, free_port
+
+K8S_VERSION = "1.33.0"
+
+OVERLAYS = ["overlays/packed", "overlays/proxy"]
+
+def _validator() -> str:
+    exe = Path(sys.executable).with_name("kubernetes-validate")
+    if not exe.exists():
+        pytest.fail("kubernetes-validate is needed to check deploy/kubernetes: pip install -e '.[dev]' "
+                    "(kubernetes-validate==1.37.*)")
+    return str(exe)
+
+@pytest.mark.parametrize("target", ["", *OVERLAYS])
+def test_every_object_validates_strictly_against_kubernetes_1_33(tmp_path, target):
+    objects, _ = render(DEPLOY / target)
+    rendered = tmp_path / "rendered.yaml"
+    rendered.write_text(yaml.safe_dump_all(objects, sort_keys=False))
+    result = subprocess.run([_validator(), "--strict", "-k", K8S_VERSION, str(rendered)], capture_output=True,
+                            text=True, timeout=120)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0 and "ERROR" not in out and "WARN" not in out, out
+    assert out.count(" passed for resource ") == len(objects), out
+
+def test_the_base_has_the_service_shape(base):
+    kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in base)
+    assert [k for k in kinds if not k.startswith("Secret/")] == [
+        "ConfigMap/cnn-search", "Deployment/dashboard", "Job/create-study", "Job/workers", "Namespace/cnn-search",
+        "PersistentVolumeClaim/artifacts", "PersistentVolumeClaim/datasets", "PersistentVolumeClaim/models",
+        "Service/dashboard", "Service/postgres", "StatefulSet/postgres"]
+    for obj in base:
+        labels = obj["metadata"].get("labels", {})
+        if obj["kind"] != "Secret":
+            assert labels.get("app.kubernetes.io/name") == "cnn-search", obj["metadata"]
+        if obj["kind"] not in ("Namespace", "Secret"):
+            assert labels.get("app.kubernetes.io/component"), obj["metadata"]
+            assert obj["metadata"]["namespace"] == "cnn-search"
+    pg = find(base, "StatefulSet", "postgres")
+    assert pg["spec"]["volumeClaimTemplates"][0]["metadata"]["name"] == "pgdata"
+    assert "pg_isready" in " ".join(container(pg, "postgres")["readinessProbe"]["exec"]["command"])
+    assert find(base, "Service", "dashboard")["spec"]["type"] == "ClusterIP"
+    assert find(base, "PersistentVolumeClaim", "artifacts")["spec"]["accessModes"] == ["ReadWriteMany"]
+    for kind, name, main in (("Job", "workers", "worker"), ("Job", "create-study", "create-study"),
+                             ("Deployment", "dashboard", "dashboard")):
+        obj = find(base, kind, name)
+        mounts = {m["mountPath"]: m.get("readOnly", False) for m in container(obj, main)["volumeMounts"]}
+        assert mounts["/artifacts"] is False and mounts["/data"] is True and mounts["/models_dir"] is True, name
+        claims = {v["name"]: v.get("persistentVolumeClaim", {}) for v in pod_spec(obj)["volumes"]}
+        assert claims["artifacts"]["claimName"] == "artifacts" and claims["data"]["readOnly"] is True, name
+    # GPU-slot locks in the pod: on the shared volume, pods on two nodes would both want "GPU 0".
+    workers = find(base, "Job", "workers")
+    assert {"name": "gpu-slots", "mountPath": "/artifacts/gpu-slots"} in container(workers, "worker")["volumeMounts"]
+
+def test_workers_are_a_work_queue_of_gpu_pods(base):
+    job = find(base, "Job", "workers")
+    spec, pod = job["spec"], pod_spec(job)
+    assert isinstance(spec["parallelism"], int) and "completions" not in spec
+    worker = container(job, "worker")
+    assert worker["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert pod["restartPolicy"] == "Never" and spec["backoffLimit"] >= 1
+    rules = spec["podFailurePolicy"]["rules"]
+    assert {"action": "FailJob", "onExitCodes": {"containerName": "worker", "operator": "In", "values": [2]}} in rules
+    assert {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]} in rules
+    # The worker exits 2 on a study that does not exist yet: the pod waits for create-study first.
+    assert "python -m search status" in " ".join(container(job, "wait-for-study")["command"])
+
+def test_the_grace_period_outlasts_an_epoch_on_a_gpu(base):
+    """BENCHMARKS.md's slowest GPU epoch: seed 002's VGG base on an H100, first epoch 17.9 s
+    (compilation included); the compose file's stop_grace_period is 15m."""
+    text = (REPO / "BENCHMARKS.md").read_text()
+    slowest = max(float(s) for s in re.findall(r"first epoch ([\d.]+) s", text))
+    grace = pod_spec(find(base, "Job", "workers"))["terminationGracePeriodSeconds"]
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]["worker"]
+    assert compose["stop_grace_period"] == "15m"
+    assert grace >= 900 and grace > 10 * slowest, (grace, slowest)
+
+_URL_PASSWORD = re.compile(r"[a-z0-9+.-]+://[^/\s:@'\"]+:[^/\s@'\"]+@", re.I)
+
+_PASSWORD_VALUE = re.compile(r"([\w.-]*password[\w.-]*)[ \t]*[:=][ \t]*([^\s#]+)", re.I)
+
+def test_the_password_only_travels_through_the_secret(base):
+    for target in ["", *OVERLAYS]:
+        objects, renames = render(DEPLOY / target)
+        secret = renames["postgres-password"]
+        config = find(objects, "ConfigMap", "cnn-search")["data"]
+        for obj in objects:
+            pod = pod_spec(obj)
+            if pod is None:
+                continue
+            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            for c in containers(obj):
+                own = {e["name"]: e.get("value") for e in c.get("env", [])}
+                env = {**(config if c.get("envFrom") else {}), **own}
+                assert not [e for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
+                            and e["valueFrom"]["secretKeyRef"]["name"] != secret]
+                if "STORAGE" in env and env["STORAGE"]:
+                    assert urlsplit(env["STORAGE"]).password is None, (target, c["name"])
+                for name, value in env.items():
+                    if "PASSWORD" in name.upper():
+                        assert name.endswith("_FILE") and value == "/run/secrets/postgres_password", (c["name"], name)
+                        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/run/secrets")
+                        assert volumes[mount["name"]]["secret"]["secretName"] == secret, c["name"]
+    for path in DEPLOY.rglob("*"):
+        if path.is_file() and "secrets" not in path.relative_to(DEPLOY).parts:
+            text = path.read_text()
+            assert not _URL_PASSWORD.search(text), path
+            for key, value in _PASSWORD_VALUE.findall(text):
+                assert "/" in value or value.startswith(("$", "{", "`")), (path, key, value)
+    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/kubernetes/secrets/postgres_password"], cwd=REPO)
+    assert ignored.returncode == 0, "the password file must be git-ignored"
+    tracked = subprocess.run(["git", "ls-files", "deploy"], cwd=REPO, capture_output=True, text=True).stdout
+    assert "secrets/" not in tracked
+
+def _compose_value(text: str) -> str:
+    """A compose value with ${STUDY...} as Kubernetes' $(STUDY) and ${VAR:-default} as its default."""
+    text = re.sub(r"\$\{STUDY[^}]*\}", "$(STUDY)", text)
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", text)
+
+def test_images_commands_and_variables_are_the_compose_files(base):
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())
+    services = compose["services"]
+    config = find(base, "ConfigMap", "cnn-search")["data"]
+    for service, kind, name, main in (("create-study", "Job", "create-study", "create-study"),
+                                      ("worker", "Job", "workers", "worker"),
+                                      ("dashboard", "Deployment", "dashboard", "dashboard")):
+        c = container(find(base, kind, name), main)
+        assert c["command"] == [_compose_value(part) for part in services[service]["command"]], service
+        assert c["image"] == services[service]["image"] == "cnn-search:latest"
+        assert c["envFrom"] == [{"configMapRef": {"name": "cnn-search"}}]
+        compose_mounts = {v.split(":")[1]: v.endswith(":ro") for v in map(_compose_value, services[service]["volumes"])}
+        assert {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]
+                if m["mountPath"] in compose_mounts} == compose_mounts, service
+    for key, value in services["worker"]["environment"].items():
+        assert config[key] == _compose_value(str(value)), key
+    pg = container(find(base, "StatefulSet", "postgres"), "postgres")
+    assert pg["image"] == services["postgres"]["image"]
+    assert set(services["postgres"]["environment"]) <= {e["name"] for e in pg["env"]}
+    assert config["STUDY"] and "$(STUDY)" in container(find(base, "Job", "workers"), "worker")["command"]
+
+def test_the_packed_overlay_only_packs_three_workers_per_gpu(base):
+    packed, _ = render(DEPLOY / "overlays/packed")
+    worker = container(find(packed, "Job", "workers"), "worker")
+    assert {"name": "WORKERS_PER_GPU", "value": "3"} in worker["env"]
+    del worker["env"]
+    assert packed == base
+
+def test_the_proxy_overlay_sends_only_the_workers_through_the_proxy(base):
+    objects, _ = render(DEPLOY / "overlays/proxy")
+    config = find(objects, "ConfigMap", "cnn-search")["data"]
+    assert urlsplit(config["STORAGE"]).scheme == "postgresql+psycopg2"  # the RDB layout behind the proxy
+    service = find(objects, "Service", "storage-proxy")
+    proxy = container(find(objects, "Deployment", "storage-proxy"), "storage-proxy")
+    assert proxy["command"] == ["python", "-m", "search", "proxy", "--host", "0.0.0.0", "--port", "13000"]
+    assert proxy["image"] == "cnn-search:latest" and service["spec"]["ports"][0]["port"] == 13000
+    workers = find(objects, "Job", "workers")
+    for name in ("worker", "wait-for-study"):
+        assert {"name": "STORAGE", "value": "grpc://storage-proxy:13000"} in container(workers, name)["env"]
+    for kind, name in (("Job", "create-study"), ("Deployment", "dashboard")):
+        assert find(objects, kind, name) == find(base, kind, name)
+
+def test_the_proxy_refuses_a_journal_store_and_names_what_to_use(capsys):
+    from search.__main__ import main
+
+    assert main(["proxy", "--storage", "journal+postgresql+psycopg2://optuna@db:5432/optuna"]) == 2
+    err = capsys.readouterr().err
+    assert "journal" in err and "postgresql+psycopg2://" in err
+    assert main(["proxy", "--storage", "journal:///tmp/x.journal"]) == 2
+    assert main(["proxy"]) == 2 and "no store: pass --storage or set STORAGE" in capsys.readouterr().err
+
+def test_grpc_urls_are_parsed_and_a_missing_proxy_is_a_clear_error():
+    from storage import StorageConfigError, StorageUnavailableError
+    from storage._grpc import open_grpc, parse_grpc_url
+
+    assert parse_grpc_url("grpc://storage-proxy:13000") == ("storage-proxy", 13000)
+    assert parse_grpc_url("grpc://proxy") == ("proxy", 13000)
+    for bad in ("grpc://u:p@proxy:1", "grpc://proxy:1/db", "grpc://proxy:x", "http://proxy:1"):
+        with pytest.raises(StorageConfigError):
+            parse_grpc_url(bad)
+    started = time.monotonic()
+    with pytest.raises(StorageUnavailableError, match=r"grpc://127\.0\.0\.1:\d+"):
+        open_grpc(f"grpc://127.0.0.1:{free_port()}", timeout=1)
+    assert time.monotonic() - started < 10
+
+def test_the_failure_policys_exit_code_is_the_workers_for_a_missing_study(tmp_path, fresh_db, base):
+    from storage import close_storage, open_storage
+
+    job = find(base, "Job", "workers")
+    fail_job = next(r for r in job["spec"]["podFailurePolicy"]["rules"] if r["action"] == "FailJob")
+    name = f"k8s_{uuid.uuid4().hex[:8]}"
+    url = store_url_like(fresh_db, find(base, "ConfigMap", "cnn-search")["data"]["STORAGE"])
+    close_storage(open_storage(url, create_schema=True))  # a store with its tables and no study
+    command, env = local_command(base, container(job, "worker"), STORAGE=url, STUDY=name,
+                          STUDIES_DIR=str(copy_study_files(tmp_path, name)), ARTIFACTS_DIR=str(tmp_path / "artifacts"))
+    result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode in fail_job["onExitCodes"]["values"] and result.returncode == 2, result.stderr[-2000:]
+    assert "does not exist" in result.stderr

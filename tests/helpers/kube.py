@@ -1,0 +1,160 @@
+"""deploy/kubernetes rendered without a cluster: `render()` emulates the part of kustomize these
+manifests use (no kustomize binary here); fixtures for the base objects and a fresh database."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import re
+import sys
+import uuid
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+from helpers.processes import REPO
+
+DEPLOY = REPO / "deploy" / "kubernetes"
+
+KNOWN_FIELDS = {"apiVersion", "kind", "namespace", "resources", "secretGenerator", "images", "patches"}
+
+CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding"}
+
+def merge_patch(base, patch):
+    """A strategic merge patch, as far as these manifests need one."""
+    if isinstance(base, dict) and isinstance(patch, dict):
+        return {**base, **{k: merge_patch(base[k], v) if k in base else v for k, v in patch.items()}}
+    named = isinstance(base, list) and isinstance(patch, list) and all(
+        isinstance(i, dict) and "name" in i for i in base + patch)
+    if named:
+        out = list(base)
+        for item in patch:
+            at = next((n for n, b in enumerate(out) if b["name"] == item["name"]), None)
+            if at is None:
+                out.append(item)
+            else:
+                out[at] = merge_patch(out[at], item)
+        return out
+    return patch
+
+def rename_secrets(node, renames: dict[str, str]):
+    if isinstance(node, dict):
+        out = {k: rename_secrets(v, renames) for k, v in node.items()}
+        if out.get("secretName") in renames:
+            out["secretName"] = renames[out["secretName"]]
+        for key in ("secretKeyRef", "secretRef"):
+            if isinstance(out.get(key), dict) and out[key].get("name") in renames:
+                out[key] = {**out[key], "name": renames[out[key]["name"]]}
+        return out
+    if isinstance(node, list):
+        return [rename_secrets(v, renames) for v in node]
+    return node
+
+def pod_spec(obj: dict) -> dict | None:
+    spec = obj.get("spec", {})
+    return spec.get("template", {}).get("spec") if obj["kind"] in ("Job", "Deployment", "StatefulSet") else None
+
+def containers(obj: dict) -> list[dict]:
+    pod = pod_spec(obj) or {}
+    return pod.get("initContainers", []) + pod.get("containers", [])
+
+def render(folder: Path) -> tuple[list[dict], dict[str, str]]:
+    """The objects `kubectl kustomize folder` would print (see the module docstring), and the
+    generated Secrets' new names."""
+    k = yaml.safe_load((folder / "kustomization.yaml").read_text())
+    assert set(k) <= KNOWN_FIELDS, f"{folder}: render() does not emulate {set(k) - KNOWN_FIELDS}"
+    objects, renames = [], {}
+    for entry in k.get("resources", []):
+        path = folder / entry
+        if path.is_dir():
+            more, names = render(path)
+            objects += more
+            renames.update(names)
+        else:
+            objects += [d for d in yaml.safe_load_all(path.read_text()) if d]
+    for gen in k.get("secretGenerator", []):
+        assert set(gen) <= {"name", "files"}, gen
+        data = {}
+        for spec in gen["files"]:
+            key, _, rel = spec.rpartition("=")
+            assert Path(rel).parts[0] == "secrets", f"{rel}: generated secrets come from the ignored secrets/"
+            data[key or Path(rel).name] = base64.b64encode(b"placeholder, not the password").decode()
+        name = f"{gen['name']}-{hashlib.sha256(json.dumps(data).encode()).hexdigest()[:10]}"
+        renames[gen["name"]] = name
+        objects.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": name},
+                        "data": data})
+    for patch in k.get("patches", []):
+        assert set(patch) == {"path", "target"} and set(patch["target"]) <= {"kind", "name"}, patch
+        body = yaml.safe_load((folder / patch["path"]).read_text())
+        target = patch["target"]
+        hits = [n for n, o in enumerate(objects)
+                if o["kind"] == target.get("kind", o["kind"]) and o["metadata"]["name"] == target.get("name")]
+        assert len(hits) == 1, f"{patch}: matches {len(hits)} objects"
+        body = {key: v for key, v in body.items() if key not in ("apiVersion", "kind", "metadata")}
+        objects[hits[0]] = merge_patch(objects[hits[0]], body)
+    for obj in objects:
+        if "namespace" in k and obj["kind"] not in CLUSTER_SCOPED:
+            obj["metadata"]["namespace"] = k["namespace"]
+        for image in k.get("images", []):
+            for c in containers(obj):
+                name, _, tag = c["image"].partition(":")
+                if name == image["name"]:
+                    c["image"] = f"{image.get('newName', name)}:{image.get('newTag', tag or 'latest')}"
+    return [rename_secrets(o, renames) for o in objects], renames
+
+def find(objects: list[dict], kind: str, name: str) -> dict:
+    hits = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(hits) == 1, f"{kind}/{name}: {len(hits)} found"
+    return hits[0]
+
+def container(obj: dict, name: str) -> dict:
+    return next(c for c in containers(obj) if c["name"] == name)
+
+@pytest.fixture(scope="module")
+def base() -> list[dict]:
+    return render(DEPLOY)[0]
+
+@pytest.fixture
+def fresh_db(postgres_url):
+    """A database of its own on the local server (postgresql+psycopg2://...), dropped afterwards."""
+    import sqlalchemy
+
+    name = f"k8s_{uuid.uuid4().hex[:10]}"
+    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield sqlalchemy.make_url(postgres_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        admin.dispose()
+
+def local_command(objects: list[dict], c: dict, **overrides: str) -> tuple[list[str], dict[str, str]]:
+    """A container's command and environment on this machine: its ConfigMap and env (Kubernetes'
+    $(VAR) expanded), then `overrides`; `python` is this interpreter, found first on PATH."""
+    env: dict[str, str] = {}
+    for source in c.get("envFrom", []):
+        env.update(find(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
+    env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    env.update(overrides)
+    command = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), part) for part in c["command"]]
+    command = [sys.executable if part == "python" else part for part in command]
+    full = {**os.environ, **env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}",
+            "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
+    full.pop("STORAGE_PASSWORD_FILE", None)  # the local server trusts us; in the cluster it is the Secret's file
+    return command, full
+
+def copy_study_files(tmp_path: Path, name: str) -> Path:
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    (studies / f"{name}.yaml").write_text((REPO / "search/studies/mnist_cnn.yaml").read_text())
+    return studies
+
+def store_url_like(url: str, like: str) -> str:
+    """The local database url in the layout of the ConfigMap's STORAGE `like`."""
+    return f"journal+{url}" if urlsplit(like).scheme.startswith("journal+") else url
