@@ -1,7 +1,8 @@
 """Shared fixtures, and the tiers' markers. Tests never touch the network: downloads are off (DATA_OFFLINE=1).
 
 Markers are applied here, never by hand: `postgres` to every test that uses the PostgreSQL server
-(the `postgres_url` fixture, directly or through another fixture), `browser` to every test that uses
+(the `postgres_url` fixture, directly or through another fixture; a fixture that asks for it only
+for some of its params marks those params), `browser` to every test that uses
 headless Chromium (the `chromium` fixture), and `slow` to every test under tests/e2e/ (whole studies,
 many processes). `make test-fast` deselects all three and runs with no service running.
 """
