@@ -124,17 +124,19 @@ def stopped(study: optuna.Study) -> str | None:
 
 
 def best_vs_epochs(study: optuna.Study) -> tuple[list[int], list[float]]:
-    """Best validation accuracy so far against cumulative epochs trained, in trial order."""
+    """The best objective value so far (validation accuracy unless the study names another metric)
+    against cumulative epochs trained, in trial order."""
+    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else 1.0
     xs, ys, total, best = [], [], 0, -math.inf
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
         total += max(len(t.intermediate_values), int(t.user_attrs.get(EPOCHS_RUN, 0)))
         if t.state == TrialState.COMPLETE and t.values:
-            best = max(best, t.values[0])
+            best = max(best, sign * t.values[0])
         if best > -math.inf:
             xs.append(total)
-            ys.append(best)
+            ys.append(sign * best)
     return xs, ys
 
 

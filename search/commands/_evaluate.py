@@ -27,7 +27,16 @@ from data import Splits, final_evaluation
 from search.settings import Settings
 from search.spec import StudySpec, TrialConfig, load_data, study_splits, trial_config
 from search.study import check_same_data
-from search.trial import FitOptions, ensure_features, full_model, image_model, release, train, trial_builder
+from search.trial import (
+    FitOptions,
+    TrainResult,
+    ensure_features,
+    full_model,
+    image_model,
+    release,
+    train,
+    trial_builder,
+)
 from storage import artifact_root, attrs, upload
 
 logger = logging.getLogger(__name__)
@@ -36,19 +45,28 @@ logger = logging.getLogger(__name__)
 def best_trial(study: optuna.Study) -> optuna.trial.FrozenTrial:
     if len(study.directions) == 1:
         return study.best_trial
-    return max(study.best_trials, key=lambda t: t.values[0])  # Pareto front: the most accurate
+    best = min if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else max
+    return best(study.best_trials, key=lambda t: t.values[0])  # Pareto front: the best first objective
 
 
-def test_metrics(probs: np.ndarray, y: np.ndarray, class_names: tuple[str, ...], n_worst: int = 25) -> dict[str, Any]:
+def test_metrics(probs: np.ndarray, y: np.ndarray, class_names: tuple[str, ...], n_worst: int = 25,
+                 top_k: int = 5) -> dict[str, Any]:
     pred = probs.argmax(1)
     k = len(class_names)
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (y, pred), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
+    labels, guesses = confusion.sum(1), confusion.sum(0)
+    f1 = 2 * confusion.diagonal() / np.maximum(labels + guesses, 1)
+    top = np.argsort(-probs, axis=1)[:, :min(top_k, k)]
     wrong = np.flatnonzero(pred != y)
     worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:n_worst]
     return {
         "test_accuracy": float((pred == y).mean()),
+        # The other objective metrics, on the test split (as scikit-learn computes them).
+        "test_macro_f1": float(f1[(labels + guesses) > 0].mean()),
+        "test_balanced_accuracy": float(per_class[labels > 0].mean()),
+        f"test_top_{min(top_k, k)}_accuracy": float((top == y[:, None]).any(axis=1).mean()),
         "n_test": int(len(y)),
         "class_names": list(class_names),
         "confusion_matrix": confusion.tolist(),
@@ -81,22 +99,23 @@ def _evaluation_data(spec: StudySpec, settings: Settings, store_url: str | None 
     return _EvaluationData(dataset, splits, train_splits, make_model, weights)
 
 
-def _retrain(spec: StudySpec, data: _EvaluationData, cfg: TrialConfig, seeds: tuple[int, ...]) -> tuple[list[float], keras.Model]:
-    """Train the configuration once per seed; the validation accuracies and the first seed's model."""
-    accuracies, final = [], None
+def _retrain(spec: StudySpec, data: _EvaluationData, cfg: TrialConfig,
+             seeds: tuple[int, ...]) -> tuple[list[TrainResult], keras.Model]:
+    """Train the configuration once per seed; each seed's result and the first seed's model."""
+    results, final = [], None
     for seed in seeds:
         result, model = train(cfg, data.train_splits, FitOptions.for_study(spec), seed=seed,
                               label=f"evaluate seed {seed}", make_model=data.make_model)
-        accuracies.append(result.best_val_accuracy)
-        logger.info("seed %d: best validation accuracy %.4f at epoch %d", seed, result.best_val_accuracy,
-                    result.best_epoch)
+        results.append(result)
+        logger.info("seed %d: best %s %.4f at epoch %d (validation accuracy %.4f)", seed, spec.metric,
+                    result.best_value, result.best_epoch, result.best_val_accuracy)
         if final is None:
             final = model
             if data.base_weights is not None:
                 final = full_model(spec, data.splits, data.base_weights, model)
         else:
             del model
-    return accuracies, final
+    return results, final
 
 
 def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_url: str | None = None,
@@ -107,17 +126,21 @@ def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_
     data = _evaluation_data(spec, settings, store_url)
     check_same_data(study, spec, data.dataset.fingerprint)  # test figures on other data would mislead
     cfg = trial_config(spec, trial.params, input_shape=data.splits.input_shape, num_classes=data.splits.num_classes)
-    accuracies, final = _retrain(spec, data, cfg, seeds)
+    results, final = _retrain(spec, data, cfg, seeds)
+    accuracies, values = [r.best_val_accuracy for r in results], [r.best_value for r in results]
     with final_evaluation():
         x_test, y_test = data.dataset.test_split()
         probs = np.asarray(final.predict(x_test, batch_size=256, verbose=0))
-        for worst in (metrics := test_metrics(probs, y_test, data.dataset.class_names))["worst_misclassified"]:
+        metrics = test_metrics(probs, y_test, data.dataset.class_names, top_k=spec.top_k)
+        for worst in metrics["worst_misclassified"]:
             worst["png"] = _png(x_test[worst["index"]])
     record = {
         "trial": trial.number, "params": trial.params, "study_best_value": trial.values[0], "seeds": list(seeds),
         "n_train": len(data.train_splits.y_train),  # all of it, even when the search used a subset
         "val_accuracy_per_seed": [round(a, 5) for a in accuracies],
         "val_accuracy_mean": statistics.mean(accuracies), "val_accuracy_std": statistics.stdev(accuracies),
+        "metric": spec.metric, "val_metric_per_seed": [round(v, 5) for v in values],
+        "val_metric_mean": statistics.mean(values), "val_metric_std": statistics.stdev(values),
         **metrics,
     }
     _store(study, final, record, artifact_root(settings.artifacts_dir))

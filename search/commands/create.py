@@ -33,6 +33,8 @@ def create(args: argparse.Namespace, settings: Settings, spec: StudySpec | None 
     spec = spec or load_spec(args.name, studies_dir=settings.studies_dir, **overrides(args))
     if data is None and (spec.builder_files or not spec.dataset_ref.named):
         data = load_data(spec, settings)
+    if data is not None and (problem := spec.classes_problem(data.num_classes)):
+        raise StudySpecError("objective.k", problem)  # a named dataset's classes were checked with the file
     if spec.builder_files:  # a model of the user's: built once on the data's shape, before the store is touched
         check_builders(spec, input_shape=data.input_shape, num_classes=data.num_classes)
     elif data is not None and not spec.dataset_ref.named:

@@ -32,6 +32,10 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"study {spec.name}, best trial {record['trial']} (search value {record['study_best_value']:.4f})")
     print(f"validation accuracy over {len(seeds)} seeds: {record['val_accuracy_mean']:.4f} "
           f"± {record['val_accuracy_std']:.4f} ({per_seed})")
+    if record["metric"] != "val_accuracy":  # the study's objective
+        values = ", ".join(f"{v:.4f}" for v in record["val_metric_per_seed"])
+        print(f"{record['metric']} over {len(seeds)} seeds: {record['val_metric_mean']:.4f} "
+              f"± {record['val_metric_std']:.4f} ({values})")
     print(f"test accuracy (evaluated once): {record['test_accuracy']:.4f} on {record['n_test']} images")
     worst = sorted(zip(record["per_class_accuracy"], record["class_names"]))[:3]
     print("weakest classes: " + ", ".join(f"{n} {a:.3f}" for a, n in worst))

@@ -17,7 +17,20 @@ from models import ACTIVATIONS
 OPTIMIZERS: dict[str, tuple[str, bool]] = {
     "sgd": ("SGD", True), "adam": ("Adam", False), "adamax": ("Adamax", False), "adagrad": ("Adagrad", False),
     "adadelta": ("Adadelta", False), "rmsprop": ("RMSprop", True), "nadam": ("Nadam", False),
+    "adamw": ("AdamW", False), "lion": ("Lion", False),
 }
+
+# Learning-rate schedules (search/trial/_recipe.py builds them from Keras 3's) -> the knobs each one reads.
+# A schedule knob searched or fixed while no schedule the study may pick reads it is a study-file error.
+LR_SCHEDULES: dict[str, frozenset[str]] = {
+    "constant": frozenset(),
+    "cosine": frozenset({"warmup_epochs", "min_lr_fraction"}),
+    "step": frozenset({"warmup_epochs", "decay_rate", "decay_epochs"}),
+    "exponential": frozenset({"warmup_epochs", "decay_rate", "decay_epochs"}),
+    "inverse_time": frozenset({"warmup_epochs", "decay_rate", "decay_epochs"}),
+    "plateau": frozenset({"min_lr_fraction", "plateau_patience", "plateau_factor"}),
+}
+SCHEDULE_KNOBS = frozenset().union(*LR_SCHEDULES.values())
 
 
 @dataclass(frozen=True)
@@ -36,6 +49,20 @@ KNOBS: dict[str, Knob] = {
     "momentum": Knob("float", "train", min_value=0.0, max_value=1.0,
                      doc="momentum of " + " and ".join(n for n, (_, takes) in OPTIMIZERS.items() if takes)),
     "batch_size": Knob("int", "train", min_value=1),
+    "lr_schedule": Knob("str", "train", tuple(LR_SCHEDULES), doc="the learning-rate schedule: " + ", ".join(LR_SCHEDULES)),
+    "warmup_epochs": Knob("float", "train", min_value=0.0, doc="linear warm-up from 0 over this many epochs"),
+    "decay_rate": Knob("float", "train", min_value=0.0, doc=(
+        "step/exponential: the factor per decay_epochs; inverse_time: lr / (1 + rate * steps / decay steps)")),
+    "decay_epochs": Knob("float", "train", min_value=0.0, doc="epochs per decay step (unset: every step, "
+                                                              "as Keras's legacy `decay` argument)"),
+    "min_lr_fraction": Knob("float", "train", min_value=0.0, max_value=1.0,
+                            doc="cosine: the final rate; plateau: the lowest rate, as a fraction of learning_rate"),
+    "plateau_patience": Knob("int", "train", min_value=1, doc="plateau: epochs without improvement before a cut"),
+    "plateau_factor": Knob("float", "train", min_value=0.0, max_value=1.0, doc="plateau: the cut's factor"),
+    "weight_decay": Knob("float", "train", min_value=0.0, doc="decoupled weight decay of the optimiser"),
+    "clipnorm": Knob("float", "train", min_value=0.0, doc="clip each gradient to this norm"),
+    "label_smoothing": Knob("float", "train", min_value=0.0, max_value=1.0),
+    "ema": Knob("bool", "train", doc="keep an exponential moving average of the weights (the optimiser's use_ema)"),
     "dense_layers": Knob("int", "model", min_value=0, max_value=8, doc="number of hidden dense layers"),
     "dense_units": Knob("int", "model", min_value=1, doc="width of each hidden dense layer (dense_units_0, _1, ...)"),
     "activation": Knob("str", "model", ACTIVATIONS),

@@ -33,6 +33,9 @@ from search.spec._schema_types import (
 from search.spec._strategies import PRUNERS, SAMPLERS, Strategy, build_problem, options_model, options_problem
 
 SECOND_OBJECTIVES = ("params", "train_seconds")
+# What a trial's value is: the best epoch's validation metric (val_loss minimised, the others maximised).
+OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "val_top_k_accuracy", "val_macro_f1", "val_balanced_accuracy")
+DEFAULT_TOP_K = 5
 
 
 # --- the search space ---------------------------------------------------------------------------
@@ -163,9 +166,26 @@ class EarlyStopping(Section):
 
 
 class Objective(Section):
-    """Validation accuracy is maximised; a second objective makes the study multi-objective."""
+    """What a trial's value is: its best epoch's validation metric (accuracy by default); pruning, early
+    stopping, status, the report and evaluate follow it. A second objective makes the study multi-objective."""
 
+    metric: Literal[OBJECTIVE_METRICS] = Field("val_accuracy", description=(
+        "the validation metric trials are scored on: val_loss is minimised, the others maximised"))
+    k: PositiveInt | None = Field(None, description=f"val_top_k_accuracy's k (default {DEFAULT_TOP_K})")
     second: Literal[SECOND_OBJECTIVES] | None = Field(None, description="also minimise this")
+
+    @field_validator("metric", mode="before")
+    @classmethod
+    def _known_metric(cls, value: Any) -> Any:
+        if value not in OBJECTIVE_METRICS:
+            raise ValueError(f"{value!r} is not one of {', '.join(OBJECTIVE_METRICS)}")
+        return value
+
+    @model_validator(mode="after")
+    def _k_with_top_k(self) -> Objective:
+        if self.k is not None and self.metric != "val_top_k_accuracy":
+            raise Problem("only val_top_k_accuracy reads k; set metric: val_top_k_accuracy or drop k", "k")
+        return self
 
     @field_validator("second", mode="before")
     @classmethod

@@ -17,10 +17,23 @@ from search.spec._spec import Dimension, StudySpec
 
 @dataclass(frozen=True)
 class TrainParams:
+    """The training knobs (target "train" in search.spec._knobs); the defaults train as before they existed."""
+
     optimizer: str = "adam"
     learning_rate: float = 1e-3
     momentum: float = 0.9  # used by sgd and rmsprop ("sgd with momentum")
     batch_size: int = 128
+    lr_schedule: str = "constant"
+    warmup_epochs: float = 0.0
+    decay_rate: float = 0.0
+    decay_epochs: float | None = None  # None: decay every step
+    min_lr_fraction: float = 0.0
+    plateau_patience: int = 3
+    plateau_factor: float = 0.5
+    weight_decay: float | None = None  # None: the optimiser's own default
+    clipnorm: float | None = None
+    label_smoothing: float = 0.0
+    ema: bool = False
 
 
 @dataclass(frozen=True)

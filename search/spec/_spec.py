@@ -17,6 +17,7 @@ from data import DatasetRef
 from data._augment import AugmentParams
 from search.settings import STUDIES_DIR as SETTINGS_STUDIES_DIR
 from search.spec._knobs import fits
+from search.spec._schema import DEFAULT_TOP_K, FeatureCacheSection
 
 logger = logging.getLogger(__name__)
 
@@ -41,17 +42,20 @@ class Dimension:
         return fits(value, self.choices, self.low, self.high)
 
 
+_CACHE_FIELDS = FeatureCacheSection.model_fields
+
+
 @dataclass(frozen=True)
 class FeatureCacheSpec:
-    """Train the base once (or take base_weights), cache its features, train heads on them
-    (each field is described in search.spec._schema.FeatureCacheSection)."""
+    """The study file's feature_cache section as the code reads it: FeatureCacheSection's fields (their
+    meaning and defaults are declared there, once), with `base` resolved to a preset or builder name."""
 
     base: str | None = None
-    base_epochs: int = 10
-    base_max_train: int | None = None
-    base_batch_size: int = 128
-    base_weights: str | None = None
-    search_max_train: int | None = None
+    base_epochs: int = _CACHE_FIELDS["base_epochs"].default
+    base_max_train: int | None = _CACHE_FIELDS["base_max_train"].default
+    base_batch_size: int = _CACHE_FIELDS["base_batch_size"].default
+    base_weights: str | None = _CACHE_FIELDS["base_weights"].default
+    search_max_train: int | None = _CACHE_FIELDS["search_max_train"].default
 
 
 @dataclass(frozen=True)
@@ -75,6 +79,8 @@ class StudySpec:
     timeout_s: float | None = None
     patience: int = 5
     second_objective: str | None = None
+    metric: str = "val_accuracy"  # the objective (OBJECTIVE_METRICS)
+    top_k: int = DEFAULT_TOP_K  # val_top_k_accuracy's k
     warm_start: tuple[dict[str, Any], ...] = ()
     val_fraction: float = 0.1
     seed: int = 0
@@ -102,7 +108,19 @@ class StudySpec:
 
     @property
     def directions(self) -> list[str]:
-        return ["maximize"] + (["minimize"] if self.second_objective else [])
+        return [self.direction] + (["minimize"] if self.second_objective else [])
+
+    @property
+    def direction(self) -> str:
+        """The objective metric's: val_loss is minimised, every other metric maximised."""
+        return "minimize" if self.metric == "val_loss" else "maximize"
+
+    def classes_problem(self, num_classes: int) -> str | None:
+        """What the objective cannot do with this many classes (None: nothing)."""
+        if self.metric == "val_top_k_accuracy" and self.top_k >= num_classes:
+            return (f"val_top_k_accuracy with k={self.top_k} on {num_classes} classes is always 1; "
+                    f"choose k below {num_classes}")
+        return None
 
     def dimension(self, name: str) -> Dimension | None:
         return next((d for d in self.space if d.name == name), None)
@@ -126,7 +144,7 @@ class StudySpec:
 _HASHED = ("architecture", "dataset", "label_mode", "normalization", "space", "fixed", "augment",
            "max_epochs", "patience", "second_objective", "val_fraction", "seed", "max_train", "max_val",
            "feature_cache")
-_HASHED_IF_SET = {"precision": "float32", "jit_compile": False}
+_HASHED_IF_SET = {"precision": "float32", "jit_compile": False, "metric": "val_accuracy", "top_k": DEFAULT_TOP_K}
 
 
 def _jsonable(value: Any) -> Any:

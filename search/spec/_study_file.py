@@ -9,10 +9,11 @@ from typing import Any, Literal
 
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
-from data import DATASETS
+from data import DATASETS, dataset_spec
 from models import PRESETS
-from search.spec._knobs import KNOBS, knob_problem, parameter_problem
+from search.spec._knobs import KNOBS, LR_SCHEDULES, SCHEDULE_KNOBS, knob_problem, parameter_problem
 from search.spec._schema import (
+    DEFAULT_TOP_K,
     AugmentSection,
     Budget,
     DataSection,
@@ -186,9 +187,36 @@ class StudyFile(Section):
         found = self.objective.second and objectives_problem(self.sampler.name, self.pruner.name)
         if found:
             raise Problem(found[1], found[0])
+        self._schedule_knobs_have_their_schedule()
+        self._objective_fits_the_classes()
         self.sampler.check_builds(self.budget.max_epochs)
         self.pruner.check_builds(self.budget.max_epochs)
         return self
+
+
+    def _objective_fits_the_classes(self) -> None:
+        """A named dataset's classes are known now; data of one's own is checked when `create` reads it."""
+        ref = self.dataset.ref
+        if self.objective.metric != "val_top_k_accuracy" or not ref.named:
+            return
+        classes = dataset_spec(ref.name, label_mode=self.label_mode).num_classes
+        k = self.objective.k or DEFAULT_TOP_K
+        if k >= classes:
+            raise Problem(f"val_top_k_accuracy with k={k} on {classes} classes is always 1; choose k below {classes}",
+                          "objective", "k")
+
+    def _schedule_knobs_have_their_schedule(self) -> None:
+        """A schedule's knob (decay_rate, warmup_epochs, ...) searched or fixed where no lr_schedule the
+        study may pick reads it would silently change nothing."""
+        entry = self.space.get("lr_schedule")
+        schedules = set(entry.choices or ()) if entry is not None else {self.fixed.get("lr_schedule", "constant")}
+        for section, knobs in (("space", self.space), ("fixed", self.fixed)):
+            for knob in knobs:
+                if knob in SCHEDULE_KNOBS and not any(knob in LR_SCHEDULES.get(s, ()) for s in schedules):
+                    readers = sorted(s for s, read in LR_SCHEDULES.items() if knob in read)
+                    raise Problem(f"only the lr_schedule {' or '.join(readers)} reads {knob}, and this study's "
+                                  f"lr_schedule is {' or '.join(sorted(map(str, schedules)))}; add "
+                                  f"`lr_schedule: {readers[0]}` to fixed (or to the space's choices)", section, knob)
 
 
 def study_json_schema() -> dict[str, Any]:

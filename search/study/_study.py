@@ -126,7 +126,8 @@ def counts(study: optuna.Study) -> StudyCounts:
     best = None
     if len(study.directions) == 1:
         done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
-        best = max(done, key=lambda t: t.value) if done else None
+        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
+        best = pick(done, key=lambda t: t.value) if done else None
     return StudyCounts(
         study=study.study_name, n_complete=by_state[TrialState.COMPLETE], n_pruned=by_state[TrialState.PRUNED],
         n_fail=by_state[TrialState.FAIL], n_running=by_state[TrialState.RUNNING],

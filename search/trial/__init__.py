@@ -8,7 +8,7 @@ Importing it loads Keras: only the worker's session (search.worker, after placem
 from search.trial._checkpoints import Checkpoints, StopRequest
 from search.trial._features import ensure_features, full_model, trial_builder
 from search.trial._objective import Objective
-from search.trial._train import FitOptions, ModelBuilder, freeze_setup, image_model, release, train
+from search.trial._train import FitOptions, ModelBuilder, TrainResult, freeze_setup, image_model, release, train
 
 __all__ = [
     "Checkpoints",
@@ -16,6 +16,7 @@ __all__ = [
     "ModelBuilder",
     "Objective",
     "StopRequest",
+    "TrainResult",
     "ensure_features",
     "freeze_setup",
     "full_model",

@@ -111,7 +111,7 @@ class Objective:
         callbacks: list[keras.callbacks.Callback] = [PhaseCallback(timer),
                                                      TrialGuard(trial, self.stop, after_checkpoint=False)]
         if self.spec.second_objective is None:
-            callbacks.append(KerasPruningCallback(trial, "val_accuracy"))
+            callbacks.append(KerasPruningCallback(trial, self.fit.metric))
         try:
             if self.checkpoints is None:
                 result = self._train(trial, cfg, callbacks, timer)
@@ -142,6 +142,6 @@ class Objective:
 
     def _value(self, result: TrainResult) -> float | tuple[float, float]:
         if self.spec.second_objective is None:
-            return result.best_val_accuracy
+            return result.best_value
         second = result.n_params if self.spec.second_objective == "params" else result.train_seconds
-        return result.best_val_accuracy, float(second)
+        return result.best_value, float(second)

@@ -19,18 +19,11 @@ from data import Splits
 from data.preprocessing import normalization_layer, training_model
 from models import BuilderError, BuilderParams, build, count_params
 from search.errors import FATAL, FailReason, TrialFailure
-from search.spec import OPTIMIZERS, PRECISIONS, StudySpec, TrainParams, TrialConfig
+from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig
+from search.trial._metrics import BalancedAccuracy, MacroF1
+from search.trial._recipe import make_loss, make_optimizer, recipe_callbacks, steps_per_epoch
 
 logger = logging.getLogger(__name__)
-
-
-def make_optimizer(train: TrainParams) -> keras.optimizers.Optimizer:
-    """The study's optimiser, by its entry in search.spec._knobs.OPTIMIZERS (Keras class, takes momentum)."""
-    if train.optimizer not in OPTIMIZERS:
-        raise ValueError(f"unknown optimizer {train.optimizer!r}; known: {', '.join(OPTIMIZERS)}")
-    class_name, takes_momentum = OPTIMIZERS[train.optimizer]
-    momentum = {"momentum": train.momentum} if takes_momentum else {}
-    return getattr(keras.optimizers, class_name)(train.learning_rate, **momentum)
 
 
 class NanGuard(keras.callbacks.Callback):
@@ -46,9 +39,9 @@ class NanGuard(keras.callbacks.Callback):
 class EpochLog(keras.callbacks.Callback):
     """One progress line per epoch: trial, epoch, validation accuracy, seconds per epoch."""
 
-    def __init__(self, label: str, max_epochs: int) -> None:
+    def __init__(self, label: str, max_epochs: int, metric: str = "val_accuracy") -> None:
         super().__init__()
-        self.label, self.max_epochs = label, max_epochs
+        self.label, self.max_epochs, self.metric = label, max_epochs, metric
         self.best = 0.0
         self.curve: list[float] = []
 
@@ -60,20 +53,26 @@ class EpochLog(keras.callbacks.Callback):
         acc = float(logs.get("val_accuracy", float("nan")))
         self.curve.append(acc)
         self.best = max(self.best, acc) if math.isfinite(acc) else self.best
-        logger.info("%s epoch %d/%d val_accuracy=%.4f best=%.4f loss=%.4f %.1fs/epoch", self.label, epoch + 1,
-                    self.max_epochs, acc, self.best, float(logs.get("loss", float("nan"))),
+        objective = "" if self.metric == "val_accuracy" else f" {self.metric}={float(logs.get(self.metric, 'nan')):.4f}"
+        logger.info("%s epoch %d/%d val_accuracy=%.4f best=%.4f%s loss=%.4f %.1fs/epoch", self.label, epoch + 1,
+                    self.max_epochs, acc, self.best, objective, float(logs.get("loss", float("nan"))),
                     time.perf_counter() - self._t0)
 
 
 @dataclass
 class TrainResult:
-    best_val_accuracy: float
-    best_epoch: int
+    best_val_accuracy: float  # the highest validation accuracy of any epoch
+    best_epoch: int  # the objective metric's best epoch (1-based)
     epochs_run: int
     train_seconds: float
     images_per_s: float
     n_params: int
     curve: list[float] = field(default_factory=list)
+    best_value: float | None = None  # the objective metric at best_epoch (val_accuracy: best_val_accuracy)
+
+    def __post_init__(self) -> None:
+        if self.best_value is None:
+            self.best_value = self.best_val_accuracy
 
 
 _OOM_MARKS = ("ResourceExhausted", "RESOURCE_EXHAUSTED", "out of memory", "Out of memory", "OOM when allocating")
@@ -155,12 +154,19 @@ class FitOptions:
     jit_compile: bool = False
     steps: int | Literal["auto"] = 1
     verbose: int = 0  # Keras's own progress output (1: a bar, for the base training on a terminal)
+    metric: str = "val_accuracy"  # the objective: early stopping, pruning and the trial's value follow it
+    top_k: int = DEFAULT_TOP_K
 
     @classmethod
     def for_study(cls, spec: StudySpec, **changes: object) -> FitOptions:
-        """The study's options (epochs, patience, precision, XLA), with `changes` on top."""
+        """The study's options (epochs, patience, precision, XLA, objective metric), with `changes` on top."""
         return dataclasses.replace(cls(max_epochs=spec.max_epochs, patience=spec.patience, precision=spec.precision,
-                                       jit_compile=spec.jit_compile), **changes)
+                                       jit_compile=spec.jit_compile, metric=spec.metric, top_k=spec.top_k),
+                                   **changes)
+
+    @property
+    def mode(self) -> str:
+        return "min" if self.metric == "val_loss" else "max"
 
 
 def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, label: str = "trial",
@@ -173,21 +179,24 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
     keras.utils.set_random_seed(seed)
     try:
         model = compiled_model(cfg, splits, seed, make_model, options)
-        log = EpochLog(label, options.max_epochs)
-        stop = keras.callbacks.EarlyStopping(monitor="val_accuracy", mode="max", patience=options.patience,
+        log = EpochLog(label, options.max_epochs, options.metric)
+        stop = keras.callbacks.EarlyStopping(monitor=options.metric, mode=options.mode, patience=options.patience,
                                              restore_best_weights=True)
         started = time.perf_counter()
         history = model.fit(
             splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=options.max_epochs,
             validation_data=(splits.x_val, splits.y_val), verbose=options.verbose,
-            callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *callbacks, stop],
+            callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *recipe_callbacks(cfg.train, options.metric),
+                       *callbacks, stop],
         )
         seconds = time.perf_counter() - started
         accs = [a if math.isfinite(a) else 0.0 for a in history.history.get("val_accuracy", [])]
         if not accs:
             raise TrialFailure(FailReason.ERROR, "training ran no epoch")
+        best = best_epoch(history.history.get(options.metric, accs), options.mode)
         result = TrainResult(
-            best_val_accuracy=float(max(accs)), best_epoch=int(np.argmax(accs)) + 1, epochs_run=len(accs),
+            best_val_accuracy=float(max(accs)), best_epoch=best + 1, epochs_run=len(accs),
+            best_value=float(history.history.get(options.metric, accs)[best]),
             train_seconds=seconds, images_per_s=len(accs) * len(splits.x_train) / max(seconds, 1e-9),
             n_params=architecture_params(model), curve=log.curve,
         )
@@ -231,11 +240,31 @@ def compiled_model(cfg: TrialConfig, splits: Splits, seed: int, make_model: Mode
     always compiles): a literal False would run JAX op by op and turn off XLA where it runs today."""
     with dtype_policy(options.precision):
         model = float32_output((make_model or image_model())(cfg, splits, seed))
-        model.compile(optimizer=make_optimizer(cfg.train), loss="sparse_categorical_crossentropy",
-                      metrics=["accuracy"], jit_compile=True if options.jit_compile else "auto",
-                      steps_per_execution=steps_per_execution(
-                          options.steps, architecture_params(model), math.ceil(len(splits.y_train) / cfg.train.batch_size)))
+        batches = steps_per_epoch(len(splits.y_train), cfg.train.batch_size)
+        # Accuracy against the integer labels, whatever the loss (label smoothing one-hot encodes inside it).
+        model.compile(optimizer=make_optimizer(cfg.train, batches, options.max_epochs), loss=make_loss(cfg.train),
+                      metrics=objective_metrics(options, splits.num_classes),
+                      jit_compile=True if options.jit_compile else "auto",
+                      steps_per_execution=steps_per_execution(options.steps, architecture_params(model), batches))
     return model
+
+
+def objective_metrics(options: FitOptions, num_classes: int) -> list[keras.metrics.Metric]:
+    """Accuracy always (every trial records it), and the objective's own metric when it is another."""
+    metrics: list[keras.metrics.Metric] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    if options.metric == "val_top_k_accuracy":
+        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=options.top_k, name="top_k_accuracy"))
+    elif options.metric == "val_macro_f1":
+        metrics.append(MacroF1(num_classes))
+    elif options.metric == "val_balanced_accuracy":
+        metrics.append(BalancedAccuracy(num_classes))
+    return metrics
+
+
+def best_epoch(values: Sequence[float], mode: str) -> int:
+    """The index of the best finite value (the first of equals), as EarlyStopping restores it."""
+    finite = [v if math.isfinite(v) else (math.inf if mode == "min" else -math.inf) for v in values]
+    return int(np.argmin(finite) if mode == "min" else np.argmax(finite))
 
 
 def architecture_params(model: keras.Model) -> int:
