@@ -132,8 +132,8 @@ def best_vs_epochs(study: optuna.Study) -> tuple[list[int], list[float]]:
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
         total += max(len(t.intermediate_values), int(t.user_attrs.get(EPOCHS_RUN, 0)))
-        if t.state == TrialState.COMPLETE and t.values:
-            best = max(best, sign * t.values[0])
+        if t.state == TrialState.COMPLETE and t.values and all(c <= 0.0 for c in t.constraints.values()):
+            best = max(best, sign * t.values[0])  # the best feasible value
         if best > -math.inf:
             xs.append(total)
             ys.append(sign * best)

@@ -7,6 +7,7 @@ A leaf any layer may import. It loads a backend only inside the functions that a
 from __future__ import annotations
 
 import functools
+import os
 import subprocess
 import sys
 from importlib.metadata import PackageNotFoundError, version
@@ -43,6 +44,12 @@ def device() -> str:
         gpus = tf.config.list_physical_devices("GPU")
         return f"gpu:{len(gpus)}" if gpus else "cpu"
     return backend
+
+
+def rss_mib() -> float:
+    """This process's resident memory now (MiB)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def accelerator_memory_mib() -> tuple[float, float] | None:

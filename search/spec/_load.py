@@ -107,7 +107,7 @@ def _to_spec(study: StudyFile, name: str) -> StudySpec:
         pruner_options=dict(study.pruner.options), trials=study.budget.trials, max_epochs=study.budget.max_epochs,
         timeout_s=study.budget.timeout_s, patience=study.early_stopping.patience,
         second_objective=study.objective.second,
-        metric=study.objective.metric, top_k=study.objective.k or DEFAULT_TOP_K, val_fraction=study.data.val_fraction, seed=study.seed,
+        metric=study.objective.metric, top_k=study.objective.k or DEFAULT_TOP_K, constraints=study.constraints.limits(), val_fraction=study.data.val_fraction, seed=study.seed,
         max_train=study.data.max_train, max_val=study.data.max_val,
         feature_cache=None if cache is None else FeatureCacheSpec(**{**cache.model_dump(), "base": _name(cache.base)}),
         max_consecutive_failures=study.max_consecutive_failures, builder_files=_builder_files(study),

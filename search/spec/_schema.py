@@ -195,6 +195,26 @@ class Objective(Section):
         return value
 
 
+# A study's hard limits -> the quantity each bounds, as the trial records it (constraint `<quantity>`).
+CONSTRAINTS = {"max_params": "params", "max_epoch_seconds": "epoch_seconds", "max_peak_memory_mb": "peak_memory_mb"}
+
+
+class Constraints(Section):
+    """Hard limits, each checked as early as its quantity is known. A trial over one is infeasible:
+    recorded through Optuna's constraints (samplers steer away from it), never the study's best."""
+
+    max_params: PositiveInt | None = Field(None, description=(
+        "parameters of the architecture; a model over it is built but not trained (the trial is pruned)"))
+    max_epoch_seconds: PositiveNumber | None = Field(None, description=(
+        "seconds of one epoch (training and validation); the first epoch over it ends the trial's training"))
+    max_peak_memory_mb: PositiveNumber | None = Field(None, description=(
+        "the worker's peak memory while the trial trains: the accelerator's allocator on a GPU, the "
+        "process's resident set (sampled each epoch) on a CPU"))
+
+    def limits(self) -> dict[str, float]:
+        return {name: float(value) for name, value in self.model_dump().items() if value is not None}
+
+
 class DataSection(Section):
     val_fraction: Number = Field(0.1, description="the share of the training set held out for validation")
     max_train: PositiveInt | None = Field(None, description="train on a stratified subset of this many images")

@@ -81,6 +81,7 @@ class StudySpec:
     second_objective: str | None = None
     metric: str = "val_accuracy"  # the objective (OBJECTIVE_METRICS)
     top_k: int = DEFAULT_TOP_K  # val_top_k_accuracy's k
+    constraints: dict[str, float] = field(default_factory=dict)  # max_params, ... -> limit (set ones only)
     warm_start: tuple[dict[str, Any], ...] = ()
     val_fraction: float = 0.1
     seed: int = 0
@@ -144,7 +145,8 @@ class StudySpec:
 _HASHED = ("architecture", "dataset", "label_mode", "normalization", "space", "fixed", "augment",
            "max_epochs", "patience", "second_objective", "val_fraction", "seed", "max_train", "max_val",
            "feature_cache")
-_HASHED_IF_SET = {"precision": "float32", "jit_compile": False, "metric": "val_accuracy", "top_k": DEFAULT_TOP_K}
+_HASHED_IF_SET = {"precision": "float32", "jit_compile": False, "metric": "val_accuracy", "top_k": DEFAULT_TOP_K,
+                  "constraints": {}}
 
 
 def _jsonable(value: Any) -> Any:

@@ -16,6 +16,7 @@ from search.spec._schema import (
     DEFAULT_TOP_K,
     AugmentSection,
     Budget,
+    Constraints,
     DataSection,
     EarlyStopping,
     FeatureCacheSection,
@@ -86,6 +87,7 @@ class StudyFile(Section):
     budget: Budget = Field(default_factory=Budget)
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     objective: Objective = Field(default_factory=Objective)
+    constraints: Constraints = Field(default_factory=Constraints)
     data: DataSection = Field(default_factory=DataSection)
     seed: NonNegativeInt = Field(0, description="seeds the split, the sampler (plus the worker index) and training")
     feature_cache: FeatureCacheSection | None = Field(None, json_schema_extra=lambda s: s["anyOf"].append(

@@ -125,7 +125,7 @@ def counts(study: optuna.Study) -> StudyCounts:
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
     best = None
     if len(study.directions) == 1:
-        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None]
+        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and feasible(t)]
         pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
         best = pick(done, key=lambda t: t.value) if done else None
     return StudyCounts(
@@ -134,6 +134,11 @@ def counts(study: optuna.Study) -> StudyCounts:
         n_waiting=by_state[TrialState.WAITING], budget=study.user_attrs.get(attrs.STUDY_BUDGET),
         stopped=study.user_attrs.get(attrs.STUDY_STOPPED), best_value=best.value if best else None,
         best_params=best.params if best else None, best_trial=best.number if best else None)
+
+
+def feasible(trial: optuna.trial.FrozenTrial) -> bool:
+    """Within every constraint the study set (search.trial._constraints), as Optuna counts it."""
+    return all(value <= 0.0 for value in trial.constraints.values())
 
 
 def counter_line(c: StudyCounts) -> str:

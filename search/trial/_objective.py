@@ -21,6 +21,7 @@ from search.runtime import code_version, device
 from search.spec import StudySpec, TrialConfig, suggest, trial_config
 from search.study import fresh_trial, store_seconds
 from search.trial._checkpoints import Checkpoints, ResumableBackup, StopRequest
+from search.trial._constraints import ConstraintWatch, Infeasible, record_constraints
 from search.trial._timing import PhaseCallback, TrialTimer, timed_builder
 from search.trial._train import FitOptions, ModelBuilder, TrainResult, image_model, release, train
 from storage import attrs
@@ -108,7 +109,8 @@ class Objective:
         record(trial, self.static_attrs)
         values = suggest(trial, self.spec)  # idempotent: a retry's kept params are reused
         cfg = trial_config(self.spec, values, input_shape=self.image_shape, num_classes=self.splits.num_classes)
-        callbacks: list[keras.callbacks.Callback] = [PhaseCallback(timer),
+        watch = ConstraintWatch(self.spec.constraints)  # first: a model over max_params is not trained
+        callbacks: list[keras.callbacks.Callback] = [watch, PhaseCallback(timer),
                                                      TrialGuard(trial, self.stop, after_checkpoint=False)]
         if self.spec.second_objective is None:
             callbacks.append(KerasPruningCallback(trial, self.fit.metric))
@@ -118,9 +120,15 @@ class Objective:
             else:
                 with self.checkpoints.attempt(trial, stop=self.stop, timer=timer) as backup:
                     result = self._train(trial, cfg, [*callbacks, backup], timer, backup)
+        except Infeasible as why:
+            record_constraints(trial, watch)
+            record(trial, {attrs.INFEASIBLE: str(why)})
+            logger.info("trial %d is infeasible: %s", trial.number, why)
+            raise optuna.TrialPruned(str(why)) from None
         finally:
             timer.switch("cleanup")
             release()
+        record_constraints(trial, watch)
         record(trial, result_attrs(result))
         return self._value(result)
 

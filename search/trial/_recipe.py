@@ -105,7 +105,7 @@ def recipe_callbacks(train: TrainParams, monitor: str = "val_accuracy") -> list[
     if train.lr_schedule != "plateau":
         return []
     return [keras.callbacks.ReduceLROnPlateau(
-        monitor=monitor, mode="max" if monitor.endswith("accuracy") else "auto", factor=train.plateau_factor,
+        monitor=monitor, mode="min" if monitor == "val_loss" else "max", factor=train.plateau_factor,
         patience=train.plateau_patience, min_lr=train.learning_rate * train.min_lr_fraction)]
 
 

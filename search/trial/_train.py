@@ -17,9 +17,10 @@ import numpy as np
 
 from data import Splits
 from data.preprocessing import normalization_layer, training_model
-from models import BuilderError, BuilderParams, build, count_params
+from models import BuilderError, BuilderParams, build
 from search.errors import FATAL, FailReason, TrialFailure
 from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig
+from search.trial._constraints import architecture_params
 from search.trial._metrics import BalancedAccuracy, MacroF1
 from search.trial._recipe import make_loss, make_optimizer, recipe_callbacks, steps_per_epoch
 
@@ -265,12 +266,6 @@ def best_epoch(values: Sequence[float], mode: str) -> int:
     """The index of the best finite value (the first of equals), as EarlyStopping restores it."""
     finite = [v if math.isfinite(v) else (math.inf if mode == "min" else -math.inf) for v in values]
     return int(np.argmin(finite) if mode == "min" else np.argmax(finite))
-
-
-def architecture_params(model: keras.Model) -> int:
-    """Parameters of the architecture inside a training model (not normalisation statistics)."""
-    nested = [layer for layer in model.layers if isinstance(layer, keras.Model)]
-    return sum(count_params(m)[0] for m in nested) if nested else count_params(model)[0]
 
 
 def release() -> None:

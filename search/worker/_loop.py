@@ -14,7 +14,7 @@ import optuna
 from optuna.trial import TrialState
 
 from search.errors import FATAL, FailReason, StudyStopped, TrialFailure, TrialLost, WorkerStopping
-from search.runtime import accelerator_memory_mib
+from search.runtime import accelerator_memory_mib, rss_mib
 from search.settings import Settings
 from search.study import budget_used, fail_and_retry, failure_streak, fresh_trial, stop_study, stopped_because
 from search.worker._liveness import Background
@@ -34,11 +34,6 @@ class LoopBudget(Protocol):
     max_consecutive_failures: int
 
 RECYCLE = "recycle"
-
-
-def rss_mib() -> float:
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def grown_past(baseline: dict | None, now: dict, limits: dict) -> str | None:

@@ -70,6 +70,9 @@ def test_constant_and_plateau_keep_a_plain_rate_and_plateau_adds_its_callback():
     assert (callback.patience, callback.factor, callback.min_lr, callback.monitor) == (2, 0.3, pytest.approx(0.01),
                                                                                       "val_accuracy")
     assert recipe_callbacks(TrainParams()) == []
+    # It follows the objective metric, which Keras cannot always tell the direction of by its name.
+    assert [recipe_callbacks(plateau, m)[0].mode for m in ("val_accuracy", "val_macro_f1", "val_loss")] == [
+        "max", "max", "min"]
 
 
 def test_adamw_lion_weight_decay_clipping_and_ema():

@@ -1,0 +1,69 @@
+"""Hard limits of a study (`constraints:`): checked as early as each quantity is known, recorded through
+Optuna's constraint API, and the best trial is the best feasible one."""
+
+from __future__ import annotations
+
+import pytest
+from optuna.trial import TrialState
+
+from helpers.synthetic import ONE_TRIAL_STUDY, easy_splits, memory_study
+from search import StudySpecError, counts, parse_spec
+from search.trial import Objective
+from storage import attrs
+
+TWO_EPOCHS = ONE_TRIAL_STUDY.replace("budget: {trials: 1, max_epochs: 1}", "budget: {trials: 1, max_epochs: 3}")
+PARAMS = 1_000_000  # s000_model_1 on 32x32x3 has a few hundred thousand: under this, over a tenth of it
+
+
+def _run(constraints: str):
+    spec, study = memory_study(TWO_EPOCHS + f"constraints: {constraints}\n", name="limited")
+    study.optimize(Objective(spec, easy_splits(200, 100)), n_trials=1)
+    return spec, study, study.trials[0]
+
+
+def test_a_model_over_max_params_is_built_but_not_trained():
+    _, study, trial = _run("{max_params: 1000}")
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {}  # no epoch ran
+    assert trial.constraints["params"] > 0
+    assert "over max_params 1,000: not trained" in trial.user_attrs[attrs.INFEASIBLE]
+    assert attrs.EPOCHS_RUN not in trial.user_attrs
+    _, _, within = _run(f"{{max_params: {PARAMS}}}")
+    assert within.state == TrialState.COMPLETE and within.constraints["params"] <= 0
+
+
+def test_the_first_epoch_over_max_epoch_seconds_ends_training_and_the_trial_is_not_the_best():
+    _, study, trial = _run("{max_epoch_seconds: 0.001}")
+    assert trial.state == TrialState.COMPLETE and trial.user_attrs[attrs.EPOCHS_RUN] == 1  # of 3
+    assert trial.constraints["epoch_seconds"] > 0
+    assert counts(study).best_value is None  # no feasible trial: no best, here or in Optuna
+    with pytest.raises(ValueError):
+        _ = study.best_trial
+    _, study, fine = _run("{max_epoch_seconds: 3600}")
+    assert fine.constraints["epoch_seconds"] < 0 and counts(study).best_trial == fine.number
+
+
+def test_peak_memory_is_recorded_against_its_limit():
+    _, _, over = _run("{max_peak_memory_mb: 1}")
+    assert over.state == TrialState.COMPLETE and over.constraints["peak_memory_mb"] > 0
+    _, _, under = _run("{max_peak_memory_mb: 1000000}")
+    assert under.constraints["peak_memory_mb"] < 0
+
+
+def test_tpe_sees_infeasible_trials_as_such():
+    """Optuna 5's TPE reads FrozenTrial.constraints: an infeasible trial ranks below every feasible one."""
+    spec = parse_spec(TWO_EPOCHS.replace("sampler: {name: random, seed: 0}", "sampler: tpe") +
+                      "constraints: {max_params: 1000}\n", name="tpe")
+    assert spec.constraints == {"max_params": 1000.0}
+    _, study, trial = _run("{max_params: 1000}")
+    frozen = study.get_trials(deepcopy=False)[0]
+    assert frozen.constraints == trial.constraints and sum(v for v in frozen.constraints.values() if v > 0) > 0
+
+
+def test_constraints_are_validated_and_hashed_only_when_set():
+    with pytest.raises(StudySpecError, match=r"constraints: unknown field.*max_flops"):
+        parse_spec(ONE_TRIAL_STUDY + "constraints: {max_flops: 10}\n", name="bad")
+    with pytest.raises(StudySpecError, match=r"constraints.max_params"):
+        parse_spec(ONE_TRIAL_STUDY + "constraints: {max_params: -5}\n", name="bad")
+    plain = parse_spec(ONE_TRIAL_STUDY, name="a")
+    assert plain.space_hash() == parse_spec(ONE_TRIAL_STUDY + "constraints: {}\n", name="a").space_hash()
+    assert plain.space_hash() != parse_spec(ONE_TRIAL_STUDY + "constraints: {max_params: 5}\n", name="a").space_hash()
