@@ -14,11 +14,13 @@ from models._builders import (
     BuilderChangedError,
     BuilderError,
     BuilderParams,
+    UserFunction,
     architecture,
     build,
     check_model,
     is_builder_reference,
     load_builder,
+    load_function,
 )
 from models._params import (
     ACTIVATIONS,
@@ -55,7 +57,9 @@ __all__ = [
     "get_preset",
     "count_params",
     "is_builder_reference",
+    "UserFunction",
     "load_builder",
+    "load_function",
 ]
 
 

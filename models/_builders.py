@@ -107,26 +107,46 @@ class Builder:
         return BuilderParams(self.reference, self.sha256, tuple(input_shape), num_classes, dict(knobs))
 
 
-_LOADED: dict[tuple[str, str], Builder] = {}  # (file, sha256) -> the builder loaded from that content
+_LOADED: dict[tuple[str, str, str], Builder] = {}  # (file, sha256, function) -> what was loaded from that content
 
 
-def load_builder(reference: str, *, sha256: str | None = None) -> Builder:
+@dataclass(frozen=True)
+class UserFunction:
+    """A function of the user's by reference ("file.py:function"), with its file and that file's sha256."""
+
+    reference: str
+    source: Path
+    sha256: str
+    function: Callable[..., Any] = field(repr=False, compare=False)
+
+
+def load_function(reference: str, *, sha256: str | None = None) -> UserFunction:
+    """Import any function of the user's the way a builder is imported (the same file rules, the same
+    guard against a file changed since the study was validated); BuilderError naming the fix."""
+    builder = load_builder(reference, sha256=sha256, read_knobs=False)
+    return UserFunction(builder.reference, builder.source, builder.sha256, builder.function)
+
+
+def load_builder(reference: str, *, sha256: str | None = None, read_knobs: bool = True) -> Builder:
     """Import the builder and read its knobs; BuilderError naming the file and the fix.
-    `sha256`: the content the study validated; a process that loaded it keeps building with it."""
+    `sha256`: the content the study validated; a process that loaded it keeps building with it.
+    read_knobs False: any function (load_function), its signature not held to a builder's contract."""
     location, attr = _split(reference)
     path = _source(location, reference)
-    if sha256 is not None and (str(path), sha256) in _LOADED:
-        return _LOADED[(str(path), sha256)]
+    cached = (str(path), sha256, attr if read_knobs else f"{attr}()")
+    if sha256 is not None and cached in _LOADED:
+        return _LOADED[cached]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if sha256 is not None and digest != sha256:
         raise BuilderChangedError(f"builder file {path} changed after the study was validated (sha256 "
                                   f"{sha256[:12]}, now {digest[:12]}); restart the worker, which then refuses a "
                                   "changed builder, or restore the file")
-    if (str(path), digest) not in _LOADED:
+    key = (str(path), digest, attr if read_knobs else f"{attr}()")
+    if key not in _LOADED:
         module = _import_file(path, digest) if _is_file(location) else _import_module(location, reference)
         function = _function(module, attr, reference)
-        _LOADED[(str(path), digest)] = Builder(reference, path, digest, function, _knobs(function, reference))
-    return _LOADED[(str(path), digest)]
+        _LOADED[key] = Builder(reference, path, digest, function, _knobs(function, reference) if read_knobs else {})
+    return _LOADED[key]
 
 
 def _is_file(location: str) -> bool:

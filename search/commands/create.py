@@ -39,6 +39,11 @@ def create(args: argparse.Namespace, settings: Settings, spec: StudySpec | None 
         check_builders(spec, input_shape=data.input_shape, num_classes=data.num_classes)
     elif data is not None and not spec.dataset_ref.named:
         _check_preset_fits(spec, data)
+    if spec.training:
+        # Keras loads here, and only for a study with training extras: they are called once to check them.
+        from search.trial import check_extras
+
+        check_extras(spec, dict(spec.fixed))  # the knobs a trial has before it samples any
     url = settings.store_url(args.storage)
     described = (data.description if data is not None
                  else dataset_spec(spec.dataset, label_mode=spec.label_mode).describe())

@@ -3,6 +3,7 @@ dataset (a name, or a location with reading options), as pydantic models of the 
 
 from __future__ import annotations
 
+import inspect
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
@@ -18,7 +19,7 @@ from pydantic import (
 )
 
 from data import DATASETS, DEFAULT_TEST_FRACTION, DatasetRef
-from models import PRESETS, Builder, BuilderError, load_builder
+from models import PRESETS, Builder, BuilderError, UserFunction, load_builder, load_function
 from search.spec._knobs import KNOBS, check_value, knob_problem, parameter_problem
 from search.spec._schema_types import Bool, Number, PositiveInt, Problem, Section
 
@@ -232,3 +233,39 @@ def dataset_value(value: Any) -> NamedDataset | DatasetLocation:
     if isinstance(value, (NamedDataset, DatasetLocation)):
         return value
     return _one_of(value, DatasetLocation, NamedDataset)
+
+
+class TrainingSection(Section):
+    """Your own training extras, functions of the trial's knobs (a dict of every searched and fixed
+    value), by "path/to/file.py:function" or "package.module:function", checked and hashed like a
+    builder: `callbacks(knobs)` returns a list of keras.callbacks.Callback that run after the
+    service's own (pruning, checkpoints, timing and early stopping always run; a callback of yours
+    that stops training is respected); `loss(knobs)` returns the Keras loss to compile with."""
+
+    callbacks: str | None = Field(None, description='"path/to/file.py:callbacks": callbacks(knobs) -> list of callbacks')
+    loss: str | None = Field(None, description='"path/to/file.py:loss": loss(knobs) -> a keras loss')
+    _loaded: dict[str, UserFunction] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _loads(self) -> TrainingSection:
+        for kind in ("callbacks", "loss"):
+            reference = getattr(self, kind)
+            if reference is None:
+                continue
+            try:
+                loaded = load_function(reference)
+            except BuilderError as exc:
+                raise Problem(str(exc).replace("builder ", "", 1), kind) from None
+            required = [p for p in inspect.signature(loaded.function).parameters.values()
+                        if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+            if len(required) != 1:
+                raise Problem(f"{reference} must take one argument, the trial's knobs: def {kind}(knobs): ...", kind)
+            self._loaded[kind] = loaded
+        return self
+
+    def references(self) -> dict[str, str]:
+        return {kind: fn.reference for kind, fn in self._loaded.items()}
+
+    def files(self) -> dict[str, str]:
+        """Each function's reference -> its file's sha256 (the drift guard hashes them)."""
+        return {fn.reference: fn.sha256 for fn in self._loaded.values()}

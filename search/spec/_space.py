@@ -41,6 +41,7 @@ class TrialConfig:
     model: ModelParams | BuilderParams
     train: TrainParams
     augment: AugmentParams | None
+    knobs: dict[str, Any] = dataclasses.field(default_factory=dict)  # every fixed and sampled value (user extras)
 
 
 def study_architecture(spec: StudySpec) -> Preset | Builder:
@@ -109,7 +110,8 @@ def trial_config(spec: StudySpec, values: dict[str, Any], *, input_shape, num_cl
     aug_values = {k: v for k, v in merged.items() if k in aug_fields}
     augment = dataclasses.replace(spec.augment, **aug_values)
     enabled = merged.get("augment", augment.enabled)
-    return TrialConfig(model=model, train=train, augment=augment if enabled and augment.enabled else None)
+    return TrialConfig(model=model, train=train, augment=augment if enabled and augment.enabled else None,
+                       knobs=merged)
 
 
 def check_builders(spec: StudySpec, *, input_shape: tuple[int, ...], num_classes: int) -> None:

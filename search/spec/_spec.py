@@ -82,6 +82,8 @@ class StudySpec:
     metric: str = "val_accuracy"  # the objective (OBJECTIVE_METRICS)
     top_k: int = DEFAULT_TOP_K  # val_top_k_accuracy's k
     constraints: dict[str, float] = field(default_factory=dict)  # max_params, ... -> limit (set ones only)
+    training: dict[str, str] = field(default_factory=dict)  # callbacks/loss -> the user's function reference
+    training_files: dict[str, str] = field(default_factory=dict)  # each such reference -> its file's sha256
     warm_start: tuple[dict[str, Any], ...] = ()
     val_fraction: float = 0.1
     seed: int = 0
@@ -133,6 +135,8 @@ class StudySpec:
         fields["dataset"] = self.dataset_ref.study_value()  # a name, as it always was; else the mapping
         if self.builder_files:
             fields["builder_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.builder_files.items()}
+        if self.training_files:
+            fields["training_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.training_files.items()}
         # Only when not the default, so that the studies written before them keep their hash.
         fields.update({k: getattr(self, k) for k, default in _HASHED_IF_SET.items() if getattr(self, k) != default})
         return fields

@@ -33,6 +33,7 @@ from search.spec._schema_sources import (
     DatasetLocation,
     NamedDataset,
     PresetArchitecture,
+    TrainingSection,
     architecture_value,
     dataset_value,
 )
@@ -88,6 +89,7 @@ class StudyFile(Section):
     early_stopping: EarlyStopping = Field(default_factory=EarlyStopping)
     objective: Objective = Field(default_factory=Objective)
     constraints: Constraints = Field(default_factory=Constraints)
+    training: TrainingSection = Field(default_factory=TrainingSection)
     data: DataSection = Field(default_factory=DataSection)
     seed: NonNegativeInt = Field(0, description="seeds the split, the sampler (plus the worker index) and training")
     feature_cache: FeatureCacheSection | None = Field(None, json_schema_extra=lambda s: s["anyOf"].append(

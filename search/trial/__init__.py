@@ -6,6 +6,7 @@ Importing it loads Keras: only the worker's session (search.worker, after placem
 """
 
 from search.trial._checkpoints import Checkpoints, StopRequest
+from search.trial._extras import check_extras
 from search.trial._features import ensure_features, full_model, trial_builder
 from search.trial._objective import Objective
 from search.trial._train import FitOptions, ModelBuilder, TrainResult, freeze_setup, image_model, release, train
@@ -17,6 +18,7 @@ __all__ = [
     "Objective",
     "StopRequest",
     "TrainResult",
+    "check_extras",
     "ensure_features",
     "freeze_setup",
     "full_model",

@@ -21,6 +21,7 @@ from models import BuilderError, BuilderParams, build
 from search.errors import FATAL, FailReason, TrialFailure
 from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig
 from search.trial._constraints import architecture_params
+from search.trial._extras import extras_of, user_callbacks, user_loss
 from search.trial._metrics import BalancedAccuracy, MacroF1
 from search.trial._recipe import make_loss, make_optimizer, recipe_callbacks, steps_per_epoch
 
@@ -157,12 +158,14 @@ class FitOptions:
     verbose: int = 0  # Keras's own progress output (1: a bar, for the base training on a terminal)
     metric: str = "val_accuracy"  # the objective: early stopping, pruning and the trial's value follow it
     top_k: int = DEFAULT_TOP_K
+    extras: dict[str, tuple[str, str]] = field(default_factory=dict)  # the study's training: {kind: (ref, sha256)}
 
     @classmethod
     def for_study(cls, spec: StudySpec, **changes: object) -> FitOptions:
         """The study's options (epochs, patience, precision, XLA, objective metric), with `changes` on top."""
         return dataclasses.replace(cls(max_epochs=spec.max_epochs, patience=spec.patience, precision=spec.precision,
-                                       jit_compile=spec.jit_compile, metric=spec.metric, top_k=spec.top_k),
+                                       jit_compile=spec.jit_compile, metric=spec.metric, top_k=spec.top_k,
+                                       extras=extras_of(spec)),
                                    **changes)
 
     @property
@@ -188,7 +191,7 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
             splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=options.max_epochs,
             validation_data=(splits.x_val, splits.y_val), verbose=options.verbose,
             callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *recipe_callbacks(cfg.train, options.metric),
-                       *callbacks, stop],
+                       *callbacks, *user_callbacks(options.extras, cfg.knobs), stop],
         )
         seconds = time.perf_counter() - started
         accs = [a if math.isfinite(a) else 0.0 for a in history.history.get("val_accuracy", [])]
@@ -243,7 +246,8 @@ def compiled_model(cfg: TrialConfig, splits: Splits, seed: int, make_model: Mode
         model = float32_output((make_model or image_model())(cfg, splits, seed))
         batches = steps_per_epoch(len(splits.y_train), cfg.train.batch_size)
         # Accuracy against the integer labels, whatever the loss (label smoothing one-hot encodes inside it).
-        model.compile(optimizer=make_optimizer(cfg.train, batches, options.max_epochs), loss=make_loss(cfg.train),
+        loss = user_loss(options.extras, cfg.knobs) or make_loss(cfg.train)
+        model.compile(optimizer=make_optimizer(cfg.train, batches, options.max_epochs), loss=loss,
                       metrics=objective_metrics(options, splits.num_classes),
                       jit_compile=True if options.jit_compile else "auto",
                       steps_per_execution=steps_per_execution(options.steps, architecture_params(model), batches))
