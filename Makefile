@@ -33,7 +33,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current up down clean require-name
+.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -85,9 +85,13 @@ test-tools:
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	  || { echo "the tests need: $$missing (apt-get install $$missing)"; exit 1; }
 
+# The suite in two runs: everything but tests/e2e on both cores (pytest-xdist, a test file per worker, so a
+# file's tests never race each other), then the end-to-end studies one at a time (they start worker
+# processes of their own and time heartbeats).
 test: $(STAMP) test-tools ## the import contract (pyproject.toml, [tool.importlinter]), then the whole test suite
 	$(VENV)/bin/lint-imports
-	$(PY) -m pytest -q --durations=15
+	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=10
+	$(PY) -m pytest -q -m slow --durations=15
 
 test-faults: $(STAMP) ## only the fault matrix on PostgreSQL (README, "Reliability"); make test runs it too
 	$(PY) -m pytest -q tests/e2e/test_service.py tests/e2e/test_faults.py
@@ -112,6 +116,9 @@ bench-decode: $(STAMP) ## decode 100,000 generated 64x64 images of one's own: pe
 
 bench-breakdown: $(STAMP) ## where a trial's time goes (simple_cnn smoke, fc_head-like, full data) and what each overhead change saves; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.breakdown --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
+
+bench-pareto: $(STAMP) ## a two-objective study pruned on its first objective vs not pruned: epochs and the Pareto front's best accuracy; appends to BENCHMARKS.md
+	$(PY) -m benchmarks.pareto --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
 
 bench-current: $(STAMP) ## rewrite BENCHMARKS.md's current-figures table from its history (every bench target does this too)
 	$(PY) -m benchmarks.current

@@ -57,13 +57,19 @@ class BuilderParams:
 
 
 @dataclass(frozen=True)
-class Builder:
-    """A loaded builder: its function, the file it came from, that file's sha256, and its knobs."""
+class UserFunction:
+    """A function of the user's by reference ("file.py:function"), with its file and that file's sha256."""
 
     reference: str
     source: Path
     sha256: str
     function: Callable[..., Any] = field(repr=False, compare=False)
+
+
+@dataclass(frozen=True)
+class Builder(UserFunction):
+    """A loaded builder: a user's function whose keyword-only parameters are its knobs."""
+
     knobs: dict[str, Any] = field(default_factory=dict)  # keyword-only parameter -> default
 
     family = "user"
@@ -110,21 +116,10 @@ class Builder:
 _LOADED: dict[tuple[str, str, str], Builder] = {}  # (file, sha256, function) -> what was loaded from that content
 
 
-@dataclass(frozen=True)
-class UserFunction:
-    """A function of the user's by reference ("file.py:function"), with its file and that file's sha256."""
-
-    reference: str
-    source: Path
-    sha256: str
-    function: Callable[..., Any] = field(repr=False, compare=False)
-
-
 def load_function(reference: str, *, sha256: str | None = None) -> UserFunction:
     """Import any function of the user's the way a builder is imported (the same file rules, the same
     guard against a file changed since the study was validated); BuilderError naming the fix."""
-    builder = load_builder(reference, sha256=sha256, read_knobs=False)
-    return UserFunction(builder.reference, builder.source, builder.sha256, builder.function)
+    return load_builder(reference, sha256=sha256, read_knobs=False)
 
 
 def load_builder(reference: str, *, sha256: str | None = None, read_knobs: bool = True) -> Builder:

@@ -11,7 +11,7 @@ from search.spec._load import available_studies, load_spec, parse_spec, profiles
 from search.spec._schema import CONSTRAINTS, DEFAULT_TOP_K, OBJECTIVE_METRICS
 from search.spec._space import TrainParams, TrialConfig, check_builders, suggest, trial_config
 from search.spec._spec import PRECISIONS, STUDIES_DIR, Dimension, FeatureCacheSpec, StudySpec
-from search.spec._strategies import make_pruner, make_sampler
+from search.spec._strategies import PRUNERS, make_pruner, make_sampler
 from search.spec._study_file import StudyFile, study_json_schema
 
 __all__ = [
@@ -21,6 +21,7 @@ __all__ = [
     "OBJECTIVE_METRICS",
     "LR_SCHEDULES",
     "OPTIMIZERS",
+    "PRUNERS",
     "PRECISIONS",
     "Dimension",
     "FeatureCacheSpec",

@@ -128,8 +128,9 @@ PRUNERS: dict[str, Strategy] = {
                           managed=frozenset({"max_resource"}), multi_objective=False, check=_hyperband_brackets),
     "successive_halving": Strategy(optuna.pruners.SuccessiveHalvingPruner, {"min_resource": 1, "reduction_factor": 3},
                                    multi_objective=False),
-    "median": Strategy(optuna.pruners.MedianPruner, {"n_startup_trials": 5, "n_warmup_steps": 1},
-                       multi_objective=False),
+    # With a second objective, the median rule runs on the first objective's curve
+    # (search/trial/_pareto_pruning.py): Optuna's own pruners cannot see it there.
+    "median": Strategy(optuna.pruners.MedianPruner, {"n_startup_trials": 5, "n_warmup_steps": 1}),
     "none": Strategy(optuna.pruners.NopPruner),
 }
 REGISTRIES = {"sampler": SAMPLERS, "pruner": PRUNERS}

@@ -18,10 +18,11 @@ from optuna_integration import KerasPruningCallback
 from data import Splits
 from search.errors import TrialFailure, TrialLost, WorkerStopping
 from search.runtime import code_version, device
-from search.spec import StudySpec, TrialConfig, suggest, trial_config
+from search.spec import PRUNERS, StudySpec, TrialConfig, suggest, trial_config
 from search.study import fresh_trial, store_seconds
 from search.trial._checkpoints import Checkpoints, ResumableBackup, StopRequest
 from search.trial._constraints import ConstraintWatch, Infeasible, record_constraints
+from search.trial._pareto_pruning import FirstObjectivePruning
 from search.trial._timing import PhaseCallback, TrialTimer, timed_builder
 from search.trial._train import FitOptions, ModelBuilder, TrainResult, image_model, release, train
 from storage import attrs
@@ -114,6 +115,11 @@ class Objective:
                                                      TrialGuard(trial, self.stop, after_checkpoint=False)]
         if self.spec.second_objective is None:
             callbacks.append(KerasPruningCallback(trial, self.fit.metric))
+        elif self.spec.pruner == "median":
+            options = {**PRUNERS["median"].defaults, **self.spec.pruner_options}
+            callbacks.append(FirstObjectivePruning(trial, self.fit.metric, minimize=self.spec.direction == "minimize",
+                                                   n_startup_trials=options["n_startup_trials"],
+                                                   n_warmup_steps=options["n_warmup_steps"]))
         try:
             if self.checkpoints is None:
                 result = self._train(trial, cfg, callbacks, timer)

@@ -19,18 +19,18 @@ from helpers.synthetic import FEATURE_STUDY
 def test_smoke_study_two_workers_on_the_embedded_store(tmp_path, shared_datasets, shared_cache):
     env = {"DATA_DIR": str(shared_datasets), "DATA_CACHE": str(shared_cache)}
     store = f"journal://{tmp_path / 'studies.journal'}"
-    run = run_cli("run", "simple_cnn", "--workers", "2", "--profile", "smoke", "--trials", "6", "--storage", store,
+    run = run_cli("run", "simple_cnn", "--workers", "2", "--profile", "smoke", "--trials", "4", "--storage", store,
                "--poll", "0.5", env=env)
     assert run.returncode == 0, run.stderr[-3000:]
-    assert "[study simple_cnn] 6/6 finished" in run.stdout
+    assert "[study simple_cnn] 4/4 finished" in run.stdout
     assert "epoch 1/2 val_accuracy=" in run.stderr
     assert "database is locked" not in run.stderr and "Traceback" not in run.stderr
     status = json.loads(run_cli("status", "simple_cnn", "--json", "--storage", store).stdout)
-    assert status["n_complete"] + status["n_pruned"] + status["n_fail"] == 6
+    assert status["n_complete"] + status["n_pruned"] + status["n_fail"] == 4
     assert status["n_running"] == 0 and status["n_fail"] == 0
     assert 0.1 < status["best_value"] < 1
     # Running again with the budget met does nothing and duplicates nothing.
-    again = run_cli("run", "simple_cnn", "--workers", "2", "--profile", "smoke", "--trials", "6", "--storage", store,
+    again = run_cli("run", "simple_cnn", "--workers", "2", "--profile", "smoke", "--trials", "4", "--storage", store,
                  env=env)
     assert again.returncode == 0
     assert json.loads(run_cli("status", "simple_cnn", "--json", "--storage", store).stdout)["n_complete"] == status["n_complete"]

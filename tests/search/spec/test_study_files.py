@@ -95,8 +95,9 @@ BAD_CASES = {
                           r"budget: unknown field\(s\) \['trails'\]; allowed: \[.*'trials'"),
     "python object tag": ("!!python/object/apply:os.system ['touch /tmp/pwned-by-yaml']\n",
                           r"<study>: YAML tag not allowed .*; study files are plain data"),
-    "pruning with two objectives": (GOOD + "objective: {second: params}\n", r"pruner: pruning needs one objective; "
-                                    r"with objective.second set, use pruner: none"),
+    "hyperband with two objectives": (GOOD + "objective: {second: params}\npruner: hyperband\n",
+                                      r"pruner: pruning needs one objective; with objective.second set, use pruner: "
+                                      r"median or none"),
     "one-objective sampler with two": (GOOD + "objective: {second: params}\npruner: none\nsampler: cmaes\n",
                                        r"sampler: cmaes handles one objective; use one of tpe, random"),
     "missing space": ("architecture: s000_model_1\ndataset: cifar10\n", r"space: missing; give the searched knobs"),
