@@ -139,6 +139,12 @@ HEADLINES: tuple[Headline, ...] = (
      "template": "{images} {size} JPGs at {rate}; peak RSS {ratio} the decoded arrays", "goal": GOAL},
     {"name": "bench-breakdown", "title": r"^bench-breakdown:", "figure": breakdown_figure},
     {"name": "bench-gpu", "title": r"^bench-gpu:", "figure": gpu_figure},
+    {"name": "bench-pareto", "title": r"^bench-pareto:",
+     "figure": r"^  pruned / not pruned: (?P<ratio>[\d.]+x) the epochs \(mean of seeds\); Pareto front's best "
+               r"accuracy (?P<delta>[+-][\d.]+) \(mean difference\)",
+     "template": "a two-objective study pruned on its first objective: {ratio} the epochs, Pareto front's best "
+                 "accuracy {delta}",
+     "fixed_goal": "fewer epochs, the front's best accuracy kept"},
     {"name": "fc_head, 100 trials on the CPU (by hand)", "title": r"^fc_head, 100",
      "figure": r"^trial time, first start to last finish[^\n]*?:\s+(?P<time>[\d.]+ min) for (?P<trials>\d+) trials"
                r".*?^peak resident memory, largest process[^\n]*?= (?P<rss>[\d.]+ GiB)"

@@ -55,7 +55,9 @@ def run(splits, *, seed: int, pruner: str, trials: int, epochs: int) -> Run:
     started = time.perf_counter()
     study.optimize(Objective(spec, splits), n_trials=trials, catch=(TrialFailure,))
     seconds = time.perf_counter() - started
-    spent = sum(len(t.user_attrs.get(attrs.OBJECTIVE_CURVE, ())) for t in study.trials)
+    # A pruned trial's epochs are its curve's (the median pruner records it); the others ran EPOCHS_RUN.
+    spent = sum(len(t.user_attrs[attrs.OBJECTIVE_CURVE]) if t.state == optuna.trial.TrialState.PRUNED
+                else t.user_attrs.get(attrs.EPOCHS_RUN, 0) for t in study.trials)
     front = max(t.values[0] for t in study.best_trials)
     return Run(spent, seconds, front, sum(t.state == optuna.trial.TrialState.PRUNED for t in study.trials))
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.pareto")
     parser.add_argument("--data-dir", default="../shared/datasets")
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--trials", type=int, default=16)
     parser.add_argument("--epochs", type=int, default=5)
     parser.add_argument("--max-train", type=int, default=2_000)
