@@ -58,7 +58,24 @@ class CostPoints:
 
 
 def _finished(study: optuna.Study) -> list[FrozenTrial]:
-    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values]
+    """Complete trials within every constraint the study set (the ones Optuna's best trial is among)."""
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values
+            and all(c <= 0.0 for c in t.constraints.values())]
+
+
+OBJECTIVE_NAMES = {"val_accuracy": "validation accuracy", "val_loss": "validation loss",
+                   "val_top_k_accuracy": "validation top-k accuracy", "val_macro_f1": "validation macro-F1",
+                   "val_balanced_accuracy": "validation balanced accuracy"}
+
+
+def objective_name(study: optuna.Study) -> str:
+    """What objective 0 is, in words (the study's metric; validation accuracy by default)."""
+    return OBJECTIVE_NAMES.get((study.user_attrs.get(STUDY_SPEC) or {}).get("metric", "val_accuracy"), "objective")
+
+
+def sign(study: optuna.Study) -> float:
+    """+1 when objective 0 is maximised, -1 when minimised: sign x value is 'higher is better'."""
+    return -1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else 1.0
 
 
 def second_objective(study: optuna.Study) -> str | None:
@@ -83,7 +100,7 @@ def curves(study: optuna.Study) -> Curves:
 
 
 def _front(points: list[tuple[int, float, float]]) -> list[int]:
-    """Trials not dominated (higher accuracy, lower cost)."""
+    """Trials not dominated (a better objective 0, as 'higher is better', and a lower cost)."""
     front = []
     for n, acc, cost in points:
         if not any(a >= acc and c <= cost and (a > acc or c < cost) for _, a, c in points):
@@ -95,12 +112,13 @@ def cost_points(study: optuna.Study) -> CostPoints:
     done = [t for t in _finished(study) if N_PARAMS in t.user_attrs]
     pts = CostPoints([t.number for t in done], [t.values[0] for t in done],
                      {attr: [float(t.user_attrs.get(attr, 0.0)) for t in done] for attr in COSTS})
-    pts.fronts = {axis: _front(list(zip(pts.trials, pts.accuracy, xs))) for axis, xs in pts.costs.items()}
+    better = [sign(study) * v for v in pts.accuracy]
+    pts.fronts = {axis: _front(list(zip(pts.trials, better, xs))) for axis, xs in pts.costs.items()}
     return pts
 
 
 def top_trials(study: optuna.Study, k: int = 10) -> list[dict[str, Any]]:
-    done = sorted(_finished(study), key=lambda t: -t.values[0])[:k]
+    done = sorted(_finished(study), key=lambda t: -sign(study) * t.values[0])[:k]
     return [{"trial": t.number, "value": round(t.values[0], 4), "epochs": t.user_attrs.get(EPOCHS_RUN),
              "params": t.params} for t in done]
 
@@ -126,17 +144,17 @@ def stopped(study: optuna.Study) -> str | None:
 def best_vs_epochs(study: optuna.Study) -> tuple[list[int], list[float]]:
     """The best objective value so far (validation accuracy unless the study names another metric)
     against cumulative epochs trained, in trial order."""
-    sign = -1.0 if study.directions[0] == optuna.study.StudyDirection.MINIMIZE else 1.0
+    sign_ = sign(study)
     xs, ys, total, best = [], [], 0, -math.inf
     for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
         total += max(len(t.intermediate_values), int(t.user_attrs.get(EPOCHS_RUN, 0)))
         if t.state == TrialState.COMPLETE and t.values and all(c <= 0.0 for c in t.constraints.values()):
-            best = max(best, sign * t.values[0])  # the best feasible value
+            best = max(best, sign_ * t.values[0])  # the best feasible value
         if best > -math.inf:
             xs.append(total)
-            ys.append(sign * best)
+            ys.append(sign_ * best)
     return xs, ys
 
 

@@ -1,7 +1,7 @@
 """The figures optuna.visualization draws for us: optimization history, parameter importances,
 parallel coordinates, slices and, for a two-objective study, the Pareto front.
 
-They plot validation accuracy, objective 0. A two-objective study (accuracy, cost) passes it as
+They plot objective 0 (validation accuracy unless the study names another metric). A two-objective study (accuracy, cost) passes it as
 `target`, so optuna plots accuracy alone; optuna then draws no best-so-far line, since it cannot
 tell which way a target improves. Only the layout is ours (size, margins, titles)."""
 
@@ -18,11 +18,11 @@ import plotly.graph_objects as go
 from optuna.trial import FrozenTrial, TrialState
 
 from dashboards._draw import COST_TITLES, LAYOUT
+from dashboards._records import objective_name, sign
 from storage.attrs import N_PARAMS
 
 logger = logging.getLogger(__name__)
 
-ACCURACY = "validation accuracy"
 # Optuna pins the parallel-coordinates title to the top edge of the plot area, on the top tick
 # labels of the axes; a taller top margin with the title pinned near the top of the whole
 # figure keeps them apart.
@@ -40,8 +40,8 @@ def _accuracy(trial: FrozenTrial) -> float:
 
 def _target(study: optuna.Study) -> dict[str, Any]:
     if len(study.directions) == 1:
-        return {"target_name": ACCURACY}
-    return {"target": _accuracy, "target_name": ACCURACY}
+        return {"target_name": objective_name(study)}
+    return {"target": _accuracy, "target_name": objective_name(study)}
 
 
 def _styled(fig: go.Figure, title: str) -> go.Figure:
@@ -75,12 +75,14 @@ def importances(study: optuna.Study) -> go.Figure:
 
 
 def _plot_importances(study: optuna.Study) -> go.Figure:
+    name = objective_name(study)
     if len(study.directions) == 1:
-        return vis.plot_param_importances(study, target_name=ACCURACY)
-    # PED-ANOVA takes low targets as good: accuracy is negated (importances themselves are >= 0).
+        return vis.plot_param_importances(study, target_name=name)
+    # PED-ANOVA takes low targets as good: a maximised objective is negated (importances are >= 0).
+    flip = sign(study)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*low `target` values", category=UserWarning)
-        return vis.plot_param_importances(study, target=lambda t: -_accuracy(t), target_name=ACCURACY)
+        return vis.plot_param_importances(study, target=lambda t: -flip * _accuracy(t), target_name=name)
 
 
 def ranked(importances_fig: go.Figure) -> list[str]:
@@ -103,5 +105,6 @@ def pareto(study: optuna.Study, second: str | None) -> go.Figure:
     """Accuracy against the study's second objective (an attribute of _records.COSTS, None if
     unknown), the Pareto front highlighted."""
     cost = COST_TITLES.get(second or "", "objective 1")
-    fig = _styled(vis.plot_pareto_front(study, target_names=[ACCURACY, cost]), f"Pareto front: accuracy and {cost}")
+    fig = _styled(vis.plot_pareto_front(study, target_names=[objective_name(study), cost]),
+                  f"Pareto front: {objective_name(study)} and {cost}")
     return fig.update_layout(yaxis_type="log") if second == N_PARAMS else fig

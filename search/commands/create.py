@@ -43,7 +43,7 @@ def create(args: argparse.Namespace, settings: Settings, spec: StudySpec | None 
         # Keras loads here, and only for a study with training extras: they are called once to check them.
         from search.trial import check_extras
 
-        check_extras(spec, dict(spec.fixed))  # the knobs a trial has before it samples any
+        check_extras(spec, spec.representative_knobs())
     url = settings.store_url(args.storage)
     described = (data.description if data is not None
                  else dataset_spec(spec.dataset, label_mode=spec.label_mode).describe())

@@ -118,6 +118,11 @@ class StudySpec:
         """The objective metric's: val_loss is minimised, every other metric maximised."""
         return "minimize" if self.metric == "val_loss" else "maximize"
 
+    def representative_knobs(self) -> dict[str, Any]:
+        """The fixed values and, for each searched knob, its first choice or its low end: a trial's knobs
+        as `create` calls the study's own training functions with them, once."""
+        return {**{d.name: d.choices[0] if d.choices else d.low for d in self.space}, **self.fixed}
+
     def classes_problem(self, num_classes: int) -> str | None:
         """What the objective cannot do with this many classes (None: nothing)."""
         if self.metric == "val_top_k_accuracy" and self.top_k >= num_classes:

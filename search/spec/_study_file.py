@@ -41,6 +41,9 @@ from search.spec._schema_types import Bool, FailureStreak, NonNegativeInt, Probl
 from search.spec._spec import PRECISIONS
 from search.spec._strategies import objectives_problem
 
+# The schedules whose rate a missing knob would ruin (ExponentialDecay with rate 0 is 0 after one decay step).
+NEEDS = {"step": ("decay_rate", "decay_epochs"), "exponential": ("decay_rate",)}
+
 logger = logging.getLogger(__name__)
 
 
@@ -193,6 +196,9 @@ class StudyFile(Section):
             raise Problem(found[1], found[0])
         self._schedule_knobs_have_their_schedule()
         self._objective_fits_the_classes()
+        if self.training.loss and ("label_smoothing" in self.space or "label_smoothing" in self.fixed):
+            raise Problem("the study's own training.loss replaces the built-in loss, which is what label_smoothing "
+                          "smooths; smooth the labels in your loss instead", "training", "loss")
         self.sampler.check_builds(self.budget.max_epochs)
         self.pruner.check_builds(self.budget.max_epochs)
         return self
@@ -214,6 +220,12 @@ class StudyFile(Section):
         study may pick reads it would silently change nothing."""
         entry = self.space.get("lr_schedule")
         schedules = set(entry.choices or ()) if entry is not None else {self.fixed.get("lr_schedule", "constant")}
+        for schedule in sorted(map(str, schedules) & NEEDS.keys()):
+            missing = [k for k in NEEDS[schedule] if k not in self.space and k not in self.fixed]
+            if missing:
+                where = ("space", "lr_schedule") if entry is not None else ("fixed", "lr_schedule")
+                raise Problem(f"lr_schedule {schedule} needs {' and '.join(missing)} (without, the rate would drop "
+                              f"to 0 at the first decay); add it to fixed or to the space", *where)
         for section, knobs in (("space", self.space), ("fixed", self.fixed)):
             for knob in knobs:
                 if knob in SCHEDULE_KNOBS and not any(knob in LR_SCHEDULES.get(s, ()) for s in schedules):

@@ -1,8 +1,12 @@
 """A study's hard limits (`constraints:` in the study file), watched while a trial trains.
 
 Each quantity is checked as early as it is known: the architecture's parameters before the first
-step (a model over `max_params` is never trained), an epoch's seconds at its end (the first epoch
-over `max_epoch_seconds` ends the training), the worker's peak memory at each epoch end. The trial
+step (a model over `max_params` is never trained); an epoch's seconds (training and validation) at
+its end, from the second epoch of an attempt on, since the first also traces and compiles the train
+and validation steps (an attempt of one epoch records it anyway), the first epoch over
+`max_epoch_seconds` ending the training; the memory the trial's training holds above what the
+worker held as it began (the GPU allocator's bytes in use, or the process's resident set on a CPU),
+sampled at each epoch end, never the process's lifetime peak, which an earlier trial may have set. The trial
 records every limited quantity through Optuna's constraint API (`trial.set_constraint`, value =
 observed - limit, feasible when <= 0): TPE and NSGA-II read it and steer away from infeasible
 regions, and Optuna's best trial (status, report, evaluate) is the best feasible one.
@@ -33,10 +37,10 @@ def architecture_params(model: keras.Model) -> int:
     return sum(count_params(m)[0] for m in nested) if nested else count_params(model)[0]
 
 
-def peak_memory_mib() -> float:
-    """The accelerator allocator's peak on a GPU; this process's resident memory on a CPU."""
+def memory_in_use_mib() -> float:
+    """The accelerator allocator's bytes in use on a GPU; this process's resident memory on a CPU."""
     gpu = accelerator_memory_mib()
-    return gpu[1] if gpu is not None else rss_mib()
+    return gpu[0] if gpu is not None else rss_mib()
 
 
 class ConstraintWatch(keras.callbacks.Callback):
@@ -50,6 +54,8 @@ class ConstraintWatch(keras.callbacks.Callback):
         self.limits = limits
         self.observed: dict[str, float] = {}
         self._started = 0.0
+        self._baseline = 0.0
+        self._first_epoch: int | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
         if "max_params" in self.limits:
@@ -57,15 +63,22 @@ class ConstraintWatch(keras.callbacks.Callback):
             if self.observed["params"] > self.limits["max_params"]:
                 raise Infeasible(f"{self.observed['params']:,.0f} parameters, over max_params "
                                  f"{self.limits['max_params']:,.0f}: not trained")
-        self._memory()
+        if "max_peak_memory_mb" in self.limits:
+            self._baseline = memory_in_use_mib()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         seconds = time.perf_counter() - self._started
-        self.observed["epoch_seconds"] = max(self.observed.get("epoch_seconds", 0.0), seconds)
         self._memory()
+        if self._first_epoch is None:
+            self._first_epoch = epoch  # it compiled the steps: judged only if no other epoch follows
+            self.observed["epoch_seconds"] = seconds
+            return
+        if self._first_epoch == epoch - 1:
+            self.observed["epoch_seconds"] = seconds  # the first epoch's compile time is not the trial's pace
+        self.observed["epoch_seconds"] = max(self.observed["epoch_seconds"], seconds)
         limit = self.limits.get("max_epoch_seconds")
         if limit is not None and seconds > limit:
             logger.warning("epoch %d took %.1fs, over max_epoch_seconds %.1f: training ends, the trial is "
@@ -74,7 +87,8 @@ class ConstraintWatch(keras.callbacks.Callback):
 
     def _memory(self) -> None:
         if "max_peak_memory_mb" in self.limits:
-            self.observed["peak_memory_mb"] = max(self.observed.get("peak_memory_mb", 0.0), peak_memory_mib())
+            held = max(memory_in_use_mib() - self._baseline, 0.0)
+            self.observed["peak_memory_mb"] = max(self.observed.get("peak_memory_mb", 0.0), held)
 
     def violations(self) -> dict[str, float]:
         """Each limited quantity measured so far, as observed - limit (feasible when <= 0)."""

@@ -66,7 +66,8 @@ def check_extras(spec: StudySpec, knobs: dict[str, Any]) -> None:
             value = _call(kind, references, knobs)
         except Exception as exc:  # noqa: BLE001 - the user's code: any error is reported at its field
             raise StudySpecError(f"training.{kind}", f"{references[kind][0]} raised {type(exc).__name__}: {exc} "
-                                 f"when called with the study's default knobs {knobs}") from None
+                                 f"when called with the knobs {knobs} (the fixed values, and each searched "
+                                 "knob's first choice or low end)") from None
         problem = PROBLEMS[kind](value)
         if problem:
             raise StudySpecError(f"training.{kind}", f"{references[kind][0]} {problem}")

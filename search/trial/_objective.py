@@ -131,6 +131,9 @@ class Objective:
             record(trial, {attrs.INFEASIBLE: str(why)})
             logger.info("trial %d is infeasible: %s", trial.number, why)
             raise optuna.TrialPruned(str(why)) from None
+        except optuna.TrialPruned:
+            record_constraints(trial, watch)  # a pruned trial is a sampler's evidence too, feasible or not
+            raise
         finally:
             timer.switch("cleanup")
             release()

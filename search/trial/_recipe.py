@@ -101,10 +101,16 @@ def make_loss(train: TrainParams) -> str | keras.losses.Loss:
 
 
 def recipe_callbacks(train: TrainParams, monitor: str = "val_accuracy") -> list[keras.callbacks.Callback]:
-    """What the schedule needs beside the optimiser: ReduceLROnPlateau for `plateau`."""
+    """What the recipe needs beside the optimiser, placed before early stopping: with `ema`, Keras's
+    SwapEMAWeights validates each epoch on the averaged weights and leaves them in the model at the
+    epoch's end (so the trial is scored on them, and early stopping keeps them); ReduceLROnPlateau for
+    `plateau`, on the objective metric."""
+    callbacks: list[keras.callbacks.Callback] = []
+    if train.ema:
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
     if train.lr_schedule != "plateau":
-        return []
-    return [keras.callbacks.ReduceLROnPlateau(
+        return callbacks
+    return [*callbacks, keras.callbacks.ReduceLROnPlateau(
         monitor=monitor, mode="min" if monitor == "val_loss" else "max", factor=train.plateau_factor,
         patience=train.plateau_patience, min_lr=train.learning_rate * train.min_lr_fraction)]
 

@@ -8,9 +8,9 @@ import json
 
 import optuna
 import pytest
-
 from helpers.datasets import write_npz
 from helpers.processes import run_cli
+
 from storage import open_storage
 
 RECIPE_STUDY = """

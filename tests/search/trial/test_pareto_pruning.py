@@ -41,6 +41,23 @@ def test_a_trial_below_the_median_of_the_finished_curves_is_pruned():
     assert stalled.user_attrs[attrs.OBJECTIVE_CURVE][0] < statistics.median(firsts)  # the median rule
 
 
+def test_a_resumed_attempt_continues_its_lineages_curve_and_a_non_finite_value_is_pruned():
+    import optuna
+    import pytest
+
+    from search.trial._pareto_pruning import FirstObjectivePruning
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    trial = study.ask()
+    trial.set_user_attr(attrs.OBJECTIVE_CURVE, [0.5, 0.6, 0.2])  # inherited: the attempt before ran 3 epochs
+    callback = FirstObjectivePruning(trial, "val_accuracy", minimize=False, n_startup_trials=5, n_warmup_steps=0)
+    callback.on_train_begin()
+    callback.on_epoch_end(2, {"val_accuracy": 0.7})  # resumed from epoch 2's checkpoint
+    assert trial.user_attrs[attrs.OBJECTIVE_CURVE] == [0.5, 0.6, 0.7]
+    with pytest.raises(optuna.TrialPruned, match="nan at epoch 4"):
+        callback.on_epoch_end(3, {"val_accuracy": float("nan")})
+
+
 def test_nothing_is_pruned_before_enough_trials_finished():
     spec, study = memory_study(TWO_OBJECTIVES.replace("n_startup_trials: 2", "n_startup_trials: 3"), name="pareto")
     study.optimize(Objective(spec, easy_splits(600, 200)), n_trials=3)

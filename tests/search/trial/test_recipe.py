@@ -3,16 +3,24 @@ weight decay, clipping and EMA, label smoothing; and their study-file syntax."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
-
 from helpers.synthetic import ONE_TRIAL_STUDY, easy_splits
+
 from search import StudySpecError, load_spec, parse_spec, trial_config
 from search.spec import TrainParams
 from search.trial import FitOptions, train
-from search.trial._recipe import (LinearWarmup, SparseSmoothedCrossentropy, learning_rate, make_loss, make_optimizer,
-                                  recipe_callbacks)
+from search.trial._recipe import (
+    LinearWarmup,
+    SparseSmoothedCrossentropy,
+    learning_rate,
+    make_loss,
+    make_optimizer,
+    recipe_callbacks,
+)
 
 
 def _rate(schedule, step: int) -> float:
@@ -73,6 +81,32 @@ def test_constant_and_plateau_keep_a_plain_rate_and_plateau_adds_its_callback():
     # It follows the objective metric, which Keras cannot always tell the direction of by its name.
     assert [recipe_callbacks(plateau, m)[0].mode for m in ("val_accuracy", "val_macro_f1", "val_loss")] == [
         "max", "max", "min"]
+
+
+def test_ema_scores_the_trial_on_the_averaged_weights():
+    """Keras's SwapEMAWeights validates on the moving average and leaves it in the model: a short
+    training whose average still lags far behind scores differently from the raw weights."""
+    splits = easy_splits(600, 200)
+    spec = parse_spec(ONE_TRIAL_STUDY, name="ema")
+    results = {}
+    for ema in (False, True):
+        cfg = trial_config(spec, {}, input_shape=splits.input_shape, num_classes=10)
+        cfg = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, ema=ema, learning_rate=0.003))
+        results[ema], model = train(cfg, splits, FitOptions(max_epochs=3, patience=3), seed=0)
+    assert any(isinstance(c, keras.callbacks.SwapEMAWeights) for c in recipe_callbacks(TrainParams(ema=True)))
+    # 57 steps at momentum 0.99: the average is still near the initial weights while the raw ones learned.
+    assert results[True].curve != results[False].curve
+    assert max(results[True].curve) < max(results[False].curve)
+
+
+def test_step_and_exponential_need_their_decay_knobs():
+    with pytest.raises(StudySpecError, match=r"fixed.lr_schedule: lr_schedule step needs decay_rate and decay_epochs"):
+        parse_spec(ONE_TRIAL_STUDY + "fixed: {lr_schedule: step}\n", name="bad")
+    with pytest.raises(StudySpecError, match=r"space.lr_schedule: lr_schedule exponential needs decay_rate"):
+        parse_spec(ONE_TRIAL_STUDY.replace("  batch_size: {choices: [32]}\n",
+                                           "  batch_size: {choices: [32]}\n  lr_schedule: {choices: [constant, exponential]}\n"),
+                   name="bad")
+    parse_spec(ONE_TRIAL_STUDY + "fixed: {lr_schedule: step, decay_rate: 0.5, decay_epochs: 2}\n", name="good")
 
 
 def test_adamw_lion_weight_decay_clipping_and_ema():
@@ -152,6 +186,9 @@ def test_macro_f1_and_balanced_accuracy_match_scikit_learns_definitions():
     f1 = 2 * tp / np.maximum(labels + guesses, 1)
     expected_f1 = f1[(labels + guesses) > 0].mean()
     expected_balanced = (tp / np.maximum(labels, 1))[labels > 0].mean()
+    # By hand (scikit-learn's definitions): per-class F1 2/3, 0.8, 0.75, 0 over the classes present in the labels
+    # or predictions (class 4 is in neither); recall 2/3, 1, 0.75, 0 over the classes in the labels.
+    assert (round(expected_f1, 4), round(expected_balanced, 4)) == (0.5542, 0.6042)
     for metric, expected in ((MacroF1(5), expected_f1), (BalancedAccuracy(5), expected_balanced)):
         metric.update_state(y[:6], probs[:6])  # in two batches, as the evaluation step feeds it
         metric.update_state(y[6:], probs[6:])

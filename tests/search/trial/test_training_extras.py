@@ -4,10 +4,10 @@ checked at create time, hashed into the drift guard, and run with the service's 
 from __future__ import annotations
 
 import pytest
-from optuna.trial import TrialState
-
 from helpers.processes import run_cli
 from helpers.synthetic import ONE_TRIAL_STUDY, easy_splits, memory_study
+from optuna.trial import TrialState
+
 from search import StudySpecError, parse_spec
 from search.trial import Objective
 
@@ -69,6 +69,7 @@ def test_extras_are_part_of_the_drift_guard(extras):
     ('{callbacks: "missing.py:callbacks"}', "training.callbacks", "missing.py not found"),
     ('{loss: "extras.py:two_arguments"}', "training.loss", "must take one argument, the trial's knobs"),
     ('{optimizer: "extras.py:loss"}', "training", "unknown field"),
+    ('{loss: "extras.py:loss"}\nfixed: {label_smoothing: 0.1}', "training.loss", "replaces the built-in loss"),
 ])
 def test_a_bad_reference_is_refused_at_its_field(extras, section, where, message):
     with pytest.raises(StudySpecError, match=rf"{where}.*{message}"):
