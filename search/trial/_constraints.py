@@ -8,8 +8,9 @@ and validation steps (an attempt of one epoch records it anyway), the first epoc
 worker held as it began (the GPU allocator's bytes in use, or the process's resident set on a CPU),
 sampled at each epoch end, never the process's lifetime peak, which an earlier trial may have set. The trial
 records every limited quantity through Optuna's constraint API (`trial.set_constraint`, value =
-observed - limit, feasible when <= 0): TPE and NSGA-II read it and steer away from infeasible
-regions, and Optuna's best trial (status, report, evaluate) is the best feasible one.
+observed - limit, feasible when <= 0): TPE reads it on complete and pruned trials and steers away
+from infeasible regions (NSGA-II reads complete trials only), and Optuna's best trial (status,
+report, evaluate) is the best feasible one.
 """
 
 from __future__ import annotations
