@@ -153,8 +153,10 @@ def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path |
         logger.info("training the %s base once: %d epochs on %d images (cached as %s)", base_preset(spec),
                     fc.base_epochs, len(base_splits.y_train), target)
         cfg = TrialConfig(_base_params(spec, splits), TrainParams("adam", 1e-3, batch_size=fc.base_batch_size), None)
-        options = FitOptions.for_study(spec, max_epochs=fc.base_epochs, patience=fc.base_epochs,
-                                       verbose=1 if sys.stderr.isatty() else 0)  # Keras's bar on a terminal
+        # The base is not a trial: validation accuracy and the built-in loss, whatever the study's
+        # objective metric and training extras; the study's precision and XLA setting.
+        options = FitOptions(max_epochs=fc.base_epochs, patience=fc.base_epochs, precision=spec.precision,
+                             jit_compile=spec.jit_compile, verbose=1 if sys.stderr.isatty() else 0)
         result, model = train(cfg, base_splits, options, seed=spec.seed, label="base",
                               make_model=image_model(spec.normalization),
                               callbacks=[_StopBetweenEpochs(stop), *base_estimate(spec, len(base_splits.y_train), slow)])
