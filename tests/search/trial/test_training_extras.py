@@ -97,3 +97,17 @@ def test_the_users_loss_is_compiled_with_the_trials_knobs(extras):
     cfg = trial_config(spec, {}, input_shape=splits.input_shape, num_classes=10)
     _, model = train(cfg, splits, FitOptions.for_study(spec, max_epochs=1), seed=0)
     assert model.loss.name == "users_loss"
+
+
+def test_the_feature_cache_base_is_not_a_trial_and_runs_without_the_extras(extras, tmp_path):
+    """The one-time base trains for its own epochs with the built-in loss: a user callback that stops
+    trials after one epoch does not stop it."""
+    import json
+
+    from helpers.synthetic import FEATURE_STUDY
+    from search.trial._features import ensure_base
+
+    text = FEATURE_STUDY.replace("feature_cache: {base_epochs: 1}", "feature_cache: {base_epochs: 2}")
+    spec = parse_spec(text + 'training: {callbacks: "extras.py:callbacks", loss: "extras.py:loss"}\n', name="fc")
+    weights = ensure_base(spec, easy_splits(200, 100), artifacts=tmp_path / "artifacts")
+    assert json.loads((weights.parent / "base.json").read_text())["epochs"] == 2
