@@ -57,10 +57,14 @@ class CostPoints:
     fronts: dict[str, list[int]] = field(default_factory=dict)
 
 
+def _feasible(trial: FrozenTrial) -> bool:
+    """Within every constraint the study set (search/trial/_constraints.py), as Optuna's best trial counts it."""
+    return all(value <= 0.0 for value in trial.constraints.values())
+
+
 def _finished(study: optuna.Study) -> list[FrozenTrial]:
     """Complete trials within every constraint the study set (the ones Optuna's best trial is among)."""
-    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values
-            and all(c <= 0.0 for c in t.constraints.values())]
+    return [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.COMPLETE and t.values and _feasible(t)]
 
 
 OBJECTIVE_NAMES = {"val_accuracy": "validation accuracy", "val_loss": "validation loss",
@@ -150,7 +154,7 @@ def best_vs_epochs(study: optuna.Study) -> tuple[list[int], list[float]]:
         if t.state not in (TrialState.COMPLETE, TrialState.PRUNED):
             continue
         total += max(len(t.intermediate_values), int(t.user_attrs.get(EPOCHS_RUN, 0)))
-        if t.state == TrialState.COMPLETE and t.values and all(c <= 0.0 for c in t.constraints.values()):
+        if t.state == TrialState.COMPLETE and t.values and _feasible(t):
             best = max(best, sign_ * t.values[0])  # the best feasible value
         if best > -math.inf:
             xs.append(total)

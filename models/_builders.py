@@ -128,15 +128,15 @@ def load_builder(reference: str, *, sha256: str | None = None, read_knobs: bool 
     read_knobs False: any function (load_function), its signature not held to a builder's contract."""
     location, attr = _split(reference)
     path = _source(location, reference)
-    cached = (str(path), sha256, attr if read_knobs else f"{attr}()")
-    if sha256 is not None and cached in _LOADED:
-        return _LOADED[cached]
+    loaded_as = attr if read_knobs else f"{attr}()"  # a builder and a plain function load apart
+    if sha256 is not None and (str(path), sha256, loaded_as) in _LOADED:
+        return _LOADED[(str(path), sha256, loaded_as)]
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if sha256 is not None and digest != sha256:
         raise BuilderChangedError(f"builder file {path} changed after the study was validated (sha256 "
                                   f"{sha256[:12]}, now {digest[:12]}); restart the worker, which then refuses a "
                                   "changed builder, or restore the file")
-    key = (str(path), digest, attr if read_knobs else f"{attr}()")
+    key = (str(path), digest, loaded_as)
     if key not in _LOADED:
         module = _import_file(path, digest) if _is_file(location) else _import_module(location, reference)
         function = _function(module, attr, reference)

@@ -39,9 +39,9 @@ DEVICE = "device"
 WORKER_RSS_MIB = "worker_rss_mib"
 WORKER_GPU_MIB = "worker_gpu_mib"
 WORKER_GPU_PEAK_MIB = "worker_gpu_peak_mib"
-# The worker's memory as a trial starts, by search.worker's memory_now() keys.
 OBJECTIVE_CURVE = "objective_curve"  # a two-objective trial's first objective, each epoch
 INFEASIBLE = "infeasible"  # why a trial was not trained: a quantity over its constraint (max_params)
+# The worker's memory as a trial starts, by search.worker's memory_now() keys.
 WORKER_MEMORY = {"rss": WORKER_RSS_MIB, "gpu": WORKER_GPU_MIB, "gpu_peak": WORKER_GPU_PEAK_MIB}
 
 # Trial results the objective records on success, in the order the report lists them.

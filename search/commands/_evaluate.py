@@ -28,7 +28,9 @@ from search.settings import Settings
 from search.spec import StudySpec, TrialConfig, load_data, study_splits, trial_config
 from search.study import check_same_data
 from search.trial import (
+    BalancedAccuracy,
     FitOptions,
+    MacroF1,
     TrainResult,
     ensure_features,
     full_model,
@@ -56,17 +58,17 @@ def test_metrics(probs: np.ndarray, y: np.ndarray, class_names: tuple[str, ...],
     confusion = np.zeros((k, k), dtype=np.int64)
     np.add.at(confusion, (y, pred), 1)
     per_class = confusion.diagonal() / np.maximum(confusion.sum(1), 1)
-    labels, guesses = confusion.sum(1), confusion.sum(0)
-    f1 = 2 * confusion.diagonal() / np.maximum(labels + guesses, 1)
-    top = np.argsort(-probs, axis=1)[:, :min(top_k, k)]
+    top_k = min(top_k, k)
+    # The objective metrics on the test split, by the same Keras metrics trials are scored with.
+    others = {"test_macro_f1": MacroF1(k), "test_balanced_accuracy": BalancedAccuracy(k),
+              f"test_top_{top_k}_accuracy": keras.metrics.SparseTopKCategoricalAccuracy(k=top_k)}
+    for metric in others.values():
+        metric.update_state(y, probs)
     wrong = np.flatnonzero(pred != y)
     worst = wrong[np.argsort(-probs[wrong, pred[wrong]])][:n_worst]
     return {
         "test_accuracy": float((pred == y).mean()),
-        # The other objective metrics, on the test split (as scikit-learn computes them).
-        "test_macro_f1": float(f1[(labels + guesses) > 0].mean()),
-        "test_balanced_accuracy": float(per_class[labels > 0].mean()),
-        f"test_top_{min(top_k, k)}_accuracy": float((top == y[:, None]).any(axis=1).mean()),
+        **{name: float(metric.result()) for name, metric in others.items()},
         "n_test": int(len(y)),
         "class_names": list(class_names),
         "confusion_matrix": confusion.tolist(),

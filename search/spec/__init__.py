@@ -8,7 +8,7 @@ is checked, and `status` runs, without Keras.
 from search.spec._data import load_data, study_splits
 from search.spec._knobs import KNOBS, LR_SCHEDULES, OPTIMIZERS, parameter_knob
 from search.spec._load import available_studies, load_spec, parse_spec, profiles, study_path
-from search.spec._schema import CONSTRAINTS, DEFAULT_TOP_K, OBJECTIVE_METRICS
+from search.spec._schema import CONSTRAINTS, DEFAULT_TOP_K, OBJECTIVE_METRICS, minimized
 from search.spec._space import TrainParams, TrialConfig, check_builders, suggest, trial_config
 from search.spec._spec import PRECISIONS, STUDIES_DIR, Dimension, FeatureCacheSpec, StudySpec
 from search.spec._strategies import PRUNERS, make_pruner, make_sampler
@@ -34,6 +34,7 @@ __all__ = [
     "check_builders",
     "load_data",
     "load_spec",
+    "minimized",
     "make_pruner",
     "make_sampler",
     "parameter_knob",

@@ -38,6 +38,11 @@ OBJECTIVE_METRICS = ("val_accuracy", "val_loss", "val_top_k_accuracy", "val_macr
 DEFAULT_TOP_K = 5
 
 
+def minimized(metric: str) -> bool:
+    """Whether a lower value of this objective metric is better (val_loss); every other is maximised."""
+    return metric == "val_loss"
+
+
 # --- the search space ---------------------------------------------------------------------------
 
 

@@ -17,7 +17,7 @@ from data import DatasetRef
 from data._augment import AugmentParams
 from search.settings import STUDIES_DIR as SETTINGS_STUDIES_DIR
 from search.spec._knobs import fits
-from search.spec._schema import DEFAULT_TOP_K, FeatureCacheSection
+from search.spec._schema import DEFAULT_TOP_K, FeatureCacheSection, minimized
 
 logger = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ class StudySpec:
     @property
     def direction(self) -> str:
         """The objective metric's: val_loss is minimised, every other metric maximised."""
-        return "minimize" if self.metric == "val_loss" else "maximize"
+        return "minimize" if minimized(self.metric) else "maximize"
 
     def representative_knobs(self) -> dict[str, Any]:
         """The fixed values and, for each searched knob, its first choice or its low end: a trial's knobs

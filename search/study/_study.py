@@ -124,21 +124,17 @@ def counts(study: optuna.Study) -> StudyCounts:
     trials = study.get_trials(deepcopy=False)
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
     best = None
-    if len(study.directions) == 1:
-        done = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None and feasible(t)]
-        pick = min if study.direction == optuna.study.StudyDirection.MINIMIZE else max
-        best = pick(done, key=lambda t: t.value) if done else None
+    if len(study.directions) == 1 and by_state[TrialState.COMPLETE]:
+        try:  # Optuna's: by the study's direction, among the feasible trials of a constrained study
+            best = study.best_trial
+        except ValueError:  # none complete and feasible
+            best = None
     return StudyCounts(
         study=study.study_name, n_complete=by_state[TrialState.COMPLETE], n_pruned=by_state[TrialState.PRUNED],
         n_fail=by_state[TrialState.FAIL], n_running=by_state[TrialState.RUNNING],
         n_waiting=by_state[TrialState.WAITING], budget=study.user_attrs.get(attrs.STUDY_BUDGET),
         stopped=study.user_attrs.get(attrs.STUDY_STOPPED), best_value=best.value if best else None,
         best_params=best.params if best else None, best_trial=best.number if best else None)
-
-
-def feasible(trial: optuna.trial.FrozenTrial) -> bool:
-    """Within every constraint the study set (search.trial._constraints), as Optuna counts it."""
-    return all(value <= 0.0 for value in trial.constraints.values())
 
 
 def counter_line(c: StudyCounts) -> str:

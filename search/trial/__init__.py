@@ -8,12 +8,15 @@ Importing it loads Keras: only the worker's session (search.worker, after placem
 from search.trial._checkpoints import Checkpoints, StopRequest
 from search.trial._extras import check_extras
 from search.trial._features import ensure_features, full_model, trial_builder
+from search.trial._metrics import BalancedAccuracy, MacroF1
 from search.trial._objective import Objective
 from search.trial._train import FitOptions, ModelBuilder, TrainResult, freeze_setup, image_model, release, train
 
 __all__ = [
+    "BalancedAccuracy",
     "Checkpoints",
     "FitOptions",
+    "MacroF1",
     "ModelBuilder",
     "Objective",
     "StopRequest",

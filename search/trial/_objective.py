@@ -117,7 +117,7 @@ class Objective:
             callbacks.append(KerasPruningCallback(trial, self.fit.metric))
         elif self.spec.pruner == "median":
             options = {**PRUNERS["median"].defaults, **self.spec.pruner_options}
-            callbacks.append(FirstObjectivePruning(trial, self.fit.metric, minimize=self.spec.direction == "minimize",
+            callbacks.append(FirstObjectivePruning(trial, self.fit.metric, minimize=self.fit.mode == "min",
                                                    n_startup_trials=options["n_startup_trials"],
                                                    n_warmup_steps=options["n_warmup_steps"]))
         try:

@@ -14,7 +14,7 @@ import math
 import keras
 from keras import ops
 
-from search.spec import OPTIMIZERS, TrainParams
+from search.spec import OPTIMIZERS, TrainParams, minimized
 
 
 @keras.saving.register_keras_serializable(package="cnn_search")
@@ -111,7 +111,7 @@ def recipe_callbacks(train: TrainParams, monitor: str = "val_accuracy") -> list[
     if train.lr_schedule != "plateau":
         return callbacks
     return [*callbacks, keras.callbacks.ReduceLROnPlateau(
-        monitor=monitor, mode="min" if monitor == "val_loss" else "max", factor=train.plateau_factor,
+        monitor=monitor, mode="min" if minimized(monitor) else "max", factor=train.plateau_factor,
         patience=train.plateau_patience, min_lr=train.learning_rate * train.min_lr_fraction)]
 
 

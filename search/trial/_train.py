@@ -19,7 +19,7 @@ from data import Splits
 from data.preprocessing import normalization_layer, training_model
 from models import BuilderError, BuilderParams, build
 from search.errors import FATAL, FailReason, TrialFailure
-from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig
+from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig, minimized
 from search.trial._constraints import architecture_params
 from search.trial._extras import extras_of, user_callbacks, user_loss
 from search.trial._metrics import BalancedAccuracy, MacroF1
@@ -170,7 +170,7 @@ class FitOptions:
 
     @property
     def mode(self) -> str:
-        return "min" if self.metric == "val_loss" else "max"
+        return "min" if minimized(self.metric) else "max"
 
 
 def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, label: str = "trial",
@@ -197,10 +197,10 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
         accs = [a if math.isfinite(a) else 0.0 for a in history.history.get("val_accuracy", [])]
         if not accs:
             raise TrialFailure(FailReason.ERROR, "training ran no epoch")
-        best = best_epoch(history.history.get(options.metric, accs), options.mode)
+        values = history.history.get(options.metric, accs)
+        best = best_epoch(values, options.mode)
         result = TrainResult(
-            best_val_accuracy=float(max(accs)), best_epoch=best + 1, epochs_run=len(accs),
-            best_value=float(history.history.get(options.metric, accs)[best]),
+            best_val_accuracy=float(max(accs)), best_epoch=best + 1, epochs_run=len(accs), best_value=float(values[best]),
             train_seconds=seconds, images_per_s=len(accs) * len(splits.x_train) / max(seconds, 1e-9),
             n_params=architecture_params(model), curve=log.curve,
         )

@@ -246,3 +246,17 @@ def test_top_k_on_data_of_ones_own_is_checked_when_create_reads_it(tmp_path):
     assert run.returncode == 2, run.stderr[-2000:]
     assert "objective.k: val_top_k_accuracy with k=5 on 5 classes is always 1" in run.stderr
     assert not journal.exists()
+
+
+def test_evaluate_scores_the_test_split_with_the_trials_metrics():
+    """The same example by hand: macro-F1 0.5542, balanced accuracy 0.6042; the second guess is the next
+    class, which rescues index 9 only (true 3, guessed 2 then 3): top-2 accuracy 0.8."""
+    from search.commands._evaluate import test_metrics
+
+    y = np.array([0, 0, 0, 1, 1, 2, 2, 2, 2, 3])
+    pred = np.array([0, 1, 0, 1, 1, 2, 0, 2, 2, 2])
+    probs = (np.eye(5, dtype="float32")[pred] * 0.6 + np.eye(5, dtype="float32")[(pred + 1) % 5] * 0.4)
+    figures = test_metrics(probs, y, tuple("abcde"), top_k=2)
+    assert round(figures["test_macro_f1"], 4) == 0.5542 and round(figures["test_balanced_accuracy"], 4) == 0.6042
+    assert figures["test_top_2_accuracy"] == pytest.approx(0.8)
+    assert figures["test_accuracy"] == pytest.approx(0.7)
