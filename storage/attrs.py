@@ -50,6 +50,9 @@ RESULT_ATTRS = (EPOCHS_RUN, BEST_EPOCH, N_PARAMS, TRAIN_SECONDS, IMAGES_PER_S)
 # --- trial system attributes (the service's bookkeeping, not shown to users) -------------------
 HEARTBEAT = "cnn_search:heartbeat"
 STALE_FAILURES = "cnn_search:stale_failures"
+# Written with a failure whose retry follows (two store calls later): a worker whose budget is met
+# waits for that retry rather than leave it stranded (search.study.retries_due).
+RETRY_DUE = "cnn_search:retry_due"
 RETRY_HISTORY = "retry_history"  # Optuna's RetryHeartbeatStaleTrialCallback writes it
 
 # --- trial user attributes of warm starts imported from an old scikit-learn search (import-cv) ---

@@ -5,7 +5,7 @@ outages. `_store` is the only module of the service touching Optuna's private at
 Never imports a deep-learning backend (import-linter contract `spec-study-no-backend`).
 """
 
-from search.study._retries import fail_and_retry, fail_silent, lineage, reap, reap_worker
+from search.study._retries import fail_and_retry, fail_silent, lineage, reap, reap_worker, retries_due
 from search.study._store import (
     ResilientStorage,
     fresh_trial,
@@ -55,6 +55,7 @@ __all__ = [
     "reap_worker",
     "resilient",
     "restart_from_epoch",
+    "retries_due",
     "stop_study",
     "storage_errors",
     "storage_of",

@@ -40,8 +40,9 @@ def _queue_retry(study: optuna.Study, failed: FrozenTrial) -> None:
     # With the attributes just written. A copy: the journal and in-memory stores return their cached
     # trial, and Optuna's callback appends to the inherited retry_history list in place.
     fresh = copy.deepcopy(storage_of(study).get_trial(trial_id(failed)))
-    # The retry inherits them all but the heartbeat: its own worker beats as it starts it (_last_beat).
-    fresh.system_attrs = {k: v for k, v in fresh.system_attrs.items() if k != attrs.HEARTBEAT}
+    # The retry inherits them all but the heartbeat (its own worker beats as it starts it: _last_beat)
+    # and the mark that a retry is due (this is it).
+    fresh.system_attrs = {k: v for k, v in fresh.system_attrs.items() if k not in (attrs.HEARTBEAT, attrs.RETRY_DUE)}
     with _pinned_experimental():
         RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, fresh)
 
@@ -93,12 +94,22 @@ def fail_silent(study: optuna.Study, frozen: FrozenTrial, message: str, *, max_s
     if not retry:
         message += (f"; not retried: its lineage went silent {stale} times (MAX_STALE_RETRIES="
                     f"{max_stale_retries}), so the trial itself may kill its worker")
-    if not _fail(study, frozen, FailReason.STALE, message, {attrs.STALE_FAILURES: stale}):
+    if not _fail(study, frozen, FailReason.STALE, message, {attrs.STALE_FAILURES: stale, attrs.RETRY_DUE: retry}):
         return False
     if retry:
         _queue_retry(study, frozen)
     logger.warning("trial %d: %s: failed it%s", frozen.number, message, " and queued its retry" if retry else "")
     return True
+
+
+def retries_due(study: optuna.Study) -> list[int]:
+    """Failed trials whose retry is due but not queued yet: failing a trial and queuing its retry are
+    two store calls, and a worker that left in between (its budget met, nothing RUNNING) would
+    strand the retry as WAITING, with nobody left to run it."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get(attrs.RETRY_HISTORY, ())}
+    return [t.number for t in trials
+            if t.state == TrialState.FAIL and t.system_attrs.get(attrs.RETRY_DUE) and t.number not in retried]
 
 
 def reap(study: optuna.Study, *, grace: float, max_stale_retries: int = 1, now: float | None = None) -> list[int]:
@@ -128,7 +139,7 @@ def fail_and_retry(study: optuna.Study, trial_number: int, reason: FailReason, m
     """Record a trial as failed for a cause outside it (`interrupted`, `store`, `fatal`) and queue
     its retry (same parameters, resuming from the checkpoint)."""
     frozen = storage_of(study).get_trial(trial_id(study.get_trials(deepcopy=False)[trial_number]))  # fresh
-    if frozen.state != TrialState.RUNNING or not _fail(study, frozen, reason, message):
+    if frozen.state != TrialState.RUNNING or not _fail(study, frozen, reason, message, {attrs.RETRY_DUE: True}):
         # Another worker's reaper got there first (this one was cut off past the grace period):
         # it failed the trial and queued the retry already.
         logger.warning("trial %d was already failed by the reaper (its retry is queued); nothing more to do",

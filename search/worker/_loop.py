@@ -16,7 +16,15 @@ from optuna.trial import TrialState
 from search.errors import FATAL, FailReason, StudyStopped, TrialFailure, TrialLost, WorkerStopping
 from search.runtime import accelerator_memory_mib, rss_mib
 from search.settings import Settings
-from search.study import budget_used, fail_and_retry, failure_streak, fresh_trial, stop_study, stopped_because
+from search.study import (
+    budget_used,
+    fail_and_retry,
+    failure_streak,
+    fresh_trial,
+    retries_due,
+    stop_study,
+    stopped_because,
+)
 from search.worker._liveness import Background
 from search.worker._signals import StopFlag
 from storage import attrs
@@ -60,11 +68,14 @@ class LoopLimits:
     max_rss_growth_mb: float = DEFAULTS["worker_max_rss_growth_mb"].default  # continue in a fresh process past it
     max_gpu_growth_mb: float = DEFAULTS["worker_max_gpu_growth_mb"].default
     poll_s: float = DEFAULTS["heartbeat_interval"].default  # how often a worker whose budget is met looks for retries
+    # How long a worker whose budget is met waits for a retry that is due but not queued (retries_due):
+    # two store calls apart, unless the process between them died; then the retry is never queued.
+    due_wait_s: float = DEFAULTS["grace_period"].default
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LoopLimits:
         return cls(settings.worker_max_rss_growth_mb, settings.worker_max_gpu_growth_mb,
-                   poll_s=settings.heartbeat_interval)
+                   poll_s=settings.heartbeat_interval, due_wait_s=settings.grace_period)
 
 
 @dataclass
@@ -85,7 +96,7 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     baseline = None  # memory once this process has finished a trial (the backend warmed up)
     try:
-        while _trial_to_run(study, spec, stop, label, limits.poll_s, deadline):
+        while _trial_to_run(study, spec, stop, label, limits, deadline):
             trial = study.ask()
             end = run_trial(study, objective, trial, background, label)
             if end is not None:
@@ -108,12 +119,14 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
     return None
 
 
-def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: str, poll_s: float,
+def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: str, limits: LoopLimits,
                   deadline: float | None) -> bool:
     """Whether to ask for another trial. With the budget met, a worker waits while trials it counts
-    are RUNNING elsewhere: one may die and be retried, and nobody else may be left to run the retry
-    (a Kubernetes work-queue Job starts no pod once one has exited 0)."""
+    are RUNNING elsewhere (one may die and be retried) or a failed one's retry is due but not queued
+    yet: nobody else may be left to run the retry (a Kubernetes work-queue Job starts no pod once one
+    has exited 0)."""
     waiting_logged = False
+    due_since: dict[int, float] = {}
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
         reason = stopped_because(study)
         if reason:
@@ -121,21 +134,42 @@ def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: 
         if budget_used(study) < spec.trials:
             return True
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        if running == 0 and _settled(study, spec, stop, min(poll_s, 2.0)):
+        due = _due_in_time(study, due_since, limits.due_wait_s, label)
+        if running == 0 and not due and _settled(study, spec, stop, min(limits.poll_s, 2.0),
+                                                 lambda: _due_in_time(study, due_since, limits.due_wait_s, label)):
             logger.info("%s: budget of %d trials met, exiting", label, spec.trials)
             return False
         if not waiting_logged:
-            logger.info("%s: budget met; waiting for %d running trial(s) to finish or be retried", label, running)
+            logger.info("%s: budget met; waiting for %d running trial(s) to finish or be retried", label,
+                        running + len(due))
             waiting_logged = True
-        stop.event.wait(poll_s)
+        stop.event.wait(limits.poll_s)
     return False
 
 
-def _settled(study: optuna.Study, spec: LoopBudget, stop: StopFlag, wait_s: float) -> bool:
-    """Still met a moment later: a reaper that has just failed the last running trial queues its
-    retry right after (two store calls); leaving in between would strand that retry."""
+def _due_in_time(study: optuna.Study, since: dict[int, float], wait_s: float, label: str) -> list[int]:
+    """The retries due but not queued that are still worth waiting for: one due for longer than
+    `wait_s` (the grace period) will not come, as the process that failed its trial died before
+    queuing it. That trial then counts against the budget, as a failure not retried does."""
+    now, waiting = time.monotonic(), []
+    for number in retries_due(study):
+        first = since.setdefault(number, now)
+        if now - first <= wait_s:
+            waiting.append(number)
+        elif first != -1.0:
+            logger.warning("%s: trial %d failed with a retry due that was never queued in %.0fs (the process "
+                           "that failed it died in between); it counts as a failed trial", label, number, wait_s)
+            since[number] = -1.0  # warned once; monotonic time is never negative
+    return waiting
+
+
+def _settled(study: optuna.Study, spec: LoopBudget, stop: StopFlag, wait_s: float,
+             due: Callable[[], list[int]]) -> bool:
+    """Still met a moment later: a belt to retries_due's braces, for a store that shows the failure
+    and the queued retry to readers a moment apart."""
     stop.event.wait(wait_s)
-    return budget_used(study) >= spec.trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+    return (budget_used(study) >= spec.trials and not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            and not due())
 
 
 def _mark(trial: optuna.Trial, label: str) -> None:

@@ -105,6 +105,7 @@ def test_the_feature_cache_base_is_not_a_trial_and_runs_without_the_extras(extra
     import json
 
     from helpers.synthetic import FEATURE_STUDY
+
     from search.trial._features import ensure_base
 
     text = FEATURE_STUDY.replace("feature_cache: {base_epochs: 1}", "feature_cache: {base_epochs: 2}")

@@ -14,7 +14,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from search.errors import FATAL_EXIT, StudyStopped, TrialFailure
+from search.errors import FATAL_EXIT, FailReason, StudyStopped, TrialFailure
+from search.study import retries_due
+from search.study._retries import _fail, _queue_retry
 from search.study._study import failure_streak, resume, stop_study
 from search.worker._liveness import Background, Liveness
 from search.worker._loop import LoopLimits, run_loop
@@ -130,6 +132,45 @@ def test_a_worker_whose_budget_is_met_waits_for_a_running_trial_and_runs_its_ret
     retry = study.trials[-1]
     assert retry.system_attrs["failed_trial"] == dead.number and ran[-1] == retry.number
     assert time.monotonic() - started >= 0.6
+
+
+def _failed_with_retry_due(study):
+    """A trial failed by a reaper that has not queued its retry yet (the two store calls apart)."""
+    trial = study.ask()
+    trial.suggest_int("x", 0, 3)
+    frozen = study.trials[trial.number]
+    assert _fail(study, frozen, FailReason.STALE, "no heartbeat", {attrs.RETRY_DUE: True})
+    return frozen
+
+
+def test_a_worker_whose_budget_is_met_waits_for_a_retry_due_but_not_queued_yet():
+    """CI once saw it (tests/e2e, work-queue workers): a reaper failed a dead peer's trial, the two
+    idle workers saw the budget met with nothing RUNNING and exited in the moment before the reaper
+    queued the retry, which was left WAITING. Now the failure carries the retry it is due."""
+    study, spec = _study(trials=2)
+    study.enqueue_trial({"x": 1})
+    study.tell(study.ask(), 1.0)
+    frozen = _failed_with_retry_due(study)
+    assert retries_due(study) == [frozen.number]
+    threading.Timer(0.5, _queue_retry, (study, frozen)).start()  # the reaper, a moment later
+    run_loop(study, spec, lambda t: float(t.suggest_int("x", 0, 3)), StopFlag(), Background(study, Liveness()),
+             "w0", LoopLimits(poll_s=0.05))
+    states = [t.state for t in study.trials]
+    assert states == [TrialState.COMPLETE, TrialState.FAIL, TrialState.COMPLETE], states
+    assert study.trials[2].system_attrs["failed_trial"] == frozen.number
+    assert attrs.RETRY_DUE not in study.trials[2].system_attrs  # the retry is no failure with a retry due
+    assert retries_due(study) == []
+
+
+def test_a_retry_due_that_never_comes_is_waited_for_a_grace_period_then_counted_as_failed(caplog):
+    study, spec = _study(trials=1)
+    frozen = _failed_with_retry_due(study)  # and its reaper died: no retry will be queued
+    started = time.monotonic()
+    run_loop(study, spec, lambda t: 1.0, StopFlag(), Background(study, Liveness()), "w0",
+             LoopLimits(poll_s=0.05, due_wait_s=0.5))
+    assert 0.5 <= time.monotonic() - started < 5
+    assert [t.state for t in study.trials] == [TrialState.FAIL]
+    assert f"trial {frozen.number} failed with a retry due that was never queued" in caplog.text
 
 
 def test_a_stop_request_ends_the_wait():
