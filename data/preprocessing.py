@@ -40,7 +40,7 @@ class RandomAffine(keras.layers.Layer):
                  fill_mode: str = "nearest", seed: int | None = None, **kwargs):
         super().__init__(**kwargs)
         self.params = AugmentParams(rotation, width_shift, height_shift, horizontal_flip, vertical_flip, zoom,
-                                    fill_mode)
+                                    fill_mode)  # only its affine part is this layer's
         self.seed = seed
         self.seed_generator = keras.random.SeedGenerator(seed)
 
@@ -77,18 +77,23 @@ class RandomAffine(keras.layers.Layer):
         return input_shape
 
     def get_config(self):
-        from dataclasses import asdict
-
-        return {**super().get_config(), **asdict(self.params), "seed": self.seed}
+        return {**super().get_config(), **self.params.affine, "seed": self.seed}
 
 
 def augmentation_layers(aug: AugmentParams, *, seed: int) -> list:
-    """The augmentation for `aug` as one seeded layer (empty when nothing is enabled)."""
-    if not aug.enabled:
-        return []
-    from dataclasses import asdict
-
-    return [RandomAffine(**asdict(aug), seed=seed, name="augment")]
+    """The in-graph augmentation for `aug`, seeded (empty when none is enabled): RandomAffine, then
+    Keras's RandAugment and RandomErasing on the 0-255 pixels. MixUp and CutMix mix labels too, so
+    they run on the batches instead (search.trial._mixing)."""
+    layers = []
+    if aug.affine_enabled:
+        layers.append(RandomAffine(**aug.affine, seed=seed, name="augment"))
+    if aug.randaugment:
+        layers.append(keras.layers.RandAugment(value_range=(0, 255), num_ops=aug.randaugment_ops,
+                                               factor=aug.randaugment_magnitude, seed=seed + 1, name="randaugment"))
+    if aug.random_erasing:
+        layers.append(keras.layers.RandomErasing(factor=aug.random_erasing, value_range=(0, 255), seed=seed + 2,
+                                                 name="random_erasing"))
+    return layers
 
 
 def channel_stats(x: np.ndarray, chunk: int = 4096) -> tuple[np.ndarray, np.ndarray]:

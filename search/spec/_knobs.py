@@ -80,6 +80,14 @@ KNOBS: dict[str, Knob] = {
     "zoom": Knob("float", "augment", min_value=0.0, max_value=1.0),
     "horizontal_flip": Knob("bool", "augment"),
     "vertical_flip": Knob("bool", "augment"),
+    "randaugment": Knob("bool", "augment", doc="Keras's RandAugment on or off"),
+    "randaugment_ops": Knob("int", "augment", min_value=1, max_value=14, doc="RandAugment's operations per image"),
+    "randaugment_magnitude": Knob("float", "augment", min_value=0.0, max_value=1.0, doc="RandAugment's factor"),
+    "random_erasing": Knob("float", "augment", min_value=0.0, max_value=1.0, doc="RandomErasing's probability"),
+    "mixup": Knob("bool", "augment", doc="MixUp on the training batches on or off"),
+    "mixup_alpha": Knob("float", "augment", min_value=0.0, doc="MixUp's Beta(alpha, alpha)"),
+    "cutmix": Knob("bool", "augment", doc="CutMix on the training batches on or off"),
+    "cutmix_alpha": Knob("float", "augment", min_value=0.0, doc="CutMix's Beta(alpha, alpha)"),
 }
 
 

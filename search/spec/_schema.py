@@ -148,6 +148,17 @@ class AugmentSection(Section):
     vertical_flip: Bool = False
     zoom: Number = Field(0.0, description="a fraction, in [0, 1)")
     fill_mode: Literal["nearest", "reflect", "wrap", "constant"] = "nearest"
+    randaugment: Bool = Field(False, description="Keras's RandAugment on each training image")
+    randaugment_ops: PositiveInt = Field(2, description="RandAugment: operations drawn per image, in [1, 14]")
+    randaugment_magnitude: Number = Field(0.5, description="RandAugment: the strength of each operation, in (0, 1]")
+    random_erasing: Number = Field(0.0, description="the probability that a training image gets a random rectangle "
+                                                    "erased (Keras's RandomErasing); 0 is off")
+    mixup: Bool = Field(False, description="Keras's MixUp on each training batch: images and labels mixed "
+                                           "(validation and the test keep the integer labels)")
+    mixup_alpha: Number = Field(0.2, description="MixUp: the Beta(alpha, alpha) of its mixing weights, above 0")
+    cutmix: Bool = Field(False, description="Keras's CutMix on each training batch (with mixup also on: one "
+                                            "of the two per batch, with p = 0.5)")
+    cutmix_alpha: Number = Field(1.0, description="CutMix: the Beta(alpha, alpha) of its patch sizes, above 0")
 
     def params(self) -> AugmentParams:
         return AugmentParams(**self.model_dump(exclude_unset=True))

@@ -16,10 +16,11 @@ from typing import Any
 from data import DatasetRef
 from data._augment import AugmentParams
 from search.settings import STUDIES_DIR as SETTINGS_STUDIES_DIR
-from search.spec._knobs import fits
+from search.spec._knobs import KNOBS, fits
 from search.spec._schema import DEFAULT_TOP_K, FeatureCacheSection, minimized
 
 logger = logging.getLogger(__name__)
+AUGMENT_FIELDS = frozenset(f.name for f in dataclasses.fields(AugmentParams))
 
 STUDIES_DIR = SETTINGS_STUDIES_DIR  # one definition: search/settings.py
 PROFILES_FILE = Path(__file__).parent / "profiles.yaml"
@@ -107,7 +108,12 @@ class StudySpec:
         dim = self.dimension("augment")
         if dim is not None:
             return True in (dim.choices or ())
-        return bool(self.fixed.get("augment", self.augment.enabled)) and self.augment.enabled
+        if not self.fixed.get("augment", True):
+            return False
+        # A searched policy (mixup: {choices: [true, false]}, rotation: {low: ...}) may switch it on.
+        searched = any(KNOBS[d.name].target == "augment" for d in self.space if d.name in KNOBS)
+        fixed = {k: v for k, v in self.fixed.items() if k in AUGMENT_FIELDS}
+        return searched or dataclasses.replace(self.augment, **fixed).enabled
 
     @property
     def directions(self) -> list[str]:
@@ -137,6 +143,7 @@ class StudySpec:
         """What makes trials comparable (not the budget, sampler, pruner or failure limit); for a study
         with a builder of its own, also its file's content (a preset study's hash is as it always was)."""
         fields = {k: _jsonable(getattr(self, k)) for k in _HASHED}
+        fields["augment"] = self.augment.hashed()  # its policies only when set, as _HASHED_IF_SET
         fields["dataset"] = self.dataset_ref.study_value()  # a name, as it always was; else the mapping
         if self.builder_files:
             fields["builder_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.builder_files.items()}

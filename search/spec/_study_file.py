@@ -199,6 +199,11 @@ class StudyFile(Section):
         if self.training.loss and ("label_smoothing" in self.space or "label_smoothing" in self.fixed):
             raise Problem("the study's own training.loss replaces the built-in loss, which is what label_smoothing "
                           "smooths; smooth the labels in your loss instead", "training", "loss")
+        mixing = [k for k in ("mixup", "cutmix") if getattr(self.augment, k) or k in self.space or self.fixed.get(k)]
+        if self.training.loss and mixing:
+            raise Problem(f"{' and '.join(mixing)} train on mixed one-hot labels, which the built-in loss takes "
+                          f"beside the integer validation labels; the study's own training.loss would get both: "
+                          f"drop {mixing[0]} or the loss", "training", "loss")
         self.sampler.check_builds(self.budget.max_epochs)
         self.pruner.check_builds(self.budget.max_epochs)
         return self

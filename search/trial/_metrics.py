@@ -11,6 +11,8 @@ from __future__ import annotations
 import keras
 from keras import ops
 
+from search.trial._mixing import hard_labels
+
 
 class _Confusion(keras.metrics.Metric):
     def __init__(self, num_classes: int, name: str, **kwargs) -> None:
@@ -21,7 +23,7 @@ class _Confusion(keras.metrics.Metric):
 
     def update_state(self, y_true, y_pred, sample_weight=None) -> None:
         k = self.num_classes
-        truth = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), k, dtype="float32")
+        truth = ops.one_hot(ops.cast(ops.reshape(hard_labels(y_true, y_pred), (-1,)), "int32"), k, dtype="float32")
         guess = ops.one_hot(ops.argmax(ops.reshape(y_pred, (-1, k)), axis=-1), k, dtype="float32")
         if sample_weight is not None:
             truth = truth * ops.reshape(ops.cast(sample_weight, "float32"), (-1, 1))

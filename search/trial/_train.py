@@ -23,6 +23,7 @@ from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig, minim
 from search.trial._constraints import architecture_params
 from search.trial._extras import extras_of, user_callbacks, user_loss
 from search.trial._metrics import BalancedAccuracy, MacroF1
+from search.trial._mixing import HardLabelAccuracy, HardLabelTopK, MixedBatches, MixedLabelCrossentropy
 from search.trial._recipe import make_loss, make_optimizer, recipe_callbacks, steps_per_epoch
 
 logger = logging.getLogger(__name__)
@@ -188,7 +189,7 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
                                              restore_best_weights=True)
         started = time.perf_counter()
         history = model.fit(
-            splits.x_train, splits.y_train, batch_size=cfg.train.batch_size, epochs=options.max_epochs,
+            *training_data(cfg, splits, seed), epochs=options.max_epochs,
             validation_data=(splits.x_val, splits.y_val), verbose=options.verbose,
             callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *recipe_callbacks(cfg.train, options.metric),
                        *callbacks, *user_callbacks(options.extras, cfg.knobs), stop],
@@ -211,6 +212,18 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
         if is_oom(exc):
             raise TrialFailure(FailReason.OOM, oom_message(exc)) from exc
         raise
+
+
+def training_data(cfg: TrialConfig, splits: Splits, seed: int) -> tuple:
+    """fit's training data: the arrays and a batch size, or batches mixed by MixUp/CutMix (soft labels)."""
+    if cfg.augment is not None and cfg.augment.soft_labels:
+        return (MixedBatches(splits.x_train, splits.y_train, splits.num_classes, cfg.train.batch_size, cfg.augment,
+                             seed=seed), None, None)
+    return splits.x_train, splits.y_train, cfg.train.batch_size
+
+
+def soft_labels(cfg: TrialConfig) -> bool:
+    return cfg.augment is not None and cfg.augment.soft_labels
 
 
 @contextlib.contextmanager
@@ -245,20 +258,26 @@ def compiled_model(cfg: TrialConfig, splits: Splits, seed: int, make_model: Mode
     with dtype_policy(options.precision):
         model = float32_output((make_model or image_model())(cfg, splits, seed))
         batches = steps_per_epoch(len(splits.y_train), cfg.train.batch_size)
-        # Accuracy against the integer labels, whatever the loss (label smoothing one-hot encodes inside it).
-        loss = user_loss(options.extras, cfg.knobs) or make_loss(cfg.train)
+        # Accuracy against the integer labels, whatever the loss (label smoothing one-hot encodes inside it;
+        # MixUp/CutMix train on mixed one-hot labels, and validate on the integer ones).
+        soft = soft_labels(cfg)
+        loss = user_loss(options.extras, cfg.knobs) or (
+            MixedLabelCrossentropy(cfg.train.label_smoothing) if soft else make_loss(cfg.train))
         model.compile(optimizer=make_optimizer(cfg.train, batches, options.max_epochs), loss=loss,
-                      metrics=objective_metrics(options, splits.num_classes),
+                      metrics=objective_metrics(options, splits.num_classes, soft=soft),
                       jit_compile=True if options.jit_compile else "auto",
                       steps_per_execution=steps_per_execution(options.steps, architecture_params(model), batches))
     return model
 
 
-def objective_metrics(options: FitOptions, num_classes: int) -> list[keras.metrics.Metric]:
-    """Accuracy always (every trial records it), and the objective's own metric when it is another."""
-    metrics: list[keras.metrics.Metric] = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+def objective_metrics(options: FitOptions, num_classes: int, *, soft: bool = False) -> list[keras.metrics.Metric]:
+    """Accuracy always (every trial records it), and the objective's own metric when it is another.
+    `soft`: training labels mixed by MixUp/CutMix; each metric reads their argmax (the hard label)."""
+    accuracy, top_k = (HardLabelAccuracy, HardLabelTopK) if soft else (
+        keras.metrics.SparseCategoricalAccuracy, keras.metrics.SparseTopKCategoricalAccuracy)
+    metrics: list[keras.metrics.Metric] = [accuracy(name="accuracy")]
     if options.metric == "val_top_k_accuracy":
-        metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=options.top_k, name="top_k_accuracy"))
+        metrics.append(top_k(k=options.top_k, name="top_k_accuracy"))
     elif options.metric == "val_macro_f1":
         metrics.append(MacroF1(num_classes))
     elif options.metric == "val_balanced_accuracy":

@@ -1,6 +1,6 @@
 """A study that searches the training recipe (schedules and warm-up, AdamW, weight decay, clipping,
-EMA, label smoothing), scores trials on macro-F1 and bounds them with constraints, run end to end
-with two workers on the embedded store and on PostgreSQL."""
+EMA, label smoothing, augmentation policies), scores trials on macro-F1 and bounds them with
+constraints, run end to end with two workers on the embedded store and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -23,7 +23,9 @@ space:
   decay_rate: {{low: 1.0e-5, high: 1.0e-3, log: true, when: {{lr_schedule: inverse_time}}}}
   label_smoothing: {{choices: [0.0, 0.1]}}
   batch_size: {{choices: [16]}}
+  mixup: {{choices: [true, false]}}
 fixed: {{warmup_epochs: 0.5, weight_decay: 0.01, clipnorm: 1.0, ema: true, min_lr_fraction: 0.1}}
+augment: {{randaugment: true, randaugment_ops: 1, random_erasing: 0.25, cutmix: true}}
 objective: {{metric: val_macro_f1}}
 constraints: {{max_params: 5000000, max_epoch_seconds: 600}}
 sampler: {{name: random, seed: 3}}
@@ -51,7 +53,7 @@ def test_a_recipe_study_runs_with_two_workers(tmp_path, store):
     assert "val_macro_f1=" in run.stderr  # each epoch's line shows the objective
     study = optuna.load_study(study_name="recipe", storage=open_storage(store))
     for trial in study.trials:
-        assert {"optimizer", "lr_schedule", "label_smoothing"} <= set(trial.params)
+        assert {"optimizer", "lr_schedule", "label_smoothing", "mixup"} <= set(trial.params)
         assert 0.0 <= trial.value <= 1.0  # macro-F1
         assert set(trial.constraints) == {"params", "epoch_seconds"} and max(trial.constraints.values()) <= 0
         curve = [trial.intermediate_values[e] for e in sorted(trial.intermediate_values)]

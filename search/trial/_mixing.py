@@ -1,0 +1,95 @@
+"""MixUp and CutMix: Keras 3's layers on the training batches, with the labels they mix.
+
+The other augmentation runs inside the model graph (data.preprocessing), but a model never sees its
+labels, and these two mix them: each training batch is drawn here, its images and one-hot labels
+mixed by keras.layers.MixUp or keras.layers.CutMix (one of the two per batch, p = 0.5, when both are
+on, as timm's Mixup does), and fed to fit as a PyDataset. Validation and the test keep their integer
+labels, so the loss and the metrics below take either: soft labels in training, hard ones in
+validation, and every accuracy is computed against a hard label (the argmax of a mixed one).
+"""
+
+from __future__ import annotations
+
+import math
+
+import keras
+import numpy as np
+from keras import ops
+
+from data.preprocessing import AugmentParams
+
+
+def _is_soft(y_true, y_pred) -> bool:
+    """Static: one-hot or mixed labels (batch, classes) rather than integer ones (batch,) or (batch, 1)."""
+    return len(y_true.shape) == len(y_pred.shape) and y_true.shape[-1] == y_pred.shape[-1] != 1
+
+
+def hard_labels(y_true, y_pred):
+    """Integer labels: the argmax of soft ones, integer ones as they are."""
+    return ops.argmax(y_true, axis=-1) if _is_soft(y_true, y_pred) else y_true
+
+
+@keras.saving.register_keras_serializable(package="cnn_search")
+class MixedLabelCrossentropy(keras.losses.Loss):
+    """Cross-entropy against mixed one-hot labels (training) or integer ones (validation), with
+    optional label smoothing on top of the mixing."""
+
+    def __init__(self, label_smoothing: float = 0.0, name: str = "mixed_label_crossentropy", **kwargs) -> None:
+        super().__init__(name=name, **kwargs)
+        self.label_smoothing = float(label_smoothing)
+
+    def call(self, y_true, y_pred):
+        if not _is_soft(y_true, y_pred):
+            y_true = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1])
+        return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=self.label_smoothing)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+
+@keras.saving.register_keras_serializable(package="cnn_search")
+class HardLabelAccuracy(keras.metrics.SparseCategoricalAccuracy):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(hard_labels(y_true, y_pred), y_pred, sample_weight)
+
+
+@keras.saving.register_keras_serializable(package="cnn_search")
+class HardLabelTopK(keras.metrics.SparseTopKCategoricalAccuracy):
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(hard_labels(y_true, y_pred), y_pred, sample_weight)
+
+
+class MixedBatches(keras.utils.PyDataset):
+    """Shuffled training batches, each mixed by MixUp or CutMix; reshuffled every epoch (seeded).
+
+    Images come back in the training arrays' dtype (uint8 pixels rounded after mixing), labels as
+    float32 one-hot rows mixed in the same proportions as the pixels."""
+
+    def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, augment: AugmentParams,
+                 *, seed: int) -> None:
+        super().__init__(workers=1, use_multiprocessing=False)
+        if not augment.soft_labels:
+            raise ValueError("MixedBatches needs mixup or cutmix on")
+        self.x, self.y, self.num_classes, self.batch_size = x, y, int(num_classes), int(batch_size)
+        self.rng = np.random.default_rng(seed)
+        self.order = self.rng.permutation(len(x))
+        self.mixers = ([keras.layers.MixUp(alpha=augment.mixup_alpha, seed=seed)] if augment.mixup else []) + (
+            [keras.layers.CutMix(factor=augment.cutmix_alpha, seed=seed + 1)] if augment.cutmix else [])
+
+    def __len__(self) -> int:
+        return max(math.ceil(len(self.x) / self.batch_size), 1)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        idx = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        images = self.x[idx].astype("float32")
+        labels = keras.utils.to_categorical(self.y[idx], self.num_classes).astype("float32")
+        mixer = self.mixers[0] if len(self.mixers) == 1 else self.mixers[int(self.rng.random() < 0.5)]
+        mixed = mixer({"images": images, "labels": labels}, training=True)
+        images = ops.convert_to_numpy(mixed["images"])
+        if np.issubdtype(self.x.dtype, np.integer):
+            info = np.iinfo(self.x.dtype)
+            images = np.clip(np.rint(images), info.min, info.max).astype(self.x.dtype)
+        return images, ops.convert_to_numpy(mixed["labels"]).astype("float32")
+
+    def on_epoch_end(self) -> None:
+        self.order = self.rng.permutation(len(self.x))
