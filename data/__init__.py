@@ -5,6 +5,7 @@ Trials see `Splits` (train and validation). The test split is reachable only thr
 `DatasetRef`: a named dataset, a folder or file in DATA_DIR, or a path.
 """
 
+from data._arrays import Arrays, check_arrays
 from data._atomic import publish_file, publish_folder
 from data._errors import DatasetError, TestSplitAccessError
 from data._load import Dataset, array_fingerprint, default_cache_dir, final_evaluation, load_dataset
@@ -13,6 +14,7 @@ from data._specs import DATASETS, DatasetSpec, dataset_spec
 from data._splits import Splits, stratified_split, stratified_subset, train_val_splits
 
 __all__ = [
+    "Arrays",
     "DATASETS",
     "DEFAULT_TEST_FRACTION",
     "Dataset",
@@ -22,6 +24,7 @@ __all__ = [
     "Splits",
     "TestSplitAccessError",
     "array_fingerprint",
+    "check_arrays",
     "dataset_spec",
     "default_cache_dir",
     "final_evaluation",

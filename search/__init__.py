@@ -1,10 +1,12 @@
 """Optuna studies of Keras models: the study file (spec), the study in its store (study), one trial
-(trial), one worker process (worker) and the commands (`python -m search`).
+(trial), one worker process (worker), the commands (`python -m search`) and the Python API
+(`search.Study`, search/api.py).
 
 The public names below are what dashboards, benchmarks and users import; the subpackages' own
 `__init__` modules are each one's public surface.
 """
 
+from search.api import Study, StudyRunError
 from search.errors import FailReason, StudyMismatchError, StudySpecError, TrialFailure
 from search.spec import (
                          Dimension,
@@ -29,6 +31,8 @@ __all__ = [
     "StudyMismatchError",
     "StudySpec",
     "StudySpecError",
+    "Study",
+    "StudyRunError",
     "TrainParams",
     "TrialConfig",
     "TrialFailure",

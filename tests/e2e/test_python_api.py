@@ -1,0 +1,45 @@
+"""The Python API end to end (issue: where practitioners work, part 1): a builder function defined as a
+notebook defines it and arrays held in memory, run with 2 workers on PostgreSQL, watched with a
+progress bar, then read back as an ordinary study (`status`, Study.load). The same on the embedded
+store runs in tests/search/test_api.py."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers.notebook import notebook_function
+from helpers.processes import run_cli
+
+import search
+
+
+def test_a_notebook_function_and_arrays_run_with_two_workers_on_postgresql(tmp_path, journal_pg_url, monkeypatch,
+                                                                         capsys):
+    store = journal_pg_url
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ARTIFACTS_DIR", str(tmp_path / "artifacts"))
+    monkeypatch.delenv("STUDIES_DIR", raising=False)
+    rng = np.random.default_rng(0)
+    y = np.arange(90) % 3
+    x = (y[:, None, None] * 80 + rng.integers(0, 40, (90, 12, 12))).astype(np.uint8)  # learnable
+    study = search.Study("nb_e2e", architecture=notebook_function(), dataset=(x, y), storage=store,
+                         space={"dense_units": {"choices": [8, 16]}, "dropout": {"low": 0.0, "high": 0.5},
+                                "batch_size": {"choices": [16]}},
+                         budget={"trials": 4, "max_epochs": 2}, sampler={"name": "random", "seed": 0},
+                         pruner="none")
+    assert study.run(workers=2, progress=True, poll_s=0.5) is study
+    bar = capsys.readouterr().err
+    assert "study nb_e2e" in bar and "4/4" in bar and "best 0." in bar, bar[-2000:]
+    assert study.best is not None and set(study.best["params"]) == {"dense_units", "dropout", "batch_size"}
+    frame = study.trials_dataframe()
+    assert len(frame) == 4 and set(frame["state"]) == {"COMPLETE"}
+    workers = {t.user_attrs["worker"].split("@")[0] for t in study.optuna_study().trials}
+    assert workers == {"w0", "w1"}  # two worker processes shared the budget
+    # An ordinary study: the CLI and Study.load see it.
+    status = run_cli("status", "nb_e2e", "--json", env={"STUDIES_DIR": str(tmp_path / "studies"), "STORAGE": store})
+    assert status.returncode == 0, status.stderr[-2000:]
+    assert json.loads(status.stdout)["best_value"] == pytest.approx(study.best["value"])
+    assert search.Study.load("nb_e2e", storage=store).best == study.best
