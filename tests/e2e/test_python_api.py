@@ -43,3 +43,9 @@ def test_a_notebook_function_and_arrays_run_with_two_workers_on_postgresql(tmp_p
     assert status.returncode == 0, status.stderr[-2000:]
     assert json.loads(status.stdout)["best_value"] == pytest.approx(study.best["value"])
     assert search.Study.load("nb_e2e", storage=store).best == study.best
+    record = study.evaluate(seeds=3)
+    assert record["trial"] == study.best["trial"] and 0.0 <= record["test_accuracy"] <= 1.0
+    assert len(record["val_accuracy_per_seed"]) == 3
+    report = study.report(out=tmp_path / "reports")
+    assert report.is_file() and "nb_e2e" in report.read_text()
+    assert report._repr_html_().startswith("<iframe srcdoc=")  # what a notebook shows
