@@ -1,0 +1,204 @@
+"""A drop-in for scikit-learn's RandomizedSearchCV over a Keras classifier wrapper, with a study underneath.
+
+Seed 002 searched its dense head with `RandomizedSearchCV(KerasClassifier(build_fn=create_model, ...),
+param_distributions, n_iter=...)` for 47 minutes, then printed cv_results_. The same lines run on
+`SearchCV` unchanged:
+
+    search = SearchCV(KerasClassifier(build_fn=create_model, epochs=20, batch_size=32),
+                      {"optimizer": ["SGD", "Adam"], "neurons_second": [0, 128, 512],
+                       "activation": ["relu", "sigmoid"]}, n_iter=10, random_state=0, workers=2)
+    grid_result = search.fit(x_train, y_train)
+    print("Best: %f using %s" % (grid_result.best_score_, grid_result.best_params_))
+    for mean, stdev, param in zip(grid_result.cv_results_["mean_test_score"],
+                                  grid_result.cv_results_["std_test_score"], grid_result.cv_results_["params"]):
+        print("%f (%f) with: %r" % (mean, stdev, param))
+
+scikit-learn itself is not needed: this class has its interface, not its base classes.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from search.api import Study
+from search.errors import StudySpecError
+from search.spec import KNOBS, OPTIMIZERS
+from storage import attrs
+
+TRAINING = {"optimizer", "learning_rate", "momentum", "batch_size"}  # the service's knobs, not the builder's
+
+
+class SearchCV:
+    """RandomizedSearchCV's interface over a study: `fit(X, y)`, then best_params_, best_score_,
+    cv_results_ (scikit-learn's keys and shape) and study_.
+
+    Not K-fold refits: each sampled configuration trains once on a held-out validation split (the
+    study's `val_fraction`, stratified), with early stopping and pruning, and its score is the best
+    validation accuracy (std_test_score is 0: one split). That is how the service makes a search of
+    `n_iter` configurations cost about `n_iter` trainings instead of `n_iter x cv`, pruned. `cv` other
+    than None is refused rather than silently ignored: folds are not built yet.
+
+    estimator: a Keras classifier wrapper (scikeras' KerasClassifier(model=...), Keras 2's
+    KerasClassifier(build_fn=...)) or the build function itself: `build_fn(**searched)` returning a
+    Keras model for the data's input shape, compiled or not (the study compiles it with the searched
+    `optimizer`, `learning_rate`, `batch_size` when those are among the parameters, else with its
+    defaults). param_distributions: lists, or scipy.stats' uniform, loguniform and randint.
+    """
+
+    def __init__(self, estimator: Any, param_distributions: Mapping[str, Any], *, n_iter: int = 10,
+                 scoring: str | None = None, random_state: int | None = None, workers: int = 1, cv: Any = None,
+                 max_epochs: int | None = None, name: str = "searchcv", workdir: str | Path | None = None,
+                 storage: str | None = None, progress: bool | None = None, refit: bool = False) -> None:
+        if cv is not None:
+            raise ValueError("SearchCV scores each configuration on one held-out validation split, with pruning; "
+                             "K-fold (cv=...) is not built yet: leave cv=None")
+        if scoring not in (None, "accuracy"):
+            raise ValueError(f"scoring {scoring!r}: SearchCV scores by validation accuracy (scoring=None or "
+                             "'accuracy'); other objectives are the study file's `objective: {metric: ...}`")
+        if refit:
+            raise ValueError("refit=True (best_estimator_) is not built yet: search.Study.evaluate() retrains "
+                             "the best configuration with 3 seeds and tests it once")
+        self.estimator, self.param_distributions = estimator, dict(param_distributions)
+        self.n_iter, self.random_state, self.workers, self.scoring, self.cv = n_iter, random_state, workers, scoring, cv
+        self.max_epochs, self.name, self.workdir, self.storage, self.progress = (max_epochs, name, workdir, storage,
+                                                                                  progress)
+
+    def fit(self, X: np.ndarray, y: np.ndarray) -> SearchCV:  # noqa: N803 (scikit-learn's names)
+        build_fn, fixed = _build_fn(self.estimator)
+        space, names = translate(self.param_distributions)
+        epochs = self.max_epochs or int(fixed.pop("epochs", 20))
+        batch = fixed.pop("batch_size", None)
+        fixed_knobs = {"batch_size": int(batch)} if batch is not None and "batch_size" not in space else {}
+        builder = _builder(build_fn, space)
+        self.study_ = Study(self.name, architecture=builder, dataset=(np.asarray(X), _labels(np.asarray(y))),
+                            space=space, budget={"trials": self.n_iter, "max_epochs": epochs},
+                            sampler={"name": "tpe", **({"seed": self.random_state} if self.random_state is not None
+                                                       else {})},
+                            **({"fixed": fixed_knobs} if fixed_knobs else {}), workdir=self.workdir,
+                            storage=self.storage)
+        self.study_.run(workers=self.workers, progress=self.progress)
+        self._results(names)
+        return self
+
+    def _results(self, names: dict[str, dict[Any, Any]]) -> None:
+        trials = [t for t in self.study_.optuna_study().trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
+        trials.sort(key=lambda t: t.number)
+        scores = np.array([_score(t) for t in trials], dtype=float)
+        params = [{k: names.get(k, {}).get(v, v) for k, v in t.params.items()} for t in trials]
+        order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
+        ranks = np.empty(len(trials), dtype=int)
+        ranks[order] = np.arange(1, len(trials) + 1)
+        self.cv_results_ = {
+            "params": params, "mean_test_score": scores, "std_test_score": np.zeros(len(trials)),
+            "rank_test_score": ranks,
+            "mean_fit_time": np.array([t.user_attrs.get(attrs.TRAIN_SECONDS, np.nan) for t in trials], dtype=float),
+            "state": [t.state.name for t in trials], "trial_number": [t.number for t in trials],
+            **{f"param_{k}": [p.get(k) for p in params] for k in self.param_distributions},
+        }
+        best = self.study_.best
+        if best is None:
+            raise RuntimeError(f"no configuration of study {self.name} completed; see {self.study_.workdir}")
+        self.best_index_ = next(i for i, t in enumerate(trials) if t.number == best["trial"])
+        self.best_params_ = params[self.best_index_]
+        self.best_score_ = float(scores[self.best_index_])
+
+
+def _score(trial: Any) -> float:
+    """A completed trial's value; a pruned one's best reported epoch; a failed one's NaN (as
+    scikit-learn's error_score)."""
+    if trial.state.name == "COMPLETE" and trial.value is not None:
+        return float(trial.value)
+    if trial.state.name == "PRUNED" and trial.intermediate_values:
+        return float(max(trial.intermediate_values.values()))
+    return float("nan")
+
+
+def translate(distributions: Mapping[str, Any]) -> tuple[dict[str, dict[str, Any]], dict[str, dict[Any, Any]]]:
+    """scikit-learn's param_distributions as the study's space, and how to name values back (an
+    optimizer given as 'Adam' is the knob's 'adam'). A clear error for what cannot be translated."""
+    space: dict[str, dict[str, Any]] = {}
+    names: dict[str, dict[Any, Any]] = {}
+    for raw, dist in distributions.items():
+        key = raw.split("__", 1)[1] if raw.startswith("model__") else raw
+        if key == "epochs":
+            raise StudySpecError(f"param_distributions.{raw}", "epochs is the budget's max_epochs (trials stop "
+                                                               "early and are pruned): pass max_epochs=N instead")
+        if isinstance(dist, (list, tuple, np.ndarray)):
+            values = [v.item() if isinstance(v, np.generic) else v for v in dist]
+            if key == "optimizer":
+                names[key] = {_optimizer(v, raw): v for v in values}
+                values = list(names[key])
+            space[key] = {"choices": values}
+            continue
+        space[key] = _distribution(dist, raw)
+    return space, names
+
+
+def _optimizer(value: Any, where: str) -> str:
+    name = str(value).lower()
+    if name not in OPTIMIZERS:
+        raise StudySpecError(f"param_distributions.{where}", f"optimizer {value!r} is not one of "
+                                                             f"{', '.join(OPTIMIZERS)} (names are case-insensitive)")
+    return name
+
+
+def _distribution(dist: Any, where: str) -> dict[str, Any]:
+    kind = getattr(getattr(dist, "dist", None), "name", None)
+    args = tuple(getattr(dist, "args", ())) + tuple(getattr(dist, "kwds", {}).values())
+    if kind == "uniform":
+        loc, scale = (list(args) + [0.0, 1.0][len(args):])[:2]
+        return {"low": float(loc), "high": float(loc + scale)}
+    if kind in ("loguniform", "reciprocal") and len(args) >= 2:
+        return {"low": float(args[0]), "high": float(args[1]), "log": True}
+    if kind == "randint" and len(args) >= 2:
+        return {"low": int(args[0]), "high": int(args[1]) - 1}  # scipy's high is exclusive
+    raise StudySpecError(f"param_distributions.{where}", (
+        f"{kind or type(dist).__name__} cannot be translated to the study's space; give a list of values, or "
+        "scipy.stats.uniform, loguniform or randint"))
+
+
+def _labels(y: np.ndarray) -> np.ndarray:
+    """Integer labels; one-hot rows (Keras 2 examples used to_categorical) as their argmax."""
+    return y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y
+
+
+def _build_fn(estimator: Any) -> tuple[Callable[..., Any], dict[str, Any]]:
+    """The build function and the wrapper's own fixed arguments (epochs, batch_size...)."""
+    if inspect.isfunction(estimator):
+        return estimator, {}
+    fn = getattr(estimator, "model", None) or getattr(estimator, "build_fn", None)
+    if not callable(fn):
+        raise StudySpecError("estimator", "give a Keras classifier wrapper (KerasClassifier(model=...) or "
+                                          "(build_fn=...)) or the build function itself")
+    fixed = dict(getattr(estimator, "sk_params", {}) or {})
+    for key in ("epochs", "batch_size"):
+        if getattr(estimator, key, None) is not None:
+            fixed[key] = getattr(estimator, key)
+    return fn, fixed
+
+
+def _builder(build_fn: Callable[..., Any], space: Mapping[str, Any]) -> Callable[..., Any]:
+    """A builder of the service's contract around `build_fn(**params)`: its knobs are the searched
+    parameters the service does not set itself (optimizer, learning_rate, batch_size), each
+    defaulting to its first choice or its low bound."""
+    knobs = {k: (d["choices"][0] if "choices" in d else d["low"]) for k, d in space.items()
+             if k not in TRAINING and not (k in KNOBS and KNOBS[k].target != "model")}
+
+    def build(input_shape, num_classes, **params):
+        return build_fn(**params)
+
+    build.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+        [inspect.Parameter("input_shape", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+         inspect.Parameter("num_classes", inspect.Parameter.POSITIONAL_OR_KEYWORD),
+         *(inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in knobs.items())])
+    build.__qualname__ = getattr(build_fn, "__qualname__", "build")
+    build.__wrapped__ = build_fn  # type: ignore[attr-defined]  # its source, in the builder file written for it
+    return build
+
+
+__all__ = ["SearchCV", "translate"]
