@@ -34,6 +34,8 @@ class Settings(BaseSettings):
     data_cache: Path = Field(Path(".cache/data"), description="decoded datasets, cached as uint8 arrays")
     data_offline: bool = Field(False, description="never download a dataset; fail naming what was looked for")
     studies_dir: Path = Field(STUDIES_DIR, description="folder of study files <name>.yaml")
+    mlflow_tracking_uri: str = Field("", description=(
+        "record each study and its trials in MLflow there (a study file's tracking.mlflow wins); empty: no MLflow"))
     # --- study overrides (what compose and Kubernetes pass) --------------------------------------
     dataset: str | None = Field(None, description="override the study file's dataset")
     trials: int | None = Field(None, ge=1, description="override the trial budget (total across workers)")

@@ -24,6 +24,7 @@ import optuna
 from PIL import Image
 
 from data import Splits, final_evaluation
+from search._tracking import MlflowTracker, tracker
 from search.settings import Settings
 from search.spec import StudySpec, TrialConfig, load_data, study_splits, trial_config
 from search.study import check_same_data
@@ -145,7 +146,7 @@ def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_
         "val_metric_mean": statistics.mean(values), "val_metric_std": statistics.stdev(values),
         **metrics,
     }
-    _store(study, final, record, artifact_root(settings.artifacts_dir))
+    _store(study, final, record, artifact_root(settings.artifacts_dir), tracker(spec.name, spec.mlflow, settings))
     release()
     return record
 
@@ -157,11 +158,15 @@ def _png(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _store(study: optuna.Study, model: keras.Model, record: dict[str, Any], artifacts: Path) -> None:
+def _store(study: optuna.Study, model: keras.Model, record: dict[str, Any], artifacts: Path,
+           tracked: MlflowTracker | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / f"{study.study_name}-final.keras"
         model.save(model_path)
         record["model_artifact_id"] = upload(study, model_path, root=artifacts, mimetype="application/zip")
+        if tracked is not None:  # the registered model's version, or None when the server is down (a warning)
+            record["mlflow_model_version"] = tracked.safely("registering the final model", tracked.log_final,
+                                                            record, model_path)
         json_path = Path(tmp) / f"{study.study_name}-evaluation.json"
         json_path.write_text(json.dumps(record, indent=1))
         record["evaluation_artifact_id"] = upload(study, json_path, root=artifacts, mimetype="application/json")

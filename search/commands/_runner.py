@@ -19,6 +19,7 @@ import sys
 import time
 
 from search._cli import override_argv
+from search._tracking import tracker
 from search.commands._packing import MIN_MEASURED, AutoPacking, GpuBox
 from search.settings import Settings
 from search.spec import StudySpec
@@ -51,7 +52,15 @@ class Runner:
         for i in range(len(self.packing.box.gpus) if self.packing else self.args.workers):
             self._start(i)
         self._watch()
+        self._catch_up()
         return self._exit_code()
+
+    def _catch_up(self) -> None:
+        """Trials a worker could not record in MLflow (its server was down) are written now."""
+        tracked = tracker(self.spec.name, self.spec.mlflow, self.settings)
+        if tracked is not None and (written := tracked.sync(self.study)):
+            print(f"[study {self.spec.name}] {written} trial run(s) written to MLflow that the workers could not "
+                  "write", flush=True)
 
     def _auto_packing(self) -> AutoPacking | None:
         if self.settings.workers_per_gpu != "auto":

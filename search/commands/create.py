@@ -9,6 +9,7 @@ import optuna
 from data import Dataset, dataset_spec
 from models import build
 from search._cli import add_study_args, overrides
+from search._tracking import tracker
 from search.errors import StudySpecError
 from search.settings import Settings
 from search.spec import StudySpec, check_builders, load_data, load_spec, trial_config
@@ -48,6 +49,9 @@ def create(args: argparse.Namespace, settings: Settings, spec: StudySpec | None 
     described = (data.description if data is not None
                  else dataset_spec(spec.dataset, label_mode=spec.label_mode).describe())
     study = create_study(spec, open_storage(url, create_schema=True), dataset_description=described)
+    tracked = tracker(spec.name, spec.mlflow, settings)
+    if tracked is not None and tracked.safely("creating the study's run", tracked.parent, study) is not None:
+        print(f"study {spec.name}: trials are recorded in MLflow at {tracked.uri} (experiment cnn-search)")
     base = spec.feature_cache and spec.feature_cache.base
     print(f"study {spec.name}: {spec.architecture}{f' (conv base: {base})' if base else ''} on {spec.dataset}, "
           f"budget {spec.trials} trials, <= {spec.max_epochs} epochs each, sampler {spec.sampler}, "

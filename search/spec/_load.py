@@ -112,7 +112,7 @@ def _to_spec(study: StudyFile, name: str) -> StudySpec:
         max_train=study.data.max_train, max_val=study.data.max_val,
         feature_cache=None if cache is None else FeatureCacheSpec(**{**cache.model_dump(), "base": _name(cache.base)}),
         max_consecutive_failures=study.max_consecutive_failures, builder_files=_builder_files(study),
-        precision=study.precision, jit_compile=study.jit_compile,
+        precision=study.precision, jit_compile=study.jit_compile, mlflow=study.tracking.mlflow,
     )
     return dataclasses.replace(spec, warm_start=_fitting(study.warm_start, spec))
 

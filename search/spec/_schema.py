@@ -244,6 +244,13 @@ class DataSection(Section):
         return value
 
 
+class TrackingSection(Section):
+    """Where trials are also recorded (dashboards/tracking.py); not part of the study's identity."""
+
+    mlflow: str | None = Field(None, description=(
+        "an MLflow tracking URI (http://host:5000, sqlite:///mlflow.db); unset: MLFLOW_TRACKING_URI, if set"))
+
+
 class FeatureCacheSection(Section):
     """Train the base once (or take base_weights), cache its features, train heads on them."""
 

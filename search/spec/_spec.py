@@ -85,6 +85,7 @@ class StudySpec:
     constraints: dict[str, float] = field(default_factory=dict)  # max_params, ... -> limit (set ones only)
     training: dict[str, str] = field(default_factory=dict)  # callbacks/loss -> the user's function reference
     training_files: dict[str, str] = field(default_factory=dict)  # each such reference -> its file's sha256
+    mlflow: str | None = None  # tracking.mlflow: trials also recorded there (not hashed: it changes nothing)
     warm_start: tuple[dict[str, Any], ...] = ()
     val_fraction: float = 0.1
     seed: int = 0

@@ -24,6 +24,7 @@ from search.spec._schema import (
     PrunerChoice,
     SamplerChoice,
     SpaceEntry,
+    TrackingSection,
     WarmStart,
     check_space_entry,
 )
@@ -94,6 +95,7 @@ class StudyFile(Section):
     constraints: Constraints = Field(default_factory=Constraints)
     training: TrainingSection = Field(default_factory=TrainingSection)
     data: DataSection = Field(default_factory=DataSection)
+    tracking: TrackingSection = Field(default_factory=TrackingSection)
     seed: NonNegativeInt = Field(0, description="seeds the split, the sampler (plus the worker index) and training")
     feature_cache: FeatureCacheSection | None = Field(None, json_schema_extra=lambda s: s["anyOf"].append(
         {"type": "boolean", "description": "true: the defaults; false: no feature cache"}))

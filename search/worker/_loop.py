@@ -86,7 +86,8 @@ class TrialEnd:
 
 
 def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, stop: StopFlag, background: Background, label: str,
-             limits: LoopLimits = LoopLimits()) -> str | None:
+             limits: LoopLimits = LoopLimits(), after_trial: Callable[[optuna.Study, int], object] | None = None
+             ) -> str | None:
     """Ask, train, tell until the study's budget is met and no counted trial can need a retry.
 
     Optuna's study.optimize has no budget shared across workers and treats every exception alike;
@@ -103,6 +104,8 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
                 _mark_peak(trial)
             if end is None or not _tell(study, trial, end, label):
                 continue
+            if after_trial is not None:
+                after_trial(study, trial.number)  # the experiment tracker: never raises (dashboards.tracking)
             _check_streak(study, spec)
             if end.reason == FailReason.OOM:
                 # TensorFlow's CPU allocator keeps what the failed trial got before it ran out (measured:

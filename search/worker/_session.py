@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from data import Splits
+from search._tracking import tracker
 from search.errors import WorkerStopping
 from search.settings import Settings
 from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_splits
@@ -109,6 +110,7 @@ class WorkerSession:
                               image_shape=self.image_shape)
         if s.gc_freeze:
             freeze_setup()
+        tracked = tracker(self.name, self.spec.mlflow, s)
         with Background(self.study, Liveness.from_settings(s)) as background:
             return run_loop(self.study, self.spec, objective, self.stop, background, self.label,
-                            LoopLimits.from_settings(s))
+                            LoopLimits.from_settings(s), after_trial=tracked and tracked.trial_finished)
