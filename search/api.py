@@ -34,9 +34,9 @@ import cloudpickle
 import numpy as np
 import optuna
 import yaml
-from tqdm.auto import tqdm
 
 from data import Arrays, DatasetError, array_fingerprint, check_arrays
+from search._progress import StudyBar, watched
 from search.errors import StudySpecError
 from search.settings import Settings
 from search.spec import parse_spec
@@ -103,7 +103,7 @@ class Study:
         """Run `workers` worker processes until the budget is met (`make study`). A progress bar
         (trials finished of the budget, best so far, running) where a person watches (a terminal or a
         notebook; `progress` forces it on or off); the workers' own log goes to workdir/NAME.log."""
-        progress = _watched() if progress is None else progress
+        progress = watched(sys.stderr) if progress is None else progress
         log_path = self.workdir / f"{self.name}.log"
         with open(log_path, "w") as log:
             proc = subprocess.Popen(self._argv("run", "--workers", str(workers), "--no-create", "--poll", str(poll_s)),
@@ -120,19 +120,17 @@ class Study:
         return self
 
     def _watch(self, proc: subprocess.Popen, progress: bool, poll_s: float) -> None:
-        bar = None
-        if progress:
-            bar = tqdm(total=self.spec.trials, desc=f"study {self.name}", unit="trial")
+        if not progress:
+            proc.wait()
+            return
+        bar = StudyBar(self.name, self.spec.trials, bar=True, file=sys.stderr)
         try:
             while proc.poll() is None:
                 time.sleep(poll_s)
-                if bar is not None:
-                    _update(bar, self._counts())
-            if bar is not None:
-                _update(bar, self._counts())
+                bar.update(self._counts())
+            bar.update(self._counts())
         finally:
-            if bar is not None:
-                bar.close()
+            bar.close()
 
     def evaluate(self, seeds: int = 3) -> dict[str, Any]:
         """Retrain the best trial with `seeds` seeds, then score it once on the test split
@@ -294,20 +292,6 @@ def _plain(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
-
-
-# --- progress ---------------------------------------------------------------------------------------
-
-
-def _watched() -> bool:
-    return "ipykernel" in sys.modules or sys.stderr.isatty()
-
-
-def _update(bar: Any, c: Any) -> None:
-    bar.n = min(c.n_finished, bar.total)
-    best = "-" if c.best_value is None else f"{c.best_value:.4f}"
-    bar.set_postfix_str(f"best {best}, running {c.n_running}, pruned {c.n_pruned}, failed {c.n_fail}", refresh=False)
-    bar.refresh()
 
 
 def _tail(text: str, n: int = 40) -> str:

@@ -13,6 +13,7 @@ import io
 import json
 import logging
 import statistics
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,7 +108,9 @@ def _retrain(spec: StudySpec, data: _EvaluationData, cfg: TrialConfig,
     """Train the configuration once per seed; each seed's result and the first seed's model."""
     results, final = [], None
     for seed in seeds:
-        result, model = train(cfg, data.train_splits, FitOptions.for_study(spec), seed=seed,
+        # Keras's progress bar on a terminal, as the base training's (search.trial._features); log lines otherwise.
+        options = FitOptions.for_study(spec, verbose=1 if sys.stderr.isatty() else 0)
+        result, model = train(cfg, data.train_splits, options, seed=seed,
                               label=f"evaluate seed {seed}", make_model=data.make_model)
         results.append(result)
         logger.info("seed %d: best %s %.4f at epoch %d (validation accuracy %.4f)", seed, spec.metric,

@@ -19,11 +19,12 @@ import sys
 import time
 
 from search._cli import override_argv
+from search._progress import StudyBar, watched
 from search._tracking import tracker
 from search.commands._packing import MIN_MEASURED, AutoPacking, GpuBox
 from search.settings import Settings
 from search.spec import StudySpec
-from search.study import budget_used, counter_line, counts, open_study, reap, reap_worker, storage_errors
+from search.study import budget_used, counts, open_study, reap, reap_worker, storage_errors
 from search.worker import GROW_ENV, visible_gpus, worker_label
 
 logger = logging.getLogger("search")
@@ -151,8 +152,14 @@ class Runner:
         return None
 
     def _watch(self) -> None:
+        bar = StudyBar(self.args.name, self.spec.trials, bar=watched())  # plain counter lines in a log
+        try:
+            self._watch_with(bar)
+        finally:
+            bar.close()
+
+    def _watch_with(self, bar: StudyBar) -> None:
         seen_dead: set[int] = set()
-        last = ""
         while True:
             alive = [p.poll() is None for p in self.procs.values()]  # poll() each: it sets returncode
             try:
@@ -163,12 +170,9 @@ class Runner:
                         seen_dead.add(i)  # only once reaped: a store error means try again next poll
                 reap(self.study, grace=self.settings.grace_period, max_stale_retries=self.settings.max_stale_retries)
                 self._pack()
-                line = counter_line(counts(self.study))
+                bar.update(counts(self.study))
             except storage_errors() as exc:
-                line = f"[study {self.args.name}] store unreachable ({type(exc).__name__}); workers are backing off"
-            if line != last:
-                print(line, flush=True)
-                last = line
+                bar.note(f"[study {self.args.name}] store unreachable ({type(exc).__name__}); workers are backing off")
             if not any(alive):
                 return
             time.sleep(self.args.poll)
