@@ -33,7 +33,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate report dashboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto up down clean require-name
+.PHONY: help venv study status evaluate report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ report: $(STAMP) require-name ## write reports/NAME/index.html (offline, plotly 
 
 dashboard: $(STAMP) ## optuna-dashboard on the study store at http://127.0.0.1:$(PORT)
 	$(PY) -m dashboards.launcher --port $(PORT)
+
+tensorboard: $(STAMP) require-name ## TensorBoard for study NAME at http://127.0.0.1:6006 (scalars and HParams, exported from the store)
+	$(PY) -m dashboards.tensorboard_export $(NAME) --serve --port 6006
 
 models: $(STAMP) ## table of presets and parameter counts for DATASET (default cifar10)
 	$(PY) -m dashboards.models_table --dataset $(or $(DATASET),cifar10)
