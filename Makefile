@@ -88,13 +88,15 @@ test-tools:
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	  || { echo "the tests need: $$missing (apt-get install $$missing)"; exit 1; }
 
-# The suite in two runs: everything but tests/e2e on both cores (pytest-xdist, a test file per worker, so a
-# file's tests never race each other), then the end-to-end studies one at a time (they start worker
-# processes of their own and time heartbeats).
+# The suite in three runs: everything but tests/e2e on both cores (pytest-xdist, a test file per worker, so a
+# file's tests never race each other); the end-to-end studies on both cores too, a file per worker; then the
+# fault matrix one test at a time (tests/conftest.py's `serial`: it stops PostgreSQL, kills workers and
+# times heartbeats against a grace period, which a second test on the same cores would skew).
 test: $(STAMP) test-tools ## the import contract (pyproject.toml, [tool.importlinter]), then the whole test suite
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=10
-	$(PY) -m pytest -q -m slow --durations=15
+	$(PY) -m pytest -q -m "slow and not serial" -n 2 --dist loadfile --durations=10
+	$(PY) -m pytest -q -m "slow and serial" --durations=15
 
 test-faults: $(STAMP) ## only the fault matrix on PostgreSQL (README, "Reliability"); make test runs it too
 	$(PY) -m pytest -q tests/e2e/test_service.py tests/e2e/test_faults.py

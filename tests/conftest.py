@@ -4,7 +4,9 @@ Markers are applied here, never by hand: `postgres` to every test that uses the 
 (the `postgres_url` fixture, directly or through another fixture; a fixture that asks for it only
 for some of its params marks those params), `browser` to every test that uses
 headless Chromium (the `chromium` fixture), and `slow` to every test under tests/e2e/ (whole studies,
-many processes). `make test-fast` deselects all three and runs with no service running.
+many processes). `make test-fast` deselects all three and runs with no service running. Of the slow
+ones, the fault matrix is also `serial` (FAULT_FILES: they stop PostgreSQL, kill workers and time
+heartbeats against a grace period), which `make test` runs alone; the other studies share both cores.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 E2E = Path(__file__).resolve().parent / "e2e"
+FAULT_FILES = {"test_service.py", "test_faults.py", "test_kubernetes_jobs.py", "test_build_across_machines.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -36,6 +39,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.browser)
         if E2E in Path(item.path).parents:
             item.add_marker(pytest.mark.slow)
+            if Path(item.path).name in FAULT_FILES:
+                item.add_marker(pytest.mark.serial)
 
 
 @pytest.fixture(scope="session")
@@ -60,8 +65,12 @@ def _isolated_env(tmp_path_factory, monkeypatch):
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
-    """One cache for the real datasets, decoded once per test session."""
-    return tmp_path_factory.mktemp("shared-cache")
+    """One cache for the real datasets, decoded once per test session: shared by its xdist workers
+    (the loader publishes a decoded dataset atomically, so two that decode at once both end well)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-cache"
+    folder.mkdir(exist_ok=True)
+    return folder
 
 
 @pytest.fixture(scope="session")
