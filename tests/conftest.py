@@ -67,8 +67,8 @@ def _isolated_env(tmp_path_factory, monkeypatch):
 def shared_cache(tmp_path_factory) -> Path:
     """One cache for the real datasets, decoded once per test session: shared by its xdist workers
     (the loader publishes a decoded dataset atomically, so two that decode at once both end well)."""
-    base = tmp_path_factory.getbasetemp()
-    folder = (base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base) / "shared-cache"
+    root = tmp_path_factory.getbasetemp()
+    folder = (root.parent if os.environ.get("PYTEST_XDIST_WORKER") else root) / "shared-cache"
     folder.mkdir(exist_ok=True)
     return folder
 
