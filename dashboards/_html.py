@@ -63,7 +63,7 @@ def images(worst: list[dict[str, Any]], class_names: list[str]) -> str:
     if not worst:
         return ""
     cells = "".join(
-        f"<figure><img src='data:image/png;base64,{w['png']}' width=64 height=64>"
+        f"<figure><img src=\"data:image/png;base64,{html.escape(str(w['png']), quote=True)}\" width=64 height=64>"
         f"<figcaption>true {html.escape(class_names[w['true']])}<br>"
         f"pred {html.escape(class_names[w['pred']])} ({w['confidence']:.2f})</figcaption></figure>"
         for w in worst)

@@ -40,13 +40,17 @@ def overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def override_argv(args: argparse.Namespace) -> list[str]:
+    """The study overrides for a child process's argv. Not the store URL, which may hold a password
+    that any user of the machine would read in `ps`: children get it as STORAGE (child_store_env)."""
     out: list[str] = []
     for key, value in overrides(args).items():
         if value is not None:
             out += [f"--{key}", str(value)]
-    if args.storage:
-        out += ["--storage", args.storage]
     return out
+
+
+def child_store_env(args: argparse.Namespace) -> dict[str, str]:
+    return {"STORAGE": args.storage} if args.storage else {}
 
 
 def setup_logging(prefix: str = "") -> None:

@@ -140,8 +140,7 @@ class Study:
 
     def report(self, out: str | Path = "reports") -> Report:
         """Write the HTML report (`make report`); shown inline when it is a notebook cell's value."""
-        subprocess.run([sys.executable, "-m", "dashboards.report", self.name, "--out", str(out),
-                        *(["--storage", self.storage] if self.storage else [])],
+        subprocess.run([sys.executable, "-m", "dashboards.report", self.name, "--out", str(out)],  # STORAGE: _env
                        env=self._env(), check=True, capture_output=True, text=True, timeout=600)
         return Report(Path(out) / self.name / "index.html")
 

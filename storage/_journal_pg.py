@@ -58,7 +58,7 @@ from optuna.storages.journal import BaseJournalBackend
 from optuna.storages.journal._base import BaseJournalSnapshot
 
 from storage._errors import StorageUnavailableError
-from storage._urls import JOURNAL_PG_PREFIX, redact, with_search_path
+from storage._urls import JOURNAL_PG_PREFIX, PG_KEEPALIVES, redact, with_search_path
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -168,7 +168,7 @@ class PostgresJournalBackend(BaseJournalBackend, BaseJournalSnapshot):
         self._read_end = 0  # the log number after the last one read_logs returned
         self._engine = sqlalchemy.create_engine(
             url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT",
-            connect_args={"connect_timeout": connect_timeout, "application_name": application_name},
+            connect_args={"connect_timeout": connect_timeout, "application_name": application_name, **PG_KEEPALIVES},
         )
         self._lock = threading.Lock()
         self._conn: sqlalchemy.Connection | None = None

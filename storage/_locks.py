@@ -29,7 +29,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from storage._errors import StorageConfigError
-from storage._urls import JOURNAL_PG_PREFIX, redact
+from storage._urls import JOURNAL_PG_PREFIX, PG_KEEPALIVES, redact
 
 logger = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ MAX_RETRY_S = 30.0  # longest pause between attempts to reach a database that is
 LOCK_NOT_AVAILABLE = "55P03"  # PostgreSQL's SQLSTATE when lock_timeout ends a wait
 # Client side: a waiter notices a vanished server. Server side (per-session settings): PostgreSQL
 # notices a vanished builder machine after 30 + 3 x 10 s and ends its session, and so its lock.
-_CLIENT_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3}
 _SESSION_SETUP = ("SET tcp_keepalives_idle = 30; SET tcp_keepalives_interval = 10; "
                   "SET tcp_keepalives_count = 3; SET lock_timeout = '{slice_ms}ms'")
 
@@ -82,7 +81,7 @@ def advisory_lock(database_url: str, kind: str, key: str, *, wait_slice_s: float
     try:
         engine = sqlalchemy.create_engine(
             database_url, poolclass=sqlalchemy.pool.NullPool, isolation_level="AUTOCOMMIT",
-            connect_args={"connect_timeout": 10, "application_name": APPLICATION_NAME, **_CLIENT_KEEPALIVES})
+            connect_args={"connect_timeout": 10, "application_name": APPLICATION_NAME, **PG_KEEPALIVES})
     except (sqlalchemy.exc.ArgumentError, sqlalchemy.exc.NoSuchModuleError) as exc:
         raise StorageConfigError(f"build lock: cannot use the store URL {redact(database_url)} ({exc})") from None
     lock = _AdvisoryLock(engine, advisory_key(kind, key), f"{kind}/{key}", wait_slice_s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import optuna
 
 from storage._errors import StorageUnavailableError
-from storage._urls import redact, unavailable
+from storage._urls import PG_KEEPALIVES, redact, unavailable
 
 # The connection budget: a worker's three threads (trials, heartbeat, reaper) share one pool of
 # POOL_SIZE + MAX_OVERFLOW connections, so N workers hold at most 2N (README, "Reliability").
@@ -22,7 +22,7 @@ def open_rdb(url: str, *, create_schema: bool = False) -> optuna.storages.RDBSto
             "pool_recycle": 300,
             "pool_size": POOL_SIZE,
             "max_overflow": MAX_OVERFLOW,
-            "connect_args": {"connect_timeout": 10, "application_name": APPLICATION_NAME},
+            "connect_args": {"connect_timeout": 10, "application_name": APPLICATION_NAME, **PG_KEEPALIVES},
         }
     if not create_schema:
         _require_schema(url, engine_kwargs.get("connect_args", {}))

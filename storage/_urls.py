@@ -14,6 +14,11 @@ from storage._errors import StorageConfigError, StorageUnavailableError
 
 logger = logging.getLogger(__name__)
 DEFAULT_JOURNAL = "studies.journal"
+# libpq's client side on every store connection: a database node lost without a RST (a failover, a
+# dropped route) is noticed after about 30 + 3 x 10 s idle, or 60 s of unacknowledged writes
+# (tcp_user_timeout), instead of the kernel's 15 minutes to 2 hours that froze a worker and its threads.
+PG_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 30, "keepalives_interval": 10, "keepalives_count": 3,
+                 "tcp_user_timeout": 60_000}
 JOURNAL_PG_PREFIX = "journal+"  # journal+postgresql+psycopg2://...: Optuna's journal, its log in PostgreSQL
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 import time
 
-from search._cli import override_argv
+from search._cli import child_store_env, override_argv
 from search._progress import StudyBar, watched
 from search._tracking import tracker
 from search.commands._packing import MIN_MEASURED, AutoPacking, GpuBox
@@ -132,14 +132,15 @@ class Runner:
     def _worker_env(self) -> dict[str, str]:
         """N workers on one CPU get cores // N threads each, so they do not compete for the same cores."""
         s = self.settings
+        store = child_store_env(self.args)  # never on argv (a password in `ps`)
         if self.args.workers > 1 and not s.worker_threads and not visible_gpus(s.cuda_visible_devices):
-            return s.child_env(WORKER_THREADS=str(max(1, (os.cpu_count() or 1) // self.args.workers)))
-        return s.child_env()
+            return s.child_env(WORKER_THREADS=str(max(1, (os.cpu_count() or 1) // self.args.workers)), **store)
+        return s.child_env(**store)
 
     def _prepare(self) -> int | None:
         """The one-time base training and feature extraction, once, on every core, before the
         workers (which share the cores) start; a worker would otherwise train the base on its share."""
-        prepare = subprocess.Popen([*self.argv, "--prepare"], start_new_session=True)
+        prepare = subprocess.Popen([*self.argv, "--prepare"], env=self.env, start_new_session=True)
         self.procs[-1] = prepare
         code = prepare.wait()
         del self.procs[-1]

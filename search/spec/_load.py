@@ -71,9 +71,25 @@ def parse_spec(text: str, *, name: str, where: str = "<study>", **overrides: Any
     return spec if "profile" not in overrides else _with_profile(spec, overrides["profile"])
 
 
+MAX_ALIASES = 100  # a study file may reuse a mapping with &anchor / *alias; "a billion laughs" may not
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing more than MAX_ALIASES aliases: nested aliases expand
+    exponentially once the data is walked (validated, hashed, dumped)."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            self.aliases_seen = getattr(self, "aliases_seen", 0) + 1
+            if self.aliases_seen > MAX_ALIASES:
+                raise yaml.YAMLError(f"more than {MAX_ALIASES} aliases (*name): a study file this large in "
+                                     "expansion is refused; write the values out")
+        return super().compose_node(parent, index)
+
+
 def _safe_load(text: str, where: str) -> dict:
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.constructor.ConstructorError as exc:
         raise StudySpecError(where, f"YAML tag not allowed ({exc.problem}); study files are plain data, "
                              "tags that construct Python objects are refused") from None

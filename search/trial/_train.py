@@ -17,7 +17,7 @@ import numpy as np
 
 from data import Splits
 from data.preprocessing import normalization_layer, training_model
-from models import BuilderError, BuilderParams, build
+from models import BuilderChangedError, BuilderError, BuilderParams, build
 from search.errors import FATAL, FailReason, TrialFailure
 from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig, minimized
 from search.trial._constraints import architecture_params
@@ -129,6 +129,17 @@ def image_model(normalization: str = "scale") -> ModelBuilder:
         own = isinstance(cfg.model, BuilderParams)
         try:
             arch = build(cfg.model)
+        except ImportError as exc:
+            # The service's own import failing (a broken install), or the builder file edited since the
+            # study was validated (BuilderChangedError): every trial fails alike, so it stays fatal.
+            if not own or isinstance(exc, BuilderChangedError):
+                raise
+            # The builder file imported at `create`; an import inside build() that fails for some knob
+            # values (an optional backbone package, say) is this configuration's failure, capped by the
+            # failure streak like any other, not a fatal error that stops every worker popping its retry.
+            raise TrialFailure(FailReason.BUILD, f"the architecture cannot be built: builder {cfg.model.builder} "
+                                                 f"raised {type(exc).__name__}: {exc} (knobs {cfg.model.knobs})"
+                               ) from exc
         except FATAL:
             raise
         except Exception as exc:

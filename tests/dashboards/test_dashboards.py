@@ -387,3 +387,14 @@ def test_dashboard_serves_the_study_in_chromium_on_loopback_only(tmp_path, chrom
     finally:
         server.terminate()
         server.wait(timeout=20)
+
+
+def test_the_report_escapes_the_images_it_reads_from_the_store():
+    """Issue (faults and security): the misclassified images' base64 went into an attribute unescaped,
+    so whoever can write the study's attributes could put a script in everyone's report."""
+    from dashboards._html import images
+
+    page = images([{"png": "AAAA\"><script>alert(1)</script>", "true": 0, "pred": 1, "confidence": 0.5}],
+                  ["cat", "<b>dog</b>"])
+    assert "<script>" not in page and "<b>" not in page
+    assert 'src="data:image/png;base64,AAAA&quot;&gt;&lt;script&gt;' in page

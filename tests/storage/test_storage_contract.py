@@ -21,6 +21,7 @@ from storage import (
     StorageConfigError,
     StorageUnavailableError,
     attrs,
+    close_storage,
     open_storage,
     redact,
     resolve_url,
@@ -414,3 +415,21 @@ def test_a_report_with_a_hostile_artifact_id_renders_without_reading_it(tmp_path
     (tmp_path / "secret.json").write_text('{"worst_misclassified": [{"png": "leaked"}]}')
     assert _evaluation_images({"evaluation_artifact_id": "../secret.json"}, tmp_path / "artifacts") == []
     assert "Invalid artifact_id" in caplog.text
+
+
+def test_every_postgresql_connection_has_keepalives_and_a_user_timeout(postgres_url, journal_pg_url):
+    """Issue (faults): the store connections set no TCP keepalive, so a database node lost without a
+    RST froze a worker, its heartbeat and its reaper for 15 minutes to about 2 hours."""
+    from storage._journal_pg import PostgresJournalBackend
+    from storage._rdb import open_rdb
+
+    def dsn(engine) -> dict:
+        with engine.connect() as conn:
+            return conn.connection.dbapi_connection.get_dsn_parameters()
+
+    journal = open_storage(journal_pg_url, create_schema=True)  # a JournalStorage over our backend
+    rdb = open_rdb(postgres_url, create_schema=True)
+    assert isinstance(journal._backend, PostgresJournalBackend)
+    for params in (dsn(rdb.engine), dsn(journal._backend._engine)):
+        assert (params["keepalives"], params["keepalives_idle"], params["tcp_user_timeout"]) == ("1", "30", "60000")
+    close_storage(journal)

@@ -22,3 +22,23 @@ def test_run_with_a_dataset_that_is_not_there_fails_before_the_study_is_created(
         from storage import open_storage
 
         assert optuna.get_all_study_names(open_storage(store)) == []
+
+
+def test_a_store_password_reaches_the_workers_in_their_environment_not_their_argv():
+    """Issue (faults and security): `--storage` with a password appeared in the workers' argv, which
+    every user of the machine reads with `ps`."""
+    import argparse
+
+    from search._cli import child_store_env, override_argv
+    from search.commands._runner import Runner
+    from search.settings import Settings
+    from search.spec import load_spec
+
+    url = "postgresql+psycopg2://search:s3cret@db.example:5432/optuna"
+    args = argparse.Namespace(name="mnist_cnn", storage=url, dataset=None, trials=4, epochs=None, profile="smoke",
+                              workers=2, poll=1.0, no_create=True)
+    assert "s3cret" not in " ".join(override_argv(args)) and "--trials" in override_argv(args)
+    assert child_store_env(args) == {"STORAGE": url}
+    runner = Runner(args, Settings.from_env({}), load_spec("mnist_cnn"))
+    assert "s3cret" not in " ".join(runner.argv)
+    assert runner._worker_env()["STORAGE"] == url

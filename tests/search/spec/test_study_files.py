@@ -50,6 +50,12 @@ def test_documented_warm_starts_are_kept():
         ("rmsprop", 0.001, 128), ("sgd", 0.01, 64)}
 
 
+def test_a_few_aliases_are_still_yaml():
+    text = GOOD + "warm_start:\n  - &first {optimizer: adam, learning_rate: 0.01, batch_size: 32}\n  - *first\n"
+    spec = parse_spec(text, name="aliased")
+    assert spec.warm_start[0] == spec.warm_start[1]
+
+
 def test_overrides_and_profile():
     spec = load_spec("simple_cnn", dataset="cifar10", trials=6, profile="smoke")
     assert spec.trials == 6 and spec.max_epochs == 2 and spec.max_train == 2000
@@ -93,6 +99,14 @@ BAD_CASES = {
                           r"<study>: unknown field\(s\) \['budgt'\]; allowed: \[.*'budget'"),
     "typo in a section": (GOOD + "budget: {trails: 3}\n",
                           r"budget: unknown field\(s\) \['trails'\]; allowed: \[.*'trials'"),
+    "a billion laughs": ("a: &a [x, x, x, x, x, x, x, x, x]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+                         "c: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b]\nd: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+                         "e: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d]\nf: &f [*e, *e, *e, *e, *e, *e, *e, *e, *e]\n"
+                         "g: &g [*f, *f, *f, *f, *f, *f, *f, *f, *f]\nh: &h [*g, *g, *g, *g, *g, *g, *g, *g, *g]\n"
+                         "i: &i [*h, *h, *h, *h, *h, *h, *h, *h, *h]\nj: &j [*i, *i, *i, *i, *i, *i, *i, *i, *i]\n"
+                         "k: &k [*j, *j, *j, *j, *j, *j, *j, *j, *j]\nl: &l [*k, *k, *k, *k, *k, *k, *k, *k, *k]\n"
+                         "m: [*l, *l, *l, *l, *l, *l, *l, *l, *l]\n",  # 9^12 leaves: 108 aliases
+                         r"<study>: not valid YAML: more than 100 aliases"),
     "python object tag": ("!!python/object/apply:os.system ['touch /tmp/pwned-by-yaml']\n",
                           r"<study>: YAML tag not allowed .*; study files are plain data"),
     "hyperband with two objectives": (GOOD + "objective: {second: params}\npruner: hyperband\n",
