@@ -22,6 +22,7 @@ from storage import attrs
 logger = logging.getLogger(__name__)
 Clock = Callable[[], float]
 DEFAULTS = Settings.model_fields  # the defaults are written once, in Settings
+WARN_EVERY_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class Background:
         self.study, self.liveness, self.clock = study, liveness, clock
         self.trial_id: int | None = None
         self.stopped = threading.Event()
+        self._warned_at: dict[str, float] = {}  # what -> when its failure was last logged as a warning
         self._threads = [threading.Thread(target=self._beat_loop, name="heartbeat", daemon=True),
                          threading.Thread(target=self._reap_loop, name="reaper", daemon=True)]
 
@@ -116,9 +118,15 @@ class Background:
         while not self.stopped.wait(max(self.liveness.grace / 4, 0.5)):
             self._guarded(self.reap_now, "reaper")
 
-    @staticmethod
-    def _guarded(call: Callable[[], object], what: str) -> None:
+    def _guarded(self, call: Callable[[], object], what: str) -> None:
         try:
             call()
         except Exception as exc:  # noqa: BLE001 - a background thread must outlive any one error
-            logger.debug("%s failed: %s", what, exc)
+            # A warning at most once a minute per thread (an outage fails every beat); debug in between.
+            now = time.monotonic()
+            if now - self._warned_at.get(what, -WARN_EVERY_S) >= WARN_EVERY_S:
+                self._warned_at[what] = now
+                logger.warning("%s failed (%s: %s); it goes on, and tries again", what, type(exc).__name__,
+                               str(exc)[:300])
+            else:
+                logger.debug("%s failed: %s", what, exc)

@@ -24,7 +24,7 @@ def test_compose_file_is_valid_and_shaped_for_one_gpu_box(tmp_path):
     worker = services["worker"]
     assert worker["depends_on"]["create-study"]["condition"] == "service_completed_successfully"
     assert worker["deploy"]["resources"]["reservations"]["devices"][0]["capabilities"] == ["gpu"]
-    assert worker["restart"] == "on-failure" and worker["init"] is True and worker["stop_grace_period"] == "15m"
+    assert worker["restart"] == "on-failure:3" and worker["init"] is True  # exit 2 is not restarted forever and worker["stop_grace_period"] == "15m"
     assert any(v.startswith("artifacts:/artifacts") for v in worker["volumes"])
     assert any(v.startswith("artifacts:/artifacts") for v in services["dashboard"]["volumes"])
     assert services["dashboard"]["ports"] == ["127.0.0.1:8080:8080/tcp"]

@@ -190,3 +190,20 @@ def test_the_worker_exits_2_naming_a_missing_study(tmp_path):
     assert run.returncode == FATAL_EXIT == 2, run.stderr[-2000:]
     assert "study 'mnist_cnn' does not exist in this store; create it first" in run.stderr
     assert "Traceback" not in run.stderr
+
+
+def test_a_reaper_that_fails_says_so_as_a_warning_once_a_minute(caplog):
+    """Issue (faults): reaper and heartbeat errors were logged at debug level only: an operator saw
+    nothing while a worker's reaper could not reach the store."""
+    study, _ = _study()
+    background = Background(study, Liveness())
+
+    def broken():
+        raise ConnectionError("server closed the connection unexpectedly")
+
+    with caplog.at_level("DEBUG", logger="search.worker._liveness"):
+        for _ in range(3):
+            background._guarded(broken, "reaper")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1 and "reaper failed (ConnectionError: server closed" in warnings[0].getMessage()
+    assert sum(r.levelname == "DEBUG" for r in caplog.records) == 2
