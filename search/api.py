@@ -132,10 +132,11 @@ class Study:
         finally:
             bar.close()
 
-    def evaluate(self, seeds: int = 3) -> dict[str, Any]:
+    def evaluate(self, seeds: int = 3, *, retest: bool = False) -> dict[str, Any]:
         """Retrain the best trial with `seeds` seeds, then score it once on the test split
-        (`make evaluate`); the record stored with the study."""
-        self._command("evaluate", "--seeds", str(seeds), timeout=None)
+        (`make evaluate`); the record stored with the study. A study tested already gives its
+        recorded result, unless `retest` (then no longer an unbiased estimate)."""
+        self._command("evaluate", "--seeds", str(seeds), *(["--retest"] if retest else []), timeout=None)
         return dict(self.optuna_study().user_attrs[attrs.FINAL_EVALUATION])
 
     def report(self, out: str | Path = "reports") -> Report:

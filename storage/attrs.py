@@ -16,6 +16,7 @@ STUDY_STOPPED = "stopped"  # why the study's workers stopped early (consecutive 
 STUDY_STREAK_FROM = "failure_streak_from"  # trial number a failure streak counts from (set on resume)
 FINAL_EVALUATION = "final_evaluation"  # artifact id of `make evaluate`'s record
 FINAL_CONFUSION_MATRIX = "final_confusion_matrix"
+TEST_ACCESSES = "test_accesses"  # each time the test split was read: [{who, when, trial}], by `make evaluate`
 
 # --- trial user attributes -------------------------------------------------------------------
 FAIL_REASON = "fail_reason"  # nan, oom, build, error, stale, interrupted, store

@@ -9,9 +9,12 @@ accuracy and the most confidently misclassified test images with the study.
 from __future__ import annotations
 
 import base64
+import datetime
+import getpass
 import io
 import json
 import logging
+import socket
 import statistics
 import sys
 import tempfile
@@ -134,6 +137,7 @@ def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_
     cfg = trial_config(spec, trial.params, input_shape=data.splits.input_shape, num_classes=data.splits.num_classes)
     results, final = _retrain(spec, data, cfg, seeds)
     accuracies, values = [r.best_val_accuracy for r in results], [r.best_value for r in results]
+    _record_test_access(study, trial.number)  # before the read: an access that crashed still counts
     with final_evaluation():
         x_test, y_test = data.dataset.test_split()
         probs = np.asarray(final.predict(x_test, batch_size=256, verbose=0))
@@ -152,6 +156,13 @@ def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_
     _store(study, final, record, artifact_root(settings.artifacts_dir), tracker(spec.name, spec.mlflow, settings))
     release()
     return record
+
+
+def _record_test_access(study: optuna.Study, trial: int) -> None:
+    accesses = list(study.user_attrs.get(attrs.TEST_ACCESSES, []))
+    accesses.append({"who": f"{getpass.getuser()}@{socket.gethostname()}", "trial": trial,
+                     "when": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")})
+    study.set_user_attr(attrs.TEST_ACCESSES, accesses)
 
 
 def _png(image: np.ndarray) -> str:

@@ -9,6 +9,7 @@ from search._cli import add_study_args, overrides
 from search.settings import Settings
 from search.spec import load_spec
 from search.study import check_compatible, open_study
+from storage import attrs
 
 HELP = "retrain the best trial with several seeds, then test once"
 
@@ -17,15 +18,27 @@ def add_parser(sub: argparse._SubParsersAction, settings: Settings) -> None:
     p = sub.add_parser("evaluate", help=HELP)
     add_study_args(p, settings)
     p.add_argument("--seeds", type=int, default=3, help="retrains of the best trial (at least 3)")
+    p.add_argument("--retest", action="store_true", help=(
+        "evaluate on the test split again, though the study has a test result (it is then no longer an "
+        "unbiased estimate)"))
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    # Keras loads here, and only for this command: every other command starts without a backend.
-    from search.commands._evaluate import evaluate
-
     spec = load_spec(args.name, studies_dir=settings.studies_dir, **overrides(args))
     study = open_study(args.name, settings.store_url(args.storage))
     check_compatible(study, spec)
+    accesses = study.user_attrs.get(attrs.TEST_ACCESSES, [])
+    recorded = study.user_attrs.get(attrs.FINAL_EVALUATION)
+    if recorded and not args.retest:
+        last = accesses[-1] if accesses else {}
+        print(f"study {spec.name} was tested already: test accuracy {recorded['test_accuracy']:.4f} on "
+              f"{recorded['n_test']} images, best trial {recorded['trial']} (the test split was read "
+              f"{len(accesses)} time(s), last by {last.get('who', '?')} at {last.get('when', '?')}). Testing "
+              "again would make the test split a selection criterion; pass --retest to do it anyway.")
+        return 0
+    # Keras loads here, and only for this command: every other command starts without a backend.
+    from search.commands._evaluate import evaluate
+
     seeds = tuple(range(args.seeds))
     record = evaluate(spec, study, settings, store_url=settings.store_url(args.storage), seeds=seeds)
     per_seed = ", ".join(f"{a:.4f}" for a in record["val_accuracy_per_seed"])
@@ -36,7 +49,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         values = ", ".join(f"{v:.4f}" for v in record["val_metric_per_seed"])
         print(f"{record['metric']} over {len(seeds)} seeds: {record['val_metric_mean']:.4f} "
               f"± {record['val_metric_std']:.4f} ({values})")
-    print(f"test accuracy (evaluated once): {record['test_accuracy']:.4f} on {record['n_test']} images")
+    reads = len(study.user_attrs.get(attrs.TEST_ACCESSES, []))
+    if reads > 1:
+        print(f"test accuracy: {record['test_accuracy']:.4f} on {record['n_test']} images; the test split has now "
+              f"been read {reads} times, so this is no longer an unbiased estimate of accuracy on new data")
+    else:
+        print(f"test accuracy (evaluated once): {record['test_accuracy']:.4f} on {record['n_test']} images")
     worst = sorted(zip(record["per_class_accuracy"], record["class_names"]))[:3]
     print("weakest classes: " + ", ".join(f"{n} {a:.3f}" for a, n in worst))
     print(f"stored with the study: final model (artifact {record['model_artifact_id']}), confusion matrix, "

@@ -41,3 +41,12 @@ def test_run_and_evaluate_a_study_on_data_of_ones_own(tmp_path, kind):
     study = optuna.load_study(study_name="own", storage=open_storage(f"journal://{journal}"))
     assert study.user_attrs[attrs.FINAL_EVALUATION]["class_names"] == list(names)
     assert study.user_attrs[attrs.STUDY_DATASET]["class_names"] == list(names)
+    # The test split is read once (issue: the winner users get, part 4): a second evaluate shows the
+    # recorded result and reads nothing; --retest would, and says the figure is then biased.
+    [access] = study.user_attrs[attrs.TEST_ACCESSES]
+    assert access["trial"] == study.user_attrs[attrs.FINAL_EVALUATION]["trial"] and "@" in access["who"]
+    again = run_cli("evaluate", "own", env=env)
+    assert again.returncode == 0 and "was tested already: test accuracy" in again.stdout, again.stderr[-2000:]
+    assert "pass --retest" in again.stdout
+    study = optuna.load_study(study_name="own", storage=open_storage(f"journal://{journal}"))
+    assert len(study.user_attrs[attrs.TEST_ACCESSES]) == 1

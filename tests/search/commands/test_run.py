@@ -42,3 +42,29 @@ def test_a_store_password_reaches_the_workers_in_their_environment_not_their_arg
     runner = Runner(args, Settings.from_env({}), load_spec("mnist_cnn"))
     assert "s3cret" not in " ".join(runner.argv)
     assert runner._worker_env()["STORAGE"] == url
+
+
+def test_the_runner_exits_non_zero_when_its_workers_left_the_budget_unmet(capsys):
+    """Issue (faults): `make study` exited 0 one configuration short when every worker had exited 0."""
+    import argparse
+    import dataclasses
+    import types
+
+    from search.commands._runner import Runner
+    from search.settings import Settings
+    from search.spec import load_spec
+
+    args = argparse.Namespace(name="mnist_cnn", storage=None, dataset=None, trials=None, epochs=None, profile=None,
+                              workers=2, poll=1.0, no_create=True)
+    spec = dataclasses.replace(load_spec("mnist_cnn"), trials=3, timeout_s=None)
+    runner = Runner(args, Settings.from_env({}), spec)
+    runner.study = optuna.create_study()
+    for _ in range(2):
+        runner.study.tell(runner.study.ask(), 0.5)
+    runner.procs = {0: types.SimpleNamespace(returncode=0), 1: types.SimpleNamespace(returncode=0)}
+    assert runner._exit_code() == 1
+    assert "the workers exited with the budget unmet (2 of 3)" in capsys.readouterr().err
+    runner.study.tell(runner.study.ask(), 0.5)
+    assert runner._exit_code() == 0
+    runner.spec = dataclasses.replace(spec, trials=5, timeout_s=60.0)  # a timeout ends it short, as asked
+    assert runner._exit_code() == 0
