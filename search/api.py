@@ -132,11 +132,12 @@ class Study:
         finally:
             bar.close()
 
-    def evaluate(self, seeds: int = 3, *, retest: bool = False) -> dict[str, Any]:
-        """Retrain the best trial with `seeds` seeds, then score it once on the test split
-        (`make evaluate`); the record stored with the study. A study tested already gives its
-        recorded result, unless `retest` (then no longer an unbiased estimate)."""
-        self._command("evaluate", "--seeds", str(seeds), *(["--retest"] if retest else []), timeout=None)
+    def evaluate(self, seeds: int = 3, *, top_k: int | None = None, retest: bool = False) -> dict[str, Any]:
+        """Retrain the best trial (or confirm the `top_k` best, default the study file's evaluate.top_k)
+        with `seeds` seeds, then score the pick once on the test split (`make evaluate`); the record
+        stored with the study. A study tested already gives its recorded result, unless `retest`."""
+        self._command("evaluate", "--seeds", str(seeds), *(["--top-k", str(top_k)] if top_k else []),
+                      *(["--retest"] if retest else []), timeout=None)
         return dict(self.optuna_study().user_attrs[attrs.FINAL_EVALUATION])
 
     def report(self, out: str | Path = "reports") -> Report:

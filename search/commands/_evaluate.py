@@ -30,7 +30,7 @@ from PIL import Image
 from data import Splits, final_evaluation
 from search._tracking import MlflowTracker, tracker
 from search.settings import Settings
-from search.spec import StudySpec, TrialConfig, load_data, study_splits, trial_config
+from search.spec import StudySpec, TrialConfig, load_data, minimized, study_splits, trial_config
 from search.study import check_same_data
 from search.trial import (
     BalancedAccuracy,
@@ -127,16 +127,80 @@ def _retrain(spec: StudySpec, data: _EvaluationData, cfg: TrialConfig,
     return results, final
 
 
+def candidates(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
+    """The k best trials by the study's value (its first objective; feasible ones when constrained),
+    one per distinct params: a configuration run twice (a warm start, a retry) is confirmed once."""
+    best = best_trial(study)
+    if k <= 1:
+        return [best]
+    minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
+    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+            if t.values is not None and all(v <= 0.0 for v in t.constraints.values())]  # feasible, as Optuna's best
+    ranked = sorted(done, key=lambda t: (t.values[0] if minimize else -t.values[0], t.number))
+    picked, seen = [], set()
+    for trial in [best, *ranked]:
+        key = json.dumps(trial.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            picked.append(trial)
+        if len(picked) == k:
+            break
+    return picked
+
+
+@dataclass
+class Confirmation:
+    """A candidate retrained over the seeds: its search value beside the confirmed mean."""
+
+    trial: optuna.trial.FrozenTrial
+    accuracies: list[float]
+    values: list[float]  # the study's metric, each seed
+
+    @property
+    def mean(self) -> float:
+        return statistics.mean(self.values)
+
+    def row(self, minimize: bool) -> dict[str, Any]:
+        search = self.trial.values[0]
+        return {"trial": self.trial.number, "params": self.trial.params, "search_value": search,
+                "confirmed_mean": self.mean, "confirmed_std": statistics.stdev(self.values),
+                # How much the search over-rated it: positive when its search value was the better one.
+                "over_rating": (self.mean - search) if minimize else (search - self.mean)}
+
+
 def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_url: str | None = None,
-             seeds: tuple[int, ...] = (0, 1, 2)) -> dict[str, Any]:
+             seeds: tuple[int, ...] = (0, 1, 2), top_k: int | None = None) -> dict[str, Any]:
+    """Confirm the top-k candidates over `seeds` on all the training data, pick the best by its
+    confirmed mean of the study's metric, then score that one once on the test split."""
     if len(seeds) < 3:
         raise ValueError(f"evaluation needs at least 3 seeds to say anything about noise but got {len(seeds)}")
-    trial = best_trial(study)
+    minimize = minimized(spec.metric)
+    pool = candidates(study, top_k or spec.evaluate_top_k)
     data = _evaluation_data(spec, settings, store_url)
     check_same_data(study, spec, data.dataset.fingerprint)  # test figures on other data would mislead
-    cfg = trial_config(spec, trial.params, input_shape=data.splits.input_shape, num_classes=data.splits.num_classes)
-    results, final = _retrain(spec, data, cfg, seeds)
-    accuracies, values = [r.best_val_accuracy for r in results], [r.best_value for r in results]
+    confirmed: list[Confirmation] = []
+    final = None
+    for trial in pool:
+        cfg = trial_config(spec, trial.params, input_shape=data.splits.input_shape,
+                           num_classes=data.splits.num_classes)
+        results, model = _retrain(spec, data, cfg, seeds)
+        confirmation = Confirmation(trial, [r.best_val_accuracy for r in results], [r.best_value for r in results])
+        leader = max(confirmed, key=lambda c: -c.mean if minimize else c.mean, default=None)
+        if leader is None or (confirmation.mean < leader.mean if minimize else confirmation.mean > leader.mean):
+            final = model  # only the leader's model is kept
+        else:
+            del model
+        confirmed.append(confirmation)
+        if len(pool) > 1:
+            logger.info("candidate trial %d: search %s %.4f, confirmed %.4f ± %.4f over %d seeds", trial.number,
+                        spec.metric, trial.values[0], confirmation.mean, statistics.stdev(confirmation.values),
+                        len(seeds))
+    chosen = max(confirmed, key=lambda c: -c.mean if minimize else c.mean)
+    trial = chosen.trial
+    if trial.number != pool[0].number:
+        logger.warning("the confirmed winner is trial %d, not the search's best (trial %d): the search over-rated "
+                       "it by %.4f", trial.number, pool[0].number, confirmed[0].row(minimize)["over_rating"])
+    accuracies, values = chosen.accuracies, chosen.values
     _record_test_access(study, trial.number)  # before the read: an access that crashed still counts
     with final_evaluation():
         x_test, y_test = data.dataset.test_split()
@@ -146,6 +210,7 @@ def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_
             worst["png"] = _png(x_test[worst["index"]])
     record = {
         "trial": trial.number, "params": trial.params, "study_best_value": trial.values[0], "seeds": list(seeds),
+        "search_best_trial": pool[0].number, "candidates": [c.row(minimize) for c in confirmed],
         "n_train": len(data.train_splits.y_train),  # all of it, even when the search used a subset
         "val_accuracy_per_seed": [round(a, 5) for a in accuracies],
         "val_accuracy_mean": statistics.mean(accuracies), "val_accuracy_std": statistics.stdev(accuracies),

@@ -17,7 +17,10 @@ HELP = "retrain the best trial with several seeds, then test once"
 def add_parser(sub: argparse._SubParsersAction, settings: Settings) -> None:
     p = sub.add_parser("evaluate", help=HELP)
     add_study_args(p, settings)
-    p.add_argument("--seeds", type=int, default=3, help="retrains of the best trial (at least 3)")
+    p.add_argument("--seeds", type=int, default=None, help="retrains of each candidate (at least 3; default: the "
+                                                         "study file's evaluate.seeds, 3)")
+    p.add_argument("--top-k", type=int, default=None, help="candidates confirmed before the test (default: the "
+                                                           "study file's evaluate.top_k, 1)")
     p.add_argument("--retest", action="store_true", help=(
         "evaluate on the test split again, though the study has a test result (it is then no longer an "
         "unbiased estimate)"))
@@ -39,8 +42,19 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     # Keras loads here, and only for this command: every other command starts without a backend.
     from search.commands._evaluate import evaluate
 
-    seeds = tuple(range(args.seeds))
-    record = evaluate(spec, study, settings, store_url=settings.store_url(args.storage), seeds=seeds)
+    seeds = tuple(range(args.seeds or spec.evaluate_seeds))
+    record = evaluate(spec, study, settings, store_url=settings.store_url(args.storage), seeds=seeds,
+                      top_k=args.top_k)
+    if len(record["candidates"]) > 1:
+        print(f"confirmed the top {len(record['candidates'])} trials over {len(seeds)} seeds each on all the "
+              f"training data ({record['metric']}):")
+        for c in record["candidates"]:
+            print(f"  trial {c['trial']}: search {c['search_value']:.4f}, confirmed {c['confirmed_mean']:.4f} "
+                  f"± {c['confirmed_std']:.4f}, over-rated by {c['over_rating']:+.4f}"
+                  f"{'  <- picked' if c['trial'] == record['trial'] else ''}")
+        if record["trial"] != record["search_best_trial"]:
+            print(f"warning: the confirmed winner is trial {record['trial']}, not the search's best "
+                  f"(trial {record['search_best_trial']})")
     per_seed = ", ".join(f"{a:.4f}" for a in record["val_accuracy_per_seed"])
     print(f"study {spec.name}, best trial {record['trial']} (search value {record['study_best_value']:.4f})")
     print(f"validation accuracy over {len(seeds)} seeds: {record['val_accuracy_mean']:.4f} "

@@ -129,6 +129,7 @@ def _to_spec(study: StudyFile, name: str) -> StudySpec:
         feature_cache=None if cache is None else FeatureCacheSpec(**{**cache.model_dump(), "base": _name(cache.base)}),
         max_consecutive_failures=study.max_consecutive_failures, builder_files=_builder_files(study),
         precision=study.precision, jit_compile=study.jit_compile, mlflow=study.tracking.mlflow,
+        evaluate_top_k=study.evaluate.top_k, evaluate_seeds=study.evaluate.seeds,
     )
     return dataclasses.replace(spec, warm_start=_fitting(study.warm_start, spec))
 

@@ -21,6 +21,7 @@ from search.spec._schema_sources import Architecture, BuilderArchitecture, archi
 from search.spec._schema_types import (
     FEATURE_BASES,
     AtLeastOne,
+    AtLeastThree,
     Bool,
     FeatureBase,
     Number,
@@ -167,6 +168,15 @@ class AugmentSection(Section):
     def _in_range(self) -> AugmentSection:
         self.params()  # AugmentParams checks the ranges; its ValueError names the field
         return self
+
+
+class EvaluateSection(Section):
+    """What `make evaluate` confirms before its one test evaluation; not part of the study's identity."""
+
+    top_k: PositiveInt = Field(1, description=(
+        "retrain this many of the best trials (distinct params) with `seeds` seeds each, pick the best by its "
+        "confirmed mean, then test that one; 1: the search's best only"))
+    seeds: AtLeastThree = Field(3, description="retrains of each candidate (at least 3)")
 
 
 class Budget(Section):

@@ -73,6 +73,7 @@ Bool = Annotated[bool, BeforeValidator(_boolean)]
 Text = Annotated[str, BeforeValidator(lambda v: "" if v is None else str(v))]
 PositiveInt = _int_at_least(1, "must be a positive integer")
 AtLeastOne = _int_at_least(1, "must be >= 1")
+AtLeastThree = _int_at_least(3, "must be >= 3 (fewer seeds say nothing about the noise)")
 NonNegativeInt = _int_at_least(0, "must be a non-negative integer")
 SubsetSize = _int_at_least(10, "must be an integer >= 10 or absent")
 FailureStreak = _int_at_least(1, "must be an integer >= 1", "; give how many failures in a row, all for one "

@@ -19,6 +19,7 @@ from search.spec._schema import (
     Constraints,
     DataSection,
     EarlyStopping,
+    EvaluateSection,
     FeatureCacheSection,
     Objective,
     PrunerChoice,
@@ -96,6 +97,7 @@ class StudyFile(Section):
     training: TrainingSection = Field(default_factory=TrainingSection)
     data: DataSection = Field(default_factory=DataSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
+    evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
     seed: NonNegativeInt = Field(0, description="seeds the split, the sampler (plus the worker index) and training")
     feature_cache: FeatureCacheSection | None = Field(None, json_schema_extra=lambda s: s["anyOf"].append(
         {"type": "boolean", "description": "true: the defaults; false: no feature cache"}))
