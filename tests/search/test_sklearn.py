@@ -88,7 +88,7 @@ def test_seed_002s_search_and_print_loop_run_unchanged(tmp_path, monkeypatch, ca
         print("%f (%f) with: %r" % (mean, stdev, param))
     out = capsys.readouterr().out.splitlines()
     print("\n".join(out))  # for -s
-    assert re.fullmatch(r"Best: 0\.\d{6} using \{'optimizer': '(SGD|Adam)', 'neurons_second': (0|8), "
+    assert re.fullmatch(r"Best: [01]\.\d{6} using \{'optimizer': '(SGD|Adam)', 'neurons_second': (0|8), "
                         r"'activation': '(relu|sigmoid)'\}", out[0]), out
     assert len(out) == 4 and all(re.fullmatch(r"\d\.\d{6} \(0\.000000\) with: \{.*\}", line) for line in out[1:])
     assert grid_result.best_score_ == max(means) and grid_result.best_params_ == params[int(np.argmax(means))]
