@@ -149,8 +149,11 @@ class Study:
     # --- reading ------------------------------------------------------------------------------
 
     def optuna_study(self) -> optuna.Study:
-        """The Optuna study itself, from the store."""
-        return open_study(self.name, self.settings.store_url(self.storage))
+        """The Optuna study itself, from the store: opened once, then read incrementally (a journal
+        store replays only what was appended since), not reconnected at every poll of the bar."""
+        if getattr(self, "_study", None) is None:
+            self._study = open_study(self.name, self.settings.store_url(self.storage))
+        return self._study
 
     @property
     def best(self) -> dict[str, Any] | None:
