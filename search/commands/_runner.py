@@ -146,7 +146,9 @@ class Runner:
     def _prepare(self) -> int | None:
         """The one-time base training and feature extraction, once, on every core, before the
         workers (which share the cores) start; a worker would otherwise train the base on its share."""
-        prepare = subprocess.Popen([*self.argv, "--prepare"], env=self.env, start_new_session=True)
+        # Every core (no WORKER_THREADS: the workers share the cores later), and the store in its environment.
+        env = {k: v for k, v in self.env.items() if k != "WORKER_THREADS"}
+        prepare = subprocess.Popen([*self.argv, "--prepare"], env=env, start_new_session=True)
         self.procs[-1] = prepare
         code = prepare.wait()
         del self.procs[-1]
