@@ -25,7 +25,7 @@ from helpers.kube import (
     render,
     store_url_like,
 )
-from helpers.processes import REPO, free_port
+from helpers.processes import REPO, free_port, stop
 from optuna.trial import TrialState
 
 TRIAL_SECONDS = 2.0  # the proxy fault test's objective
@@ -46,15 +46,6 @@ def _answer(url: str, proc: subprocess.Popen, timeout: float = 90) -> bytes:
         except OSError:
             time.sleep(0.5)
     pytest.fail(f"{url} did not answer within {timeout} s")
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 def _complete(url: str, name: str) -> int:
     from storage import close_storage, open_storage
@@ -86,7 +77,7 @@ def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, bas
             assert wait.wait(timeout=90) == 0, wait.stderr.read()[-2000:]
     finally:
         for wait in waits:
-            _stop(wait)
+            stop(wait)
     command, env = local_command(base, container(workers, "worker"), **job_env)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -100,7 +91,7 @@ def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, bas
         body = _answer(f"http://127.0.0.1:{port}{c['readinessProbe']['httpGet']['path']}", proc)
         assert name in [s["study_name"] for s in json.loads(body)["study_summaries"]]
     finally:
-        _stop(proc)
+        stop(proc)
 
 def _start_proxy(command: list[str], env: dict, port: int, log: Path) -> subprocess.Popen:
     from storage._grpc import open_grpc
@@ -110,7 +101,7 @@ def _start_proxy(command: list[str], env: dict, port: int, log: Path) -> subproc
     try:
         open_grpc(f"grpc://127.0.0.1:{port}", timeout=60).close()
     except Exception:
-        _stop(proc)
+        stop(proc)
         raise AssertionError(f"the proxy did not start: {log.read_text()[-2000:]}") from None
     return proc
 
@@ -134,7 +125,7 @@ def test_a_worker_container_runs_through_the_storage_proxy(tmp_path, fresh_db, s
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
-        _stop(proxy)
+        stop(proxy)
     assert _complete(fresh_db, name) == 2
 
 def test_eight_workers_through_the_proxy_one_sigkilled_mid_trial(tmp_path, fresh_db):
@@ -184,8 +175,8 @@ def test_eight_workers_through_the_proxy_one_sigkilled_mid_trial(tmp_path, fresh
         assert codes == [0] * (n - 1), [p.read_text()[-1000:] for p in logs]
     finally:
         for w in workers:
-            _stop(w)
-        _stop(proxy)
+            stop(w)
+        stop(proxy)
     final = trials()
     close_storage(direct)
     assert not [t.number for t in final if t.state in (TrialState.RUNNING, TrialState.WAITING)]

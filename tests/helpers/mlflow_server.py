@@ -12,7 +12,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers.processes import free_port
+from helpers.processes import free_port, stop
 
 
 @contextlib.contextmanager
@@ -41,10 +41,5 @@ def mlflow_server(folder: Path, timeout: float = 90) -> Iterator[str]:
             time.sleep(0.5)
         yield uri
     finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop(proc)
         log.close()
