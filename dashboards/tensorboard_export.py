@@ -25,40 +25,35 @@ from pathlib import Path
 import optuna
 from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 from optuna.trial import FrozenTrial, TrialState
+from tensorboard.compat.proto.event_pb2 import Event
+from tensorboard.plugins.hparams import api as hp
+from tensorboard.plugins.scalar.summary_v2 import scalar_pb
+from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from search.settings import Settings
 from storage import attrs, open_storage
 
 logger = logging.getLogger(__name__)
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 def logdir(settings: Settings, name: str) -> Path:
     return settings.artifacts_dir / "tensorboard" / name
 
 
-def _writer(folder: Path):
-    from tensorboard.summary.writer.event_file_writer import EventFileWriter  # only when exporting
-
+def _writer(folder: Path) -> EventFileWriter:
     folder.mkdir(parents=True, exist_ok=True)
     return EventFileWriter(str(folder))
 
 
-def _event(summary, step: int = 0):
-    from tensorboard.compat.proto.event_pb2 import Event
-
+def _event(summary, step: int = 0) -> Event:
     return Event(summary=summary, step=step, wall_time=time.time())
 
 
 def _scalar(tag: str, value: float):
-    from tensorboard.plugins.scalar.summary_v2 import scalar_pb
-
     return scalar_pb(tag, float(value))
 
 
 def _domain(distribution):
-    from tensorboard.plugins.hparams import api as hp
-
     if isinstance(distribution, CategoricalDistribution):
         return hp.Discrete([c if isinstance(c, (str, bool, float)) else float(c) if isinstance(c, int) else str(c)
                             for c in distribution.choices])
@@ -75,9 +70,7 @@ def _hparam_value(value):
 
 def export(study: optuna.Study, folder: Path, *, metric: str = "val_accuracy") -> int:
     """Write every finished trial that has no run yet, and the experiment's HParams config; how many."""
-    from tensorboard.plugins.hparams import api as hp
-
-    trials = study.get_trials(deepcopy=False, states=FINISHED)
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
     distributions = {}
     for trial in trials:
         distributions.update(trial.distributions)
@@ -103,8 +96,6 @@ def export(study: optuna.Study, folder: Path, *, metric: str = "val_accuracy") -
 
 
 def _write_trial(trial: FrozenTrial, run: Path, metric: str) -> None:
-    from tensorboard.plugins.hparams import api as hp
-
     partial = run.with_name(run.name + ".partial")
     writer = _writer(partial)
     writer.add_event(_event(hp.hparams_pb({k: _hparam_value(v) for k, v in trial.params.items()},

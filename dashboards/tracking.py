@@ -33,7 +33,6 @@ logger = logging.getLogger(__name__)
 
 EXPERIMENT = "cnn-search"
 STUDY_TAG, TRIAL_TAG, KIND_TAG = "cnn_search.study", "cnn_search.trial", "cnn_search.kind"
-FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
 class MlflowTracker:
@@ -160,7 +159,7 @@ class MlflowTracker:
     def _sync(self, study: optuna.Study) -> int:
         self.parent(study)
         logged = {int(r.data.tags[TRIAL_TAG]) for r in self._runs("trial")}
-        missing = [t for t in study.get_trials(deepcopy=False, states=FINISHED) if t.number not in logged]
+        missing = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished() and t.number not in logged]
         for trial in missing:
             self.log_trial(trial)
         return len(missing)

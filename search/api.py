@@ -35,7 +35,7 @@ import numpy as np
 import optuna
 import yaml
 
-from data import Arrays, DatasetError, array_fingerprint, check_arrays
+from data import Arrays, DatasetError, array_fingerprint, check_arrays, publish_file
 from search._progress import StudyBar, watched
 from search.errors import StudySpecError
 from search.settings import Settings
@@ -283,7 +283,7 @@ def _dataset(dataset: Any, cache: Path, name: str) -> Any:
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial.npz")
         np.savez(partial, **keep)
-        partial.replace(path)
+        publish_file(partial, path)
     return {"path": str(path)}
 
 

@@ -179,23 +179,21 @@ def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_
     data = _evaluation_data(spec, settings, store_url)
     check_same_data(study, spec, data.dataset.fingerprint)  # test figures on other data would mislead
     confirmed: list[Confirmation] = []
-    final = None
+    chosen, final = None, None
     for trial in pool:
         cfg = trial_config(spec, trial.params, input_shape=data.splits.input_shape,
                            num_classes=data.splits.num_classes)
         results, model = _retrain(spec, data, cfg, seeds)
         confirmation = Confirmation(trial, [r.best_val_accuracy for r in results], [r.best_value for r in results])
-        leader = max(confirmed, key=lambda c: -c.mean if minimize else c.mean, default=None)
-        if leader is None or (confirmation.mean < leader.mean if minimize else confirmation.mean > leader.mean):
-            final = model  # only the leader's model is kept
+        confirmed.append(confirmation)
+        if chosen is None or (confirmation.mean < chosen.mean if minimize else confirmation.mean > chosen.mean):
+            chosen, final = confirmation, model  # only the leader's model is kept
         else:
             del model
-        confirmed.append(confirmation)
         if len(pool) > 1:
             logger.info("candidate trial %d: search %s %.4f, confirmed %.4f ± %.4f over %d seeds", trial.number,
                         spec.metric, trial.values[0], confirmation.mean, statistics.stdev(confirmation.values),
                         len(seeds))
-    chosen = max(confirmed, key=lambda c: -c.mean if minimize else c.mean)
     trial = chosen.trial
     if trial.number != pool[0].number:
         logger.warning("the confirmed winner is trial %d, not the search's best (trial %d): the search over-rated "

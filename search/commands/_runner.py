@@ -120,12 +120,12 @@ class Runner:
         if any(code > 0 for code in codes.values()):
             print(f"workers exited with {list(codes.values())}", file=sys.stderr)
             return max(codes.values())
-        done = budget_used(self.study) >= self.spec.trials
-        if done or self.spec.timeout_s:  # budget.timeout_s ends a study short of its budget, as asked
+        used = budget_used(self.study)
+        if used >= self.spec.trials or self.spec.timeout_s:  # budget.timeout_s ends a study short, as asked
             return 0
         # Every worker exited 0 with the budget unmet (a study stopped by its failure streak says so
         # itself): `make study` must not report success one configuration short.
-        print(f"[study {self.spec.name}] the workers exited with the budget unmet ({budget_used(self.study)} of "
+        print(f"[study {self.spec.name}] the workers exited with the budget unmet ({used} of "
               f"{self.spec.trials}); run `make study` again to resume it", file=sys.stderr)
         return max(codes.values(), key=abs) or 1
 

@@ -102,14 +102,19 @@ def fail_silent(study: optuna.Study, frozen: FrozenTrial, message: str, *, max_s
     return True
 
 
+def retried(trials: list[FrozenTrial]) -> set[int]:
+    """The numbers of the trials that have a retry (each retry lists its predecessors, Optuna's retry_history)."""
+    return {n for t in trials for n in t.system_attrs.get(attrs.RETRY_HISTORY, ())}
+
+
 def retries_due(study: optuna.Study) -> list[int]:
     """Failed trials whose retry is due but not queued yet: failing a trial and queuing its retry are
     two store calls, and a worker that left in between (its budget met, nothing RUNNING) would
     strand the retry as WAITING, with nobody left to run it."""
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get(attrs.RETRY_HISTORY, ())}
+    done = retried(trials)
     return [t.number for t in trials
-            if t.state == TrialState.FAIL and t.system_attrs.get(attrs.RETRY_DUE) and t.number not in retried]
+            if t.state == TrialState.FAIL and t.system_attrs.get(attrs.RETRY_DUE) and t.number not in done]
 
 
 def reap(study: optuna.Study, *, grace: float, max_stale_retries: int = 1, now: float | None = None) -> list[int]:

@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from search.errors import OUTSIDE_CAUSES, StudyMismatchError
 from search.spec import StudySpec
+from search.study._retries import retried
 from search.study._store import ResilientStorage, resilient, storage_of
 from storage import attrs, close_storage, open_storage
 
@@ -147,8 +148,8 @@ def counter_line(c: StudyCounts) -> str:
 
 def budget_used(study: optuna.Study) -> int:
     trials = study.get_trials(deepcopy=False)
-    retried = {n for t in trials for n in t.system_attrs.get(attrs.RETRY_HISTORY, ())}
-    return sum(t.state in BUDGET_STATES and not (t.state == TrialState.FAIL and t.number in retried) for t in trials)
+    done = retried(trials)
+    return sum(t.state in BUDGET_STATES and not (t.state == TrialState.FAIL and t.number in done) for t in trials)
 
 
 def failure_streak(study: optuna.Study, limit: int) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 from keras import ops
 
 from data.preprocessing import AugmentParams
+from search.trial._recipe import SparseSmoothedCrossentropy
 
 
 def _is_soft(y_true, y_pred) -> bool:
@@ -30,33 +31,34 @@ def hard_labels(y_true, y_pred):
 
 
 @keras.saving.register_keras_serializable(package="cnn_search")
-class MixedLabelCrossentropy(keras.losses.Loss):
-    """Cross-entropy against mixed one-hot labels (training) or integer ones (validation), with
-    optional label smoothing on top of the mixing."""
+class MixedLabelCrossentropy(SparseSmoothedCrossentropy):
+    """The recipe's smoothed cross-entropy against integer labels (validation), and against mixed
+    one-hot labels as they are (training), with label smoothing on top of the mixing."""
 
     def __init__(self, label_smoothing: float = 0.0, name: str = "mixed_label_crossentropy", **kwargs) -> None:
-        super().__init__(name=name, **kwargs)
-        self.label_smoothing = float(label_smoothing)
+        super().__init__(label_smoothing, name=name, **kwargs)
 
     def call(self, y_true, y_pred):
-        if not _is_soft(y_true, y_pred):
-            y_true = ops.one_hot(ops.cast(ops.reshape(y_true, (-1,)), "int32"), ops.shape(y_pred)[-1])
-        return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=self.label_smoothing)
+        if _is_soft(y_true, y_pred):
+            return keras.losses.categorical_crossentropy(y_true, y_pred, label_smoothing=self.label_smoothing)
+        return super().call(y_true, y_pred)
 
-    def get_config(self) -> dict:
-        return {**super().get_config(), "label_smoothing": self.label_smoothing}
+
+class _OnHardLabels:
+    """A Keras metric of integer labels, fed the argmax of mixed ones."""
+
+    def update_state(self, y_true, y_pred, sample_weight=None):
+        return super().update_state(hard_labels(y_true, y_pred), y_pred, sample_weight)  # type: ignore[misc]
 
 
 @keras.saving.register_keras_serializable(package="cnn_search")
-class HardLabelAccuracy(keras.metrics.SparseCategoricalAccuracy):
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(hard_labels(y_true, y_pred), y_pred, sample_weight)
+class HardLabelAccuracy(_OnHardLabels, keras.metrics.SparseCategoricalAccuracy):
+    pass
 
 
 @keras.saving.register_keras_serializable(package="cnn_search")
-class HardLabelTopK(keras.metrics.SparseTopKCategoricalAccuracy):
-    def update_state(self, y_true, y_pred, sample_weight=None):
-        return super().update_state(hard_labels(y_true, y_pred), y_pred, sample_weight)
+class HardLabelTopK(_OnHardLabels, keras.metrics.SparseTopKCategoricalAccuracy):
+    pass
 
 
 class MixedBatches(keras.utils.PyDataset):

@@ -227,7 +227,7 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
 
 def training_data(cfg: TrialConfig, splits: Splits, seed: int) -> tuple:
     """fit's training data: the arrays and a batch size, or batches mixed by MixUp/CutMix (soft labels)."""
-    if cfg.augment is not None and cfg.augment.soft_labels:
+    if soft_labels(cfg):
         return (MixedBatches(splits.x_train, splits.y_train, splits.num_classes, cfg.train.batch_size, cfg.augment,
                              seed=seed), None, None)
     return splits.x_train, splits.y_train, cfg.train.batch_size
