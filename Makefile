@@ -33,7 +33,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto up down clean require-name
+.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -66,6 +66,9 @@ workers: $(STAMP) require-name ## run N workers for study NAME as separate proce
 
 evaluate: $(STAMP) require-name ## retrain study NAME's best trial with 3 seeds, then score it once on the test split
 	$(PY) -m search evaluate $(NAME) $(STUDY_ARGS)
+
+refit: $(STAMP) require-name ## train study NAME's best configuration on all the training data into OUT (no test)
+	$(PY) -m search refit $(NAME) $(STUDY_ARGS) --output $(or $(OUT),artifacts/$(NAME)-refit.keras)
 
 report: $(STAMP) require-name ## write reports/NAME/index.html (offline, plotly embedded)
 	$(PY) -m dashboards.report $(NAME)

@@ -11,7 +11,7 @@ from data._errors import DatasetError, TestSplitAccessError
 from data._load import Dataset, array_fingerprint, default_cache_dir, final_evaluation, load_dataset
 from data._ref import DEFAULT_TEST_FRACTION, DatasetRef
 from data._specs import DATASETS, DatasetSpec, dataset_spec
-from data._splits import Splits, stratified_split, stratified_subset, train_val_splits
+from data._splits import Splits, fold_splits, stratified_folds, stratified_split, stratified_subset, train_val_splits
 
 __all__ = [
     "Arrays",
@@ -34,4 +34,6 @@ __all__ = [
     "publish_file",
     "publish_folder",
     "train_val_splits",
+    "fold_splits",
+    "stratified_folds",
 ]

@@ -26,6 +26,20 @@ def stratified_split(y: np.ndarray, fraction: float, seed: int) -> tuple[np.ndar
     return np.sort(np.concatenate(keep)), np.sort(np.concatenate(held))
 
 
+def stratified_folds(y: np.ndarray, folds: int, seed: int) -> list[np.ndarray]:
+    """`folds` disjoint index arrays covering y, each with about 1/folds of every class (a class of
+    fewer images than folds is missing from some). Deterministic for a seed."""
+    if folds < 2:
+        raise ValueError(f"folds must be at least 2 but got {folds!r}")
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in range(folds)]
+    for i, cls in enumerate(np.unique(y)):
+        # Each class starts at another fold, so that the remainders spread over the folds.
+        for j, chunk in enumerate(np.array_split(rng.permutation(np.flatnonzero(y == cls)), folds)):
+            parts[(i + j) % folds].append(chunk)
+    return [np.sort(np.concatenate(p)) for p in parts]
+
+
 def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     """About n indices with the class proportions of y (for small smoke runs)."""
     if n >= len(y):
@@ -66,6 +80,21 @@ def train_val_splits(
 ) -> Splits:
     """Hold out a stratified validation split from the training data (10% by default)."""
     train_idx, val_idx = stratified_split(dataset.y_train, val_fraction, seed)
+    return _splits(dataset, train_idx, val_idx, f"val{val_fraction}:s{seed}", max_train, max_val, seed)
+
+
+def fold_splits(dataset, *, folds: int, seed: int = 0, max_train: int | None = None,
+                max_val: int | None = None) -> list[Splits]:
+    """K-fold cross-validation's splits: fold i validates on the i-th of `folds` stratified parts of
+    the training data and trains on the others."""
+    parts = stratified_folds(dataset.y_train, folds, seed)
+    return [_splits(dataset, np.concatenate(parts[:i] + parts[i + 1:]), val, f"fold{i}of{folds}:s{seed}", max_train,
+                    max_val, seed) for i, val in enumerate(parts)]
+
+
+def _splits(dataset, train_idx: np.ndarray, val_idx: np.ndarray, how: str, max_train: int | None,
+            max_val: int | None, seed: int) -> Splits:
+    train_idx, val_idx = np.sort(train_idx), val_idx
     if max_train is not None:
         train_idx = train_idx[stratified_subset(dataset.y_train[train_idx], max_train, seed)]
     if max_val is not None:
@@ -78,5 +107,5 @@ def train_val_splits(
         dataset.x_train[val_idx],
         dataset.y_train[val_idx],
         dataset.class_names,
-        f"{dataset.fingerprint}:val{val_fraction}:s{seed}:n{len(train_idx)}/{len(val_idx)}",
+        f"{dataset.fingerprint}:{how}:n{len(train_idx)}/{len(val_idx)}",
     )

@@ -140,6 +140,15 @@ class Study:
                       *(["--retest"] if retest else []), timeout=None)
         return dict(self.optuna_study().user_attrs[attrs.FINAL_EVALUATION])
 
+    def refit(self, path: str | Path | None = None, *, trial: int | None = None) -> Path:
+        """Train the best configuration (or `trial`'s) once on all the training data, for the epochs
+        its search found best, and save the model (`python -m search refit`); the .keras file's path
+        (default: workdir/NAME.files/refit.keras). The test split is not read: that is evaluate()'s."""
+        out = Path(path).resolve() if path else (self.workdir / f"{self.name}.files" / "refit.keras").resolve()
+        self._command("refit", "--output", str(out), *(["--trial", str(trial)] if trial is not None else []),
+                      timeout=None)
+        return out
+
     def report(self, out: str | Path = "reports") -> Report:
         """Write the HTML report (`make report`); shown inline when it is a notebook cell's value."""
         subprocess.run([sys.executable, "-m", "dashboards.report", self.name, "--out", str(out)],  # STORAGE: _env

@@ -29,21 +29,34 @@ def code_version() -> str:
 
 
 @functools.cache
-def device() -> str:
+def backend() -> str:
+    """Keras's backend: "tensorflow", "jax" or "torch"."""
     import keras
 
-    backend = keras.backend.backend()
-    if backend == "jax":
-        import jax
+    return keras.backend.backend()
 
-        d = jax.devices()[0]
+
+def _jax_device():
+    import jax
+
+    return jax.local_devices()[0]
+
+
+def _tensorflow():
+    import tensorflow as tf
+
+    return tf
+
+
+@functools.cache
+def device() -> str:
+    if backend() == "jax":
+        d = _jax_device()
         return f"{d.platform}:{getattr(d, 'device_kind', d.platform)}"
-    if backend == "tensorflow":
-        import tensorflow as tf
-
-        gpus = tf.config.list_physical_devices("GPU")
+    if backend() == "tensorflow":
+        gpus = _tensorflow().config.list_physical_devices("GPU")
         return f"gpu:{len(gpus)}" if gpus else "cpu"
-    return backend
+    return backend()
 
 
 def rss_mib() -> float:
@@ -62,20 +75,14 @@ def accelerator_memory_mib() -> tuple[float, float] | None:
         return None
     if not device().startswith("gpu"):
         return None
-    import keras
-
     mib = 2**20
-    if keras.backend.backend() == "jax":
-        import jax
-
-        stats = jax.local_devices()[0].memory_stats() or {}
+    if backend() == "jax":
+        stats = _jax_device().memory_stats() or {}
         if "bytes_in_use" not in stats:
             return None
         return stats["bytes_in_use"] / mib, stats.get("peak_bytes_in_use", stats["bytes_in_use"]) / mib
-    import tensorflow as tf
-
     try:
-        info = tf.config.experimental.get_memory_info("GPU:0")
+        info = _tensorflow().config.experimental.get_memory_info("GPU:0")
     except (ValueError, RuntimeError):
         return None
     return info["current"] / mib, info["peak"] / mib

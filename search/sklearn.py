@@ -14,11 +14,13 @@ param_distributions, n_iter=...)` for 47 minutes, then printed cv_results_. The 
         print("%f (%f) with: %r" % (mean, stdev, param))
 
 scikit-learn itself is not needed: this class has its interface, not its base classes.
+`print(grid_result.best_estimator_.score(x_test, y_test))` then scores the refitted best model.
 """
 
 from __future__ import annotations
 
 import inspect
+import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -35,13 +37,18 @@ TRAINING = {"optimizer", "learning_rate", "momentum", "batch_size"}  # the servi
 
 class SearchCV:
     """RandomizedSearchCV's interface over a study: `fit(X, y)`, then best_params_, best_score_,
-    cv_results_ (scikit-learn's keys and shape) and study_.
+    best_estimator_, cv_results_ (scikit-learn's keys and shape), predict/predict_proba/score, and study_.
 
-    Not K-fold refits: each sampled configuration trains once on a held-out validation split (the
-    study's `val_fraction`, stratified), with early stopping and pruning, and its score is the best
+    By default not K-fold: each sampled configuration trains once on a held-out validation split (the
+    study's `val_fraction`, stratified), with early stopping and pruning, and its score is its best
     validation accuracy (std_test_score is 0: one split). That is how the service makes a search of
-    `n_iter` configurations cost about `n_iter` trainings instead of `n_iter x cv`, pruned. `cv` other
-    than None is refused rather than silently ignored: folds are not built yet.
+    `n_iter` configurations cost about `n_iter` trainings instead of `n_iter x cv`, pruned. `cv=K`
+    asks for folds (the study's `data: {folds: K}`): a configuration's score is its mean over K
+    stratified folds, split{i}_test_score each fold's and std_test_score their spread; it is pruned on
+    the first fold, so only the survivors train K times.
+
+    refit (True, as scikit-learn's): the best configuration is then trained on all of X for the
+    epochs its search found best (search.Study.refit; no data is held out) and is best_estimator_.
 
     estimator: a Keras classifier wrapper (scikeras' KerasClassifier(model=...), Keras 2's
     KerasClassifier(build_fn=...)) or the build function itself: `build_fn(**searched)` returning a
@@ -51,22 +58,20 @@ class SearchCV:
     """
 
     def __init__(self, estimator: Any, param_distributions: Mapping[str, Any], *, n_iter: int = 10,
-                 scoring: str | None = None, random_state: int | None = None, workers: int = 1, cv: Any = None,
-                 max_epochs: int | None = None, name: str = "searchcv", workdir: str | Path | None = None,
-                 storage: str | None = None, progress: bool | None = None, refit: bool = False) -> None:
-        if cv is not None:
-            raise ValueError("SearchCV scores each configuration on one held-out validation split, with pruning; "
-                             "K-fold (cv=...) is not built yet: leave cv=None")
+                 scoring: str | None = None, random_state: int | None = None, workers: int = 1, cv: int | None = None,
+                 refit: bool = True, max_epochs: int | None = None, name: str = "searchcv",
+                 workdir: str | Path | None = None, storage: str | None = None, progress: bool | None = None) -> None:
+        if cv is not None and (isinstance(cv, bool) or not isinstance(cv, (int, np.integer)) or cv < 2):
+            raise ValueError(f"cv={cv!r}: give the number of folds (an integer of at least 2; the folds are "
+                             "stratified and seeded by random_state), or None for one held-out validation split; "
+                             "a splitter object or a list of index pairs is not taken")
         if scoring not in (None, "accuracy"):
             raise ValueError(f"scoring {scoring!r}: SearchCV scores by validation accuracy (scoring=None or "
                              "'accuracy'); other objectives are the study file's `objective: {metric: ...}`")
-        if refit:
-            raise ValueError("refit=True (best_estimator_) is not built yet: search.Study.evaluate() retrains "
-                             "the best configuration with 3 seeds and tests it once")
         self.estimator, self.param_distributions = estimator, dict(param_distributions)
         self.n_iter, self.random_state, self.workers, self.scoring, self.cv = n_iter, random_state, workers, scoring, cv
-        self.max_epochs, self.name, self.workdir, self.storage, self.progress = (max_epochs, name, workdir, storage,
-                                                                                  progress)
+        self.refit, self.max_epochs, self.name, self.workdir, self.storage, self.progress = (
+            refit, max_epochs, name, workdir, storage, progress)
 
     def fit(self, X: np.ndarray, y: np.ndarray) -> SearchCV:  # noqa: N803 (scikit-learn's names)
         build_fn, fixed = _build_fn(self.estimator)
@@ -75,26 +80,40 @@ class SearchCV:
         batch = fixed.pop("batch_size", None)
         fixed_knobs = {"batch_size": int(batch)} if batch is not None and "batch_size" not in space else {}
         builder = _builder(build_fn, space)
-        self.study_ = Study(self.name, architecture=builder, dataset=(np.asarray(X), _labels(np.asarray(y))),
+        labels = _labels(np.asarray(y))
+        self.study_ = Study(self.name, architecture=builder, dataset=(np.asarray(X), labels),
                             space=space, budget={"trials": self.n_iter, "max_epochs": epochs},
                             sampler={"name": "tpe", **({"seed": self.random_state} if self.random_state is not None
                                                        else {})},
-                            **({"fixed": fixed_knobs} if fixed_knobs else {}), workdir=self.workdir,
-                            storage=self.storage)
+                            **({"fixed": fixed_knobs} if fixed_knobs else {}),
+                            **({"data": {"folds": int(self.cv)}} if self.cv else {}),
+                            **({"seed": self.random_state} if self.random_state is not None else {}),
+                            workdir=self.workdir, storage=self.storage)
         self.study_.run(workers=self.workers, progress=self.progress)
+        self.n_splits_ = int(self.cv or 1)
         self._results(names)
+        if self.refit:
+            started = time.perf_counter()
+            path = self.study_.refit(trial=self.cv_results_["trial_number"][self.best_index_])
+            self.best_estimator_ = RefitClassifier(path, int(labels.max()) + 1, self.best_params_)
+            self.refit_time_ = time.perf_counter() - started
         return self
 
     def _results(self, names: dict[str, dict[Any, Any]]) -> None:
         trials = [t for t in self.study_.optuna_study().trials if t.state.name in ("COMPLETE", "PRUNED", "FAIL")]
         trials.sort(key=lambda t: t.number)
         scores = np.array([_score(t) for t in trials], dtype=float)
+        splits = np.array([_split_scores(t, self.n_splits_) for t in trials], dtype=float).reshape(-1, self.n_splits_)
         params = [{k: names.get(k, {}).get(v, v) for k, v in t.params.items()} for t in trials]
         order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
         ranks = np.empty(len(trials), dtype=int)
         ranks[order] = np.arange(1, len(trials) + 1)
         self.cv_results_ = {
-            "params": params, "mean_test_score": scores, "std_test_score": np.zeros(len(trials)),
+            "params": params, "mean_test_score": scores,
+            # The spread over the folds where each was trained (0 for one split; NaN for a trial pruned on
+            # its first fold, as scikit-learn's error_score for what was not measured).
+            "std_test_score": np.array([np.std(row) if self.n_splits_ > 1 else 0.0 for row in splits]),
+            **{f"split{i}_test_score": splits[:, i] for i in range(self.n_splits_)},
             "rank_test_score": ranks,
             "mean_fit_time": np.array([t.user_attrs.get(attrs.TRAIN_SECONDS, np.nan) for t in trials], dtype=float),
             "state": [t.state.name for t in trials], "trial_number": [t.number for t in trials],
@@ -106,6 +125,62 @@ class SearchCV:
         self.best_index_ = next(i for i, t in enumerate(trials) if t.number == best["trial"])
         self.best_params_ = params[self.best_index_]
         self.best_score_ = float(scores[self.best_index_])
+
+    # scikit-learn's search delegates these to its best_estimator_.
+    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        return self._refitted().predict(X)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        return self._refitted().predict_proba(X)
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:  # noqa: N803
+        return self._refitted().score(X, y)
+
+    def _refitted(self) -> RefitClassifier:
+        if not hasattr(self, "best_estimator_"):
+            raise AttributeError("no best_estimator_: " + ("call fit(X, y) first" if self.refit else
+                                                          "this search was made with refit=False"))
+        return self.best_estimator_
+
+
+class RefitClassifier:
+    """The best configuration trained on all of fit's data (a .keras file): predict, predict_proba
+    and score (accuracy) as a scikit-learn classifier's, classes_, and the Keras model as `model_`,
+    loaded on first use (Keras, and its backend, load then, in this process)."""
+
+    def __init__(self, path: Path, n_classes: int, params: Mapping[str, Any]) -> None:
+        self.path, self.classes_, self.params = Path(path), np.arange(n_classes), dict(params)
+        self._model = None
+
+    @property
+    def model_(self) -> Any:
+        if self._model is None:
+            # Keras loads here, on first use: SearchCV itself runs its trainings in child processes.
+            from search.trial import load_model
+
+            self._model = load_model(self.path)
+        return self._model
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        return np.asarray(self.model_.predict(np.asarray(X), verbose=0))
+
+    def predict(self, X: np.ndarray) -> np.ndarray:  # noqa: N803
+        return self.classes_[self.predict_proba(X).argmax(axis=1)]
+
+    def score(self, X: np.ndarray, y: np.ndarray) -> float:  # noqa: N803
+        return float((self.predict(X) == _labels(np.asarray(y))).mean())
+
+    def __repr__(self) -> str:
+        return f"RefitClassifier({self.params}, {self.path})"
+
+
+def _split_scores(trial: Any, n: int) -> list[float]:
+    """Each fold's best validation value; one split's is the score. A trial pruned on its first fold
+    has that fold's best reported value and NaN for the folds it never trained on."""
+    if n == 1:
+        return [_score(trial)]
+    folds = trial.user_attrs.get(attrs.FOLD_VALUES)
+    return [float(v) for v in folds] if folds else [_score(trial), *[float("nan")] * (n - 1)]
 
 
 def _score(trial: Any) -> float:
@@ -201,4 +276,4 @@ def _builder(build_fn: Callable[..., Any], space: Mapping[str, Any]) -> Callable
     return build
 
 
-__all__ = ["SearchCV", "translate"]
+__all__ = ["RefitClassifier", "SearchCV", "translate"]

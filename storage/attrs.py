@@ -41,6 +41,8 @@ WORKER_RSS_MIB = "worker_rss_mib"
 WORKER_GPU_MIB = "worker_gpu_mib"
 WORKER_GPU_PEAK_MIB = "worker_gpu_peak_mib"
 OBJECTIVE_CURVE = "objective_curve"  # a two-objective trial's first objective, each epoch
+FOLD_VALUES = "fold_values"  # data.folds: the best validation value on each fold; the trial's value is their mean
+FOLD_BEST_EPOCHS = "fold_best_epochs"  # and the epoch each was reached at
 INFEASIBLE = "infeasible"  # why a trial was not trained: a quantity over its constraint (max_params)
 # The worker's memory as a trial starts, by search.worker's memory_now() keys.
 WORKER_MEMORY = {"rss": WORKER_RSS_MIB, "gpu": WORKER_GPU_MIB, "gpu_peak": WORKER_GPU_PEAK_MIB}

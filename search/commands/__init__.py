@@ -2,12 +2,12 @@
 
 Each module declares `add_parser(sub, settings)` (its arguments) and `run(args, settings) -> int`.
 Their module-level imports never load a deep-learning backend, so `status`, `config` or `schema`
-start in a second; the one command that trains (`evaluate`) imports its retraining where it runs.
+start in a second; the commands that train (`evaluate`, `refit`) import their training where they run.
 """
 
 from __future__ import annotations
 
-from search.commands import config, create, evaluate, import_cv, proxy, run, schema, status, validate
+from search.commands import config, create, evaluate, import_cv, proxy, refit, run, schema, status, validate
 
 # The order `python -m search --help` lists them in.
 COMMANDS = {
@@ -16,6 +16,7 @@ COMMANDS = {
     "status": status,
     "validate": validate,
     "evaluate": evaluate,
+    "refit": refit,
     "import-cv": import_cv,
     "proxy": proxy,
     "config": config,

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from data import Dataset, Splits, load_dataset, train_val_splits
+from data import Dataset, Splits, fold_splits, load_dataset, train_val_splits
 from search.settings import Settings
 from search.spec._spec import StudySpec
 
@@ -14,6 +14,14 @@ def load_data(spec: StudySpec, settings: Settings) -> Dataset:
 
 
 def study_splits(spec: StudySpec, dataset: Dataset) -> Splits:
-    """The study's train/validation split of `dataset` (the test split is never part of it)."""
-    return train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed,
-                            max_train=spec.max_train, max_val=spec.max_val)
+    """The study's train/validation split of `dataset` (the test split is never part of it); with
+    `data.folds`, the first fold's (the one trials are pruned on)."""
+    return study_folds(spec, dataset)[0]
+
+
+def study_folds(spec: StudySpec, dataset: Dataset) -> list[Splits]:
+    """Each split a trial is scored on: the one held-out split, or the K folds of `data.folds`."""
+    if spec.folds is None:
+        return [train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed,
+                                 max_train=spec.max_train, max_val=spec.max_val)]
+    return fold_splits(dataset, folds=spec.folds, seed=spec.seed, max_train=spec.max_train, max_val=spec.max_val)

@@ -125,7 +125,7 @@ def _to_spec(study: StudyFile, name: str) -> StudySpec:
         second_objective=study.objective.second,
         metric=study.objective.metric, top_k=study.objective.k or DEFAULT_TOP_K, constraints=study.constraints.limits(),
         training=study.training.references(), training_files=study.training.files(), val_fraction=study.data.val_fraction, seed=study.seed,
-        max_train=study.data.max_train, max_val=study.data.max_val,
+        max_train=study.data.max_train, max_val=study.data.max_val, folds=study.data.folds,
         feature_cache=None if cache is None else FeatureCacheSpec(**{**cache.model_dump(), "base": _name(cache.base)}),
         max_consecutive_failures=study.max_consecutive_failures, builder_files=_builder_files(study),
         precision=study.precision, jit_compile=study.jit_compile, mlflow=study.tracking.mlflow,

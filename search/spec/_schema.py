@@ -245,6 +245,10 @@ class DataSection(Section):
     val_fraction: Number = Field(0.1, description="the share of the training set held out for validation")
     max_train: PositiveInt | None = Field(None, description="train on a stratified subset of this many images")
     max_val: PositiveInt | None = Field(None, description="validate on a stratified subset of this many images")
+    folds: int | None = Field(None, ge=2, le=20, description=(
+        "score each configuration by K-fold cross-validation instead of one held-out split: the mean of its "
+        "best validation value on each of K stratified folds. The first fold trains with pruning; only a "
+        "configuration that survives it trains on the other K-1 (so pruned ones cost less than one training)"))
 
     @field_validator("val_fraction")
     @classmethod
@@ -252,6 +256,13 @@ class DataSection(Section):
         if not 0 < value < 1:
             raise ValueError("must be in (0, 1)")
         return value
+
+    @model_validator(mode="after")
+    def _one_way_to_validate(self) -> DataSection:
+        if self.folds is not None and "val_fraction" in self.model_fields_set:
+            raise Problem(f"with folds: {self.folds} each fold is validated on in turn and val_fraction is not "
+                          "used: drop one of the two", "val_fraction")
+        return self
 
 
 class TrackingSection(Section):

@@ -90,6 +90,7 @@ class StudySpec:
     evaluate_seeds: int = 3  # evaluate.seeds: retrains of each
     warm_start: tuple[dict[str, Any], ...] = ()
     val_fraction: float = 0.1
+    folds: int | None = None  # data.folds: each trial's value is the mean over K folds
     seed: int = 0
     profile: str | None = None
     max_train: int | None = None
@@ -165,7 +166,7 @@ _HASHED = ("architecture", "dataset", "label_mode", "normalization", "space", "f
            "max_epochs", "patience", "second_objective", "val_fraction", "seed", "max_train", "max_val",
            "feature_cache")
 _HASHED_IF_SET = {"precision": "float32", "jit_compile": False, "metric": "val_accuracy", "top_k": DEFAULT_TOP_K,
-                  "constraints": {}}
+                  "constraints": {}, "folds": None}
 
 
 def _jsonable(value: Any) -> Any:

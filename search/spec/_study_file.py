@@ -198,6 +198,10 @@ class StudyFile(Section):
         found = self.objective.second and objectives_problem(self.sampler.name, self.pruner.name)
         if found:
             raise Problem(found[1], found[0])
+        if self.data.folds is not None and self.feature_cache is not None:
+            raise Problem("a feature-cache study trains its base once on one training split, so each fold's "
+                          "validation images would have been seen by the base: drop folds (or the feature cache)",
+                          "data", "folds")
         self._schedule_knobs_have_their_schedule()
         self._objective_fits_the_classes()
         if self.training.loss and ("label_smoothing" in self.space or "label_smoothing" in self.fixed):

@@ -10,7 +10,17 @@ from search.trial._extras import check_extras
 from search.trial._features import ensure_features, full_model, trial_builder
 from search.trial._metrics import BalancedAccuracy, MacroF1
 from search.trial._objective import Objective
-from search.trial._train import FitOptions, ModelBuilder, TrainResult, freeze_setup, image_model, release, train
+from search.trial._train import (
+    FitOptions,
+    ModelBuilder,
+    TrainResult,
+    fit_all,
+    freeze_setup,
+    image_model,
+    load_model,
+    release,
+    train,
+)
 
 __all__ = [
     "BalancedAccuracy",
@@ -23,9 +33,11 @@ __all__ = [
     "TrainResult",
     "check_extras",
     "ensure_features",
+    "fit_all",
     "freeze_setup",
     "full_model",
     "image_model",
+    "load_model",
     "release",
     "train",
     "trial_builder",

@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import statistics
+from collections.abc import Sequence
 from typing import Any
 
 import keras
@@ -83,10 +85,14 @@ def record_breakdown(trial: optuna.Trial, timer: TrialTimer) -> None:
 class Objective:
     def __init__(self, spec: StudySpec, splits: Splits, *, fit: FitOptions | None = None,
                  checkpoints: Checkpoints | None = None, make_model: ModelBuilder | None = None,
-                 stop: StopRequest | None = None, worker: str = "", image_shape: tuple[int, ...] | None = None) -> None:
+                 stop: StopRequest | None = None, worker: str = "", image_shape: tuple[int, ...] | None = None,
+                 other_folds: Sequence[Splits] = ()) -> None:
         """fit: how every trial fits (default: the study's, STEPS_PER_EXECUTION=auto); checkpoints: where
-        attempts checkpoint (None: not at all); image_shape: what trials on cached features stand for."""
+        attempts checkpoint (None: not at all); image_shape: what trials on cached features stand for;
+        other_folds: with `data.folds`, the folds after the first (`splits`), trained on once a trial
+        survives the first."""
         self.spec, self.splits, self.stop, self.checkpoints = spec, splits, stop, checkpoints
+        self.other_folds = tuple(other_folds)
         self.fit = fit or FitOptions.for_study(spec, steps="auto")
         # Trials on cached features still describe the image model they stand for.
         self.image_shape = image_shape or splits.input_shape
@@ -126,6 +132,7 @@ class Objective:
             else:
                 with self.checkpoints.attempt(trial, stop=self.stop, timer=timer) as backup:
                     result = self._train(trial, cfg, [*callbacks, backup], timer, backup)
+            folds = [result, *self._other_folds(trial, cfg, watch, timer)]
         except Infeasible as why:
             record_constraints(trial, watch)
             record(trial, {attrs.INFEASIBLE: str(why)})
@@ -139,14 +146,29 @@ class Objective:
             release()
         record_constraints(trial, watch)
         record(trial, result_attrs(result))
-        return self._value(result)
+        if self.other_folds:
+            record(trial, {attrs.FOLD_VALUES: [r.best_value for r in folds],
+                           attrs.FOLD_BEST_EPOCHS: [r.best_epoch for r in folds]})
+        return self._value(result, statistics.fmean(r.best_value for r in folds))
+
+    def _other_folds(self, trial: optuna.Trial, cfg: TrialConfig, watch: ConstraintWatch,
+                     timer: TrialTimer) -> list[TrainResult]:
+        """The folds after the first, for a trial that survived the first's pruning: not pruned (the
+        pruner compares trials on the first fold's curve) nor checkpointed (a stopped worker's retry
+        resumes the first fold's checkpoint and trains these again)."""
+        results = []
+        for i, fold in enumerate(self.other_folds, start=2):
+            logger.info("trial %d: fold %d of %d", trial.number, i, len(self.other_folds) + 1)
+            callbacks = [watch, PhaseCallback(timer), TrialGuard(trial, self.stop, after_checkpoint=False)]
+            results.append(self._train(trial, cfg, callbacks, timer, splits=fold))
+        return results
 
     def _train(self, trial: optuna.Trial, cfg: TrialConfig, callbacks: list[keras.callbacks.Callback], timer: TrialTimer,
-               backup: ResumableBackup | None = None) -> TrainResult:
+               backup: ResumableBackup | None = None, splits: Splits | None = None) -> TrainResult:
         # After the checkpoint's turn at each epoch end.
         callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True, checkpoint=backup))
         try:
-            result, _ = train(cfg, self.splits, self.fit, seed=self.spec.seed + trial.number,
+            result, _ = train(cfg, splits or self.splits, self.fit, seed=self.spec.seed + trial.number,
                               label=f"[{self.worker}] trial {trial.number}", callbacks=callbacks,
                               make_model=timed_builder(self.make_model, timer))
         except TrialFailure as failure:
@@ -157,8 +179,9 @@ class Objective:
             raise
         return result
 
-    def _value(self, result: TrainResult) -> float | tuple[float, float]:
+    def _value(self, result: TrainResult, value: float) -> float | tuple[float, float]:
+        """value: the first fold's best value, or the mean over the folds."""
         if self.spec.second_objective is None:
-            return result.best_value
+            return value
         second = result.n_params if self.spec.second_objective == "params" else result.train_seconds
-        return result.best_value, float(second)
+        return value, float(second)

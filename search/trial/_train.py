@@ -8,8 +8,10 @@ import gc
 import logging
 import math
 import time
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 import keras
@@ -223,6 +225,33 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
         if is_oom(exc):
             raise TrialFailure(FailReason.OOM, oom_message(exc)) from exc
         raise
+
+
+def fit_all(cfg: TrialConfig, splits: Splits, options: FitOptions, *, epochs: int, seed: int,
+            make_model: ModelBuilder | None = None) -> keras.Model:
+    """The configuration trained on every image of splits.x_train for `epochs` epochs, validated on
+    nothing (scikit-learn's refit): no early stopping, and a `plateau` schedule, which follows the
+    validation metric, keeps its rate. Raises TrialFailure when the loss diverges."""
+    keras.utils.set_random_seed(seed)
+    options = dataclasses.replace(options, max_epochs=epochs)
+    model = compiled_model(cfg, splits, seed, make_model, options)
+    callbacks = [c for c in recipe_callbacks(cfg.train, options.metric)
+                 if not isinstance(c, keras.callbacks.ReduceLROnPlateau)]
+    history = model.fit(*training_data(cfg, splits, seed), epochs=epochs, verbose=options.verbose,
+                        callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks,
+                                   *user_callbacks(options.extras, cfg.knobs)])
+    losses = history.history.get("loss", [])
+    if not losses or not math.isfinite(losses[-1]):
+        raise TrialFailure(FailReason.NAN, f"the loss diverged ({losses[-1:] or 'no epoch'}) training on all the data")
+    return model
+
+
+def load_model(path: Path) -> keras.Model:
+    """A model the service saved (`refit`, `evaluate`), for predicting: its layers, losses and metrics
+    are registered by importing this package; the training's optimizer state is not loaded."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Skipping variable loading for optimizer")
+        return keras.saving.load_model(path, compile=False)
 
 
 def training_data(cfg: TrialConfig, splits: Splits, seed: int) -> tuple:

@@ -19,7 +19,7 @@ from data import Splits
 from search._tracking import tracker
 from search.errors import WorkerStopping
 from search.settings import Settings
-from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_splits
+from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_folds
 from search.study import budget_used, check_compatible, check_same_data, close_study, open_study
 from search.trial import Checkpoints, FitOptions, ModelBuilder, Objective, freeze_setup, trial_builder
 from search.worker._liveness import Background, Liveness
@@ -33,7 +33,8 @@ logger = logging.getLogger("search.worker")
 
 @dataclasses.dataclass
 class WorkerSession:
-    """What one worker holds for its whole life. `splits` and `make_model` are set by `prepare`."""
+    """What one worker holds for its whole life. `splits` (with `data.folds`, the first fold's, and
+    `other_folds` the rest) and `make_model` are set by `prepare`."""
 
     name: str
     settings: Settings
@@ -45,6 +46,7 @@ class WorkerSession:
     label: str
     stop: StopFlag
     splits: Splits | None = None
+    other_folds: list[Splits] = dataclasses.field(default_factory=list)
     make_model: ModelBuilder | None = None
     image_shape: tuple[int, ...] | None = None
 
@@ -86,10 +88,11 @@ class WorkerSession:
         spec = self.spec
         dataset = load_data(spec, self.settings)
         check_same_data(self.study, spec, dataset.fingerprint)
-        self.splits = study_splits(spec, dataset)
+        self.splits, *self.other_folds = study_folds(spec, dataset)
         self.image_shape = self.splits.input_shape
-        logger.info("%s: %s train %d / val %d images (fingerprint %s)", self.label, spec.dataset,
-                    len(self.splits.y_train), len(self.splits.y_val), self.splits.fingerprint)
+        logger.info("%s: %s train %d / val %d images (fingerprint %s)%s", self.label, spec.dataset,
+                    len(self.splits.y_train), len(self.splits.y_val), self.splits.fingerprint,
+                    f", the first of {spec.folds} folds" if spec.folds else "")
         return spec.feature_cache is None or self._prepare_features()
 
     def _prepare_features(self) -> bool:
@@ -107,7 +110,7 @@ class WorkerSession:
                               checkpoints=Checkpoints(self.artifacts / "checkpoints", self.spec.name,
                                                       every_s=s.checkpoint_every_s),
                               make_model=self.make_model, stop=self.stop, worker=self.label,
-                              image_shape=self.image_shape)
+                              image_shape=self.image_shape, other_folds=self.other_folds)
         if s.gc_freeze:
             freeze_setup()
         tracked = tracker(self.name, self.spec.mlflow, s)

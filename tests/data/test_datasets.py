@@ -14,7 +14,16 @@ from helpers.datasets import (
     write_image_folder,
 )
 
-from data import DatasetError, TestSplitAccessError, final_evaluation, load_dataset, stratified_split, train_val_splits
+from data import (
+    DatasetError,
+    TestSplitAccessError,
+    final_evaluation,
+    fold_splits,
+    load_dataset,
+    stratified_folds,
+    stratified_split,
+    train_val_splits,
+)
 from data._specs import CIFAR10_CLASSES
 
 CLASSES10 = CIFAR10_CLASSES
@@ -225,6 +234,31 @@ def test_train_val_splits_hold_out_ten_percent(tmp_path):
     small = train_val_splits(ds, max_train=100, max_val=20)
     assert len(small.y_train) == 100 and np.bincount(small.y_train).tolist() == [10] * 10
     assert not hasattr(splits, "x_test")
+
+
+def test_folds_partition_the_training_data_by_class_and_seed():
+    y = np.repeat(np.arange(4), [40, 21, 7, 2])
+    parts = stratified_folds(y, 5, seed=1)
+    together = np.concatenate(parts)
+    assert len(together) == len(y) and len(set(together)) == len(y)  # disjoint, covering
+    counts = np.array([np.bincount(y[p], minlength=4) for p in parts])
+    assert counts[:, 0].tolist() == [8] * 5  # each fold a fifth of a class ...
+    assert sorted(counts[:, 1].tolist()) == [4, 4, 4, 4, 5] and counts[:, 2].max() - counts[:, 2].min() <= 1
+    assert [len(p) for p in parts] == [len(p) for p in stratified_folds(y, 5, seed=1)]
+    assert not all(np.array_equal(a, b) for a, b in zip(parts, stratified_folds(y, 5, seed=2)))
+    with pytest.raises(ValueError, match="at least 2"):
+        stratified_folds(y, 1, seed=0)
+
+
+def test_fold_splits_validate_on_each_fold_once(tmp_path):
+    write_cifar10_pickles(tmp_path, n_per_batch=100)
+    ds = load_dataset("cifar10", data_dir=tmp_path)
+    folds = fold_splits(ds, folds=5, seed=0)
+    assert [len(f.y_val) for f in folds] == [100] * 5 and [len(f.y_train) for f in folds] == [400] * 5
+    seen = np.concatenate([f.x_val.reshape(len(f.x_val), -1) for f in folds])
+    assert len(np.unique(seen, axis=0)) == len(np.unique(ds.x_train.reshape(500, -1), axis=0))
+    assert all(np.bincount(f.y_val).tolist() == [10] * 10 for f in folds)
+    assert len({f.fingerprint for f in folds}) == 5 and "fold0of5" in folds[0].fingerprint
 
 
 def test_test_split_only_in_final_evaluation(tmp_path):

@@ -59,8 +59,9 @@ def _check_outputs(tmp_path, loaded, searched, studied, evaluated):
     lines = _out(searched).strip().splitlines()
     assert re.fullmatch(r"Best: [01]\.\d{6} using \{'optimizer': '\w+', 'neurons_second': \d+, 'activation': '\w+'\}",
                         lines[0]), lines
-    assert len(lines) == 4 and all(re.fullmatch(r"\d\.\d{6} \(0\.000000\) with: \{'optimizer': .*\}", line)
-                                   for line in lines[1:]), lines
+    assert len(lines) == 5 and all(re.fullmatch(r"\d\.\d{6} \(0\.000000\) with: \{'optimizer': .*\}", line)
+                                   for line in lines[1:4]), lines
+    assert re.fullmatch(r"refitted best: accuracy [01]\.\d{4} on 1000 images the search never saw", lines[4]), lines
     bar = _out(studied, "stderr")  # the progress bar, as a notebook shows it without ipywidgets
     assert "study seed002_study" in bar and "3/3" in bar and "best 0." in bar, bar[-1500:]
     assert "best: {'value': " in _out(studied) and "COMPLETE" in _out(studied) or "PRUNED" in _out(studied)

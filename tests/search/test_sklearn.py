@@ -58,11 +58,52 @@ def test_what_cannot_be_translated_is_refused_naming_the_parameter(distributions
     assert f"param_distributions.{next(iter(distributions))}" in str(err.value) and says in str(err.value)
 
 
-def test_folds_and_other_scorings_are_refused_not_ignored():
-    with pytest.raises(ValueError, match="K-fold"):
-        SearchCV(lambda: None, {}, cv=5)
+class StratifiedKFold:
+    """scikit-learn's splitter, as a user would pass it (no scikit-learn here)."""
+
+    def split(self, X, y):  # noqa: N803
+        raise AssertionError("SearchCV takes the number of folds, not a splitter")
+
+
+@pytest.mark.parametrize("cv", [StratifiedKFold(), [(np.arange(5), np.arange(5, 10))], 1, True, 2.5])
+def test_a_cv_that_is_not_a_number_of_folds_and_other_scorings_are_refused_not_ignored(cv):
+    with pytest.raises(ValueError, match=r"give the number of folds \(an integer of at least 2"):
+        SearchCV(lambda: None, {}, cv=cv)
     with pytest.raises(ValueError, match="validation accuracy"):
         SearchCV(lambda: None, {}, scoring="f1_macro")
+
+
+def _learnable(n: int = 300, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    return (y[:, None, None, None] * 80 + rng.integers(0, 40, (n, 12, 12, 1))).astype(np.uint8), y
+
+
+def test_cv_scores_each_configuration_by_its_folds(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DATA_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("STUDIES_DIR", raising=False)
+    monkeypatch.delenv("STORAGE", raising=False)
+    x, y = _learnable()
+    search = SearchCV(notebook_function(SEED_002_CELL, "create_model"), {"optimizer": ["Adam"],
+                      "neurons_second": [0, 8]}, n_iter=2, random_state=0, cv=3, refit=False, max_epochs=2,
+                      progress=False, name="folded")
+    search.fit(x, y)
+    results = search.cv_results_
+    assert search.n_splits_ == 3 and search.study_.spec.folds == 3
+    splits = np.stack([results[f"split{i}_test_score"] for i in range(3)], axis=1)
+    trials = search.study_.optuna_study().trials
+    assert [t.state.name for t in trials] == results["state"] and "COMPLETE" in results["state"]
+    for i, trial in enumerate(trials):
+        if trial.state.name == "COMPLETE":
+            assert splits[i].tolist() == trial.user_attrs["fold_values"]
+            assert results["mean_test_score"][i] == pytest.approx(splits[i].mean()) == trial.value
+            assert results["std_test_score"][i] == pytest.approx(splits[i].std())
+        else:  # pruned on its first fold: the folds it never trained on are not scores
+            assert "fold_values" not in trial.user_attrs and np.isnan(splits[i, 1:]).all()
+            assert splits[i, 0] == results["mean_test_score"][i] == max(trial.intermediate_values.values())
+    with pytest.raises(AttributeError, match="refit=False"):
+        search.predict(x)
 
 
 def test_seed_002s_search_and_print_loop_run_unchanged(tmp_path, monkeypatch, capsys):
@@ -70,9 +111,7 @@ def test_seed_002s_search_and_print_loop_run_unchanged(tmp_path, monkeypatch, ca
     monkeypatch.setenv("DATA_CACHE", str(tmp_path / "cache"))
     monkeypatch.delenv("STUDIES_DIR", raising=False)
     monkeypatch.delenv("STORAGE", raising=False)
-    rng = np.random.default_rng(0)
-    y = np.arange(300) % 3
-    x = (y[:, None, None, None] * 80 + rng.integers(0, 40, (300, 12, 12, 1))).astype(np.uint8)
+    x, y = _learnable()
     one_hot = np.eye(3)[y]  # as Keras 2 examples passed them (to_categorical)
     param_distributions = {"optimizer": ["SGD", "Adam"], "neurons_second": [0, 8],
                            "activation": ["relu", "sigmoid"]}
@@ -97,3 +136,11 @@ def test_seed_002s_search_and_print_loop_run_unchanged(tmp_path, monkeypatch, ca
     assert len(trials) == 3 and {t.params["optimizer"] for t in trials} <= {"sgd", "adam"}
     assert grid_result.study_.spec.fixed == {"batch_size": 16}  # the wrapper's batch_size; its epochs the cap
     assert grid_result.study_.spec.max_epochs == 3
+    # refit (scikit-learn's default): the best configuration trained on all of x, then used as a classifier.
+    best = grid_result.best_estimator_
+    best_trial = trials[grid_result.cv_results_["trial_number"][grid_result.best_index_]]
+    assert best.model_.count_params() == best_trial.user_attrs["n_params"]  # the best trial's architecture
+    assert best.model_.input_shape == (None, 12, 12, 1) and best.classes_.tolist() == [0, 1, 2]
+    predicted = grid_result.predict(x)
+    assert predicted.shape == (300,) and set(predicted.tolist()) <= {0, 1, 2}
+    assert grid_result.score(x, one_hot) == pytest.approx((predicted == y).mean())

@@ -61,6 +61,8 @@ def test_overrides_and_profile():
     assert spec.trials == 6 and spec.max_epochs == 2 and spec.max_train == 2000
     assert spec.space_hash() != load_spec("simple_cnn").space_hash()  # a smoke run is another study setup
     assert load_spec("simple_cnn", trials=99).space_hash() == load_spec("simple_cnn").space_hash()
+    folds = parse_spec(GOOD + "data: {folds: 5}\n", name="good")
+    assert folds.folds == 5 and folds.space_hash() != parse_spec(GOOD, name="good").space_hash()
 
 
 def test_quick_profile_puts_a_lighter_base_under_fc_head_unless_the_file_names_one():
@@ -125,6 +127,12 @@ BAD_CASES = {
                                  r"label_mode: 'coarse': 'coarse' applies only to cifar100, otherwise 'fine'"),
     "feature cache without a base": (GOOD + "feature_cache: true\n",
                                      r"feature_cache: needs a convnet preset with a freezable base \(freeze_base\)"),
+    "one fold": (GOOD + "data: {folds: 1}\n", r"data.folds: Input should be greater than or equal to 2"),
+    "folds and a held-out split": (GOOD + "data: {folds: 5, val_fraction: 0.2}\n",
+                                   r"data.val_fraction: with folds: 5 each fold is validated on in turn and "
+                                   r"val_fraction is not used: drop one of the two"),
+    "folds on a feature cache": ((REPO / "search/studies/fc_head.yaml").read_text() + "data: {folds: 3}\n",
+                                 r"data.folds: a feature-cache study trains its base once on one training split"),
     "warm start names no layer": (GOOD + "warm_start:\n  - {optimizer: adam, dense_units: 64}\n",
                                   r"warm_start\[0\].dense_units: a warm start names each dense layer's width"),
 }

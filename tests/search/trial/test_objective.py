@@ -3,11 +3,15 @@ recorded on the trial while the worker goes on."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import keras
 import numpy as np
+import pytest
 from helpers.synthetic import TINY, easy_splits, memory_study
 from optuna.trial import TrialState
 
+from data import fold_splits
 from search import (
     TrialFailure,
 )
@@ -95,3 +99,30 @@ budget: {trials: 1, max_epochs: 1}
     study.optimize(Objective(spec, easy_splits(100, 20)), n_trials=1, catch=(TrialFailure,))
     assert study.trials[0].state == TrialState.FAIL
     assert study.trials[0].user_attrs["fail_reason"] == "build"
+
+
+def test_folds_score_a_survivor_by_its_mean_and_a_pruned_trial_trains_one_fold(monkeypatch):
+    text = TINY + """data: {folds: 3}
+warm_start:
+  - {optimizer: adam, learning_rate: 0.003}
+  - {optimizer: sgd, learning_rate: 1.0e-7, momentum: 0.9}
+"""
+    spec, study = memory_study(text)
+    easy = easy_splits(n_train=600, n_val=0)
+    folds = fold_splits(SimpleNamespace(x_train=easy.x_train, y_train=easy.y_train, class_names=easy.class_names,
+                                        fingerprint="synthetic", name="easy"), folds=spec.folds, seed=spec.seed)
+    real_fit, fitted = keras.Model.fit, []
+
+    def counted_fit(self, x, y, *args, **kwargs):
+        fitted.append(len(y))
+        return real_fit(self, x, y, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "fit", counted_fit)
+    study.optimize(Objective(spec, folds[0], other_folds=folds[1:]), n_trials=2, catch=(TrialFailure,))
+    survivor, pruned = study.trials
+    assert survivor.state == TrialState.COMPLETE and pruned.state == TrialState.PRUNED
+    values = survivor.user_attrs["fold_values"]
+    assert len(values) == 3 and len(survivor.user_attrs["fold_best_epochs"]) == 3
+    assert survivor.value == pytest.approx(sum(values) / 3)
+    assert "fold_values" not in pruned.user_attrs
+    assert fitted == [400, 400, 400, 400]  # three folds for the survivor, the first only for the pruned trial
