@@ -44,8 +44,29 @@ def summary(counts: dict[str, int], fail_reasons: dict[str, int], stopped: str |
     if final:
         out += (f"<p><b>Final evaluation</b> of trial {final['trial']}: validation accuracy over "
                 f"{len(final['seeds'])} seeds {final['val_accuracy_mean']:.4f} ± {final['val_accuracy_std']:.4f}; "
-                f"test accuracy (once) <b>{final['test_accuracy']:.4f}</b>.</p>")
+                f"test accuracy (once) <b>{final['test_accuracy']:.4f}</b>.</p>") + confirmation_table(final)
     return out
+
+
+def confirmation_table(final: dict[str, Any]) -> str:
+    """The top trials confirmed before the test: each one's search value beside its confirmed mean ±
+    spread over the seeds, and how much the search over-rated it (positive: the search said better)."""
+    candidates = final.get("candidates") or []
+    if len(candidates) < 2:
+        return ""
+    metric = html.escape(str(final.get("metric", "val_accuracy")))
+    rows = "".join(
+        f"<tr{' class=picked' if c['trial'] == final['trial'] else ''}><td>{c['trial']}</td>"
+        f"<td>{c['search_value']:.4f}</td><td>{c['confirmed_mean']:.4f} ± {c['confirmed_std']:.4f}</td>"
+        f"<td>{c['over_rating']:+.4f}</td><td>{'picked, tested' if c['trial'] == final['trial'] else ''}</td>"
+        f"<td>{_params(c['params'])}</td></tr>" for c in candidates)
+    warning = ("" if final["trial"] == final.get("search_best_trial", final["trial"]) else
+               f"<p class=warning>The confirmed winner is trial {final['trial']}, not the search's best (trial "
+               f"{final['search_best_trial']}).</p>")
+    return (f"<h3>Confirmed before the test</h3><p>The top {len(candidates)} trials retrained on all the training "
+            f"data over {len(final['seeds'])} seeds ({metric}); the best confirmed mean was tested.</p>{warning}"
+            f"<table id=confirmation><tr><th>trial</th><th>search {metric}</th><th>confirmed mean ± spread</th>"
+            f"<th>over-rated by</th><th></th><th>params</th></tr>{rows}</table>")
 
 
 def _params(params: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 
 from search._cli import add_study_args, overrides
+from search.commands._confirmation import confirmation_lines
 from search.settings import Settings
 from search.spec import load_spec
 from search.study import check_compatible, open_study
@@ -45,16 +46,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     seeds = tuple(range(args.seeds or spec.evaluate_seeds))
     record = evaluate(spec, study, settings, store_url=settings.store_url(args.storage), seeds=seeds,
                       top_k=args.top_k)
-    if len(record["candidates"]) > 1:
-        print(f"confirmed the top {len(record['candidates'])} trials over {len(seeds)} seeds each on all the "
-              f"training data ({record['metric']}):")
-        for c in record["candidates"]:
-            print(f"  trial {c['trial']}: search {c['search_value']:.4f}, confirmed {c['confirmed_mean']:.4f} "
-                  f"± {c['confirmed_std']:.4f}, over-rated by {c['over_rating']:+.4f}"
-                  f"{'  <- picked' if c['trial'] == record['trial'] else ''}")
-        if record["trial"] != record["search_best_trial"]:
-            print(f"warning: the confirmed winner is trial {record['trial']}, not the search's best "
-                  f"(trial {record['search_best_trial']})")
+    for line in confirmation_lines(record):
+        print(line)
     per_seed = ", ".join(f"{a:.4f}" for a in record["val_accuracy_per_seed"])
     print(f"study {spec.name}, best trial {record['trial']} (search value {record['study_best_value']:.4f})")
     print(f"validation accuracy over {len(seeds)} seeds: {record['val_accuracy_mean']:.4f} "

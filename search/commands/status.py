@@ -8,6 +8,7 @@ import json
 import optuna
 
 from search._cli import add_study_args
+from search.commands._confirmation import confirmation_lines, evaluation_summary
 from search.settings import Settings
 from search.study import counter_line, counts, open_study
 from storage import attrs, describe
@@ -27,8 +28,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     url = settings.store_url(args.storage)
     study = open_study(args.name, url)
     c = counts(study)
+    record = study.user_attrs.get(attrs.FINAL_EVALUATION)
+    reads = len(study.user_attrs.get(attrs.TEST_ACCESSES, []))
     if args.json:
-        print(json.dumps({k: getattr(c, k) for k in JSON_KEYS}))
+        print(json.dumps({**{k: getattr(c, k) for k in JSON_KEYS},
+                          "final_evaluation": evaluation_summary(record, reads)}))
         return 0
     print(counter_line(c))
     print(f"  {describe(url)}; {c.n_waiting} waiting (enqueued)")
@@ -40,6 +44,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               f"{t.user_attrs.get(attrs.FAIL_MESSAGE, '')}")
     for line in time_lines(study):
         print(line)
+    if record:
+        print(f"  tested: trial {record['trial']}, test accuracy {record['test_accuracy']:.4f} on {record['n_test']} "
+              f"images (the test split read {reads} time(s){'; no longer unbiased' if reads > 1 else ''})")
+        for line in confirmation_lines(record):
+            print(f"  {line}")
     return 0
 
 

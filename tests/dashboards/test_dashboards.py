@@ -17,7 +17,7 @@ from pathlib import Path
 
 import optuna
 import pytest
-from helpers.processes import REPO, free_port
+from helpers.processes import REPO, free_port, run_cli
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 
@@ -221,6 +221,43 @@ def test_report_has_every_section_and_works_offline():
     assert "test accuracy (once) <b>0.6800</b>" in page
     assert not re.search(r"<script[^>]+src=", page)  # nothing fetched: every script is inline
     assert len(page) > 3_000_000  # plotly.js is embedded, not fetched
+
+
+CONFIRMED = {"trial": 2, "search_best_trial": 1, "seeds": [0, 1, 2], "metric": "val_accuracy",
+             "val_accuracy_mean": 0.71, "val_accuracy_std": 0.01, "val_metric_mean": 0.71, "val_metric_std": 0.01,
+             "test_accuracy": 0.70, "n_test": 20, "class_names": ["a", "b"], "per_class_accuracy": [0.7, 0.7],
+             "candidates": [
+                 {"trial": 1, "params": PARAMS[1], "search_value": 0.72, "confirmed_mean": 0.66, "confirmed_std": 0.02,
+                  "over_rating": 0.06},
+                 {"trial": 2, "params": PARAMS[2], "search_value": 0.69, "confirmed_mean": 0.71, "confirmed_std": 0.01,
+                  "over_rating": -0.02}]}
+
+
+def test_the_report_and_status_show_how_much_the_search_over_rated_each_candidate(tmp_path):
+    """Issue (the winner users get), part 3: each candidate's search value, confirmed mean ± spread and
+    over-rating beside the test result, in the report, `make status` and its JSON; a warning when the
+    confirmed winner is not the search's best."""
+    url = f"journal:///{tmp_path / 'studies.journal'}"
+    study = _study(optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(
+        str(tmp_path / "studies.journal"))), name="confirmed")
+    page = build_report(study)
+    assert "Confirmed before the test" not in page  # no evaluation yet
+    study.set_user_attr(FINAL_EVALUATION, CONFIRMED)
+    study.set_user_attr(FINAL_CONFUSION_MATRIX, [[7, 3], [3, 7]])
+    page = build_report(study)
+    rows = re.findall(r"<tr(?: class=picked)?><td>(\d+)</td><td>([\d.]+)</td><td>([\d.]+ ± [\d.]+)</td>"
+                      r"<td>([+-][\d.]+)</td><td>([^<]*)</td>", page)
+    assert rows == [("1", "0.7200", "0.6600 ± 0.0200", "+0.0600", ""),
+                    ("2", "0.6900", "0.7100 ± 0.0100", "-0.0200", "picked, tested")]
+    assert "The confirmed winner is trial 2, not the search's best (trial 1)" in page
+    out = run_cli("status", "confirmed", "--storage", url).stdout
+    assert "tested: trial 2, test accuracy 0.7000 on 20 images" in out
+    assert "trial 1: search 0.7200, confirmed 0.6600 ± 0.0200, over-rated by +0.0600" in out
+    assert "trial 2: search 0.6900, confirmed 0.7100 ± 0.0100, over-rated by -0.0200  <- picked" in out
+    assert "warning: the confirmed winner is trial 2, not the search's best (trial 1)" in out
+    final = json.loads(run_cli("status", "confirmed", "--json", "--storage", url).stdout)["final_evaluation"]
+    assert (final["trial"], final["search_best_trial"], final["test_accuracy"]) == (2, 1, 0.70)
+    assert [c["over_rating"] for c in final["candidates"]] == [0.06, -0.02]
 
 
 def test_report_compares_with_a_random_baseline_when_there_is_one():
