@@ -58,14 +58,14 @@ study: $(STAMP) require-name ## create study NAME (idempotent) and run WORKERS w
 status: $(STAMP) require-name ## readable summary of study NAME
 	$(PY) -m search status $(NAME)
 
-worker: $(STAMP) require-name ## run one worker for study NAME (the study must exist)
-	$(PY) -m search.worker $(NAME) $(STUDY_ARGS)
+worker: $(STAMP) require-name ## run one worker for study NAME (the study must exist; STAGE=confirm: its confirmation stage)
+	$(PY) -m search.worker $(NAME) $(STUDY_ARGS) $(if $(STAGE),--stage $(STAGE))
 
 workers: $(STAMP) require-name ## run N workers for study NAME as separate processes
-	$(PY) -m search run $(NAME) --workers $(N) --no-create $(STUDY_ARGS)
+	$(PY) -m search run $(NAME) --workers $(N) --no-create $(STUDY_ARGS) $(if $(STAGE),--stage $(STAGE))
 
 evaluate: $(STAMP) require-name ## retrain study NAME's best trial with 3 seeds, then score it once on the test split
-	$(PY) -m search evaluate $(NAME) $(STUDY_ARGS)
+	$(PY) -m search evaluate $(NAME) $(STUDY_ARGS) $(if $(WORKERS),--workers $(WORKERS))
 
 refit: $(STAMP) require-name ## train study NAME's best configuration on all the training data into OUT (no test)
 	$(PY) -m search refit $(NAME) $(STUDY_ARGS) --output $(or $(OUT),artifacts/$(NAME)-refit.keras)

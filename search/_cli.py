@@ -35,6 +35,12 @@ def add_study_args(parser: argparse.ArgumentParser, settings: Settings) -> None:
                              "trained once, heads searched on a feature subset)")
 
 
+def add_stage_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--stage", choices=["search", "confirm"], default="search", help=(
+        "search: the study's trials; confirm: its confirmation stage, the top trials `make evaluate` queued "
+        "for retraining over seeds (study NAME.confirm)"))
+
+
 def overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {"dataset": args.dataset, "trials": args.trials, "epochs": args.epochs, "profile": args.profile}
 
@@ -46,6 +52,8 @@ def override_argv(args: argparse.Namespace) -> list[str]:
     for key, value in overrides(args).items():
         if value is not None:
             out += [f"--{key}", str(value)]
+    if getattr(args, "stage", "search") != "search":
+        out += ["--stage", args.stage]
     return out
 
 

@@ -132,12 +132,14 @@ class Study:
         finally:
             bar.close()
 
-    def evaluate(self, seeds: int = 3, *, top_k: int | None = None, retest: bool = False) -> dict[str, Any]:
-        """Retrain the best trial (or confirm the `top_k` best, default the study file's evaluate.top_k)
-        with `seeds` seeds, then score the pick once on the test split (`make evaluate`); the record
-        stored with the study. A study tested already gives its recorded result, unless `retest`."""
+    def evaluate(self, seeds: int = 3, *, top_k: int | None = None, workers: int = 1,
+                 retest: bool = False) -> dict[str, Any]:
+        """Retrain the best trial (or confirm the `top_k` best, default the study file's evaluate.top_k,
+        as trials on `workers` worker processes) with `seeds` seeds, then score the pick once on the test
+        split (`make evaluate`); the record stored with the study. A study tested already gives its
+        recorded result, unless `retest`."""
         self._command("evaluate", "--seeds", str(seeds), *(["--top-k", str(top_k)] if top_k else []),
-                      *(["--retest"] if retest else []), timeout=None)
+                      "--workers", str(workers), *(["--retest"] if retest else []), timeout=None)
         return dict(self.optuna_study().user_attrs[attrs.FINAL_EVALUATION])
 
     def refit(self, path: str | Path | None = None, *, trial: int | None = None) -> Path:

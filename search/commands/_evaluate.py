@@ -18,6 +18,7 @@ import socket
 import statistics
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,7 +32,7 @@ from data import Splits, final_evaluation
 from search._tracking import MlflowTracker, tracker
 from search.settings import Settings
 from search.spec import StudySpec, TrialConfig, load_data, minimized, study_splits, trial_config
-from search.study import check_same_data
+from search.study import check_same_data, confirmation_study, confirmations_of, enqueue_confirmations
 from search.trial import (
     BalancedAccuracy,
     FitOptions,
@@ -169,35 +170,38 @@ class Confirmation:
 
 
 def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_url: str | None = None,
-             seeds: tuple[int, ...] = (0, 1, 2), top_k: int | None = None) -> dict[str, Any]:
+             seeds: tuple[int, ...] = (0, 1, 2), top_k: int | None = None,
+             confirm_on_workers: Callable[[], None] | None = None) -> dict[str, Any]:
     """Confirm the top-k candidates over `seeds` on all the training data, pick the best by its
-    confirmed mean of the study's metric, then score that one once on the test split."""
+    confirmed mean of the study's metric, then score that one once on the test split.
+
+    confirm_on_workers: runs the study's workers on its confirmation stage (`python -m search run
+    NAME --stage confirm`) until the confirmations queued here are done; the candidates are then
+    retrained there, in parallel, as trials (search.study._confirm), and only the pick once more
+    here, for the model that is tested. None: each candidate is retrained here, one after another."""
     if len(seeds) < 3:
         raise ValueError(f"evaluation needs at least 3 seeds to say anything about noise but got {len(seeds)}")
     minimize = minimized(spec.metric)
     pool = candidates(study, top_k or spec.evaluate_top_k)
+    on_workers = len(pool) > 1 and confirm_on_workers is not None
+    if on_workers:  # first: the workers get the accelerator before this process holds any of it
+        check_same_data(study, spec, load_data(spec, settings).fingerprint)  # test figures on other data would mislead
+        confirmed = _confirm_on_workers(study, spec, pool, seeds, confirm_on_workers)
+        chosen = _best(confirmed, minimize)
     data = _evaluation_data(spec, settings, store_url)
-    check_same_data(study, spec, data.dataset.fingerprint)  # test figures on other data would mislead
-    confirmed: list[Confirmation] = []
-    chosen, final = None, None
-    for trial in pool:
-        cfg = trial_config(spec, trial.params, input_shape=data.splits.input_shape,
-                           num_classes=data.splits.num_classes)
-        results, model = _retrain(spec, data, cfg, seeds)
-        confirmation = Confirmation(trial, [r.best_val_accuracy for r in results], [r.best_value for r in results])
-        confirmed.append(confirmation)
-        if chosen is None or (confirmation.mean < chosen.mean if minimize else confirmation.mean > chosen.mean):
-            chosen, final = confirmation, model  # only the leader's model is kept
-        else:
-            del model
-        if len(pool) > 1:
-            logger.info("candidate trial %d: search %s %.4f, confirmed %.4f ± %.4f over %d seeds", trial.number,
-                        spec.metric, trial.values[0], confirmation.mean, statistics.stdev(confirmation.values),
-                        len(seeds))
+    check_same_data(study, spec, data.dataset.fingerprint)
+    if on_workers:
+        _, final = _retrain(spec, data, _config(spec, data, chosen.trial), seeds[:1])  # the model to test
+    else:
+        confirmed, chosen, final = _confirm_here(spec, data, pool, seeds, minimize)
+    if len(pool) > 1:
+        for c in confirmed:
+            logger.info("candidate trial %d: search %s %.4f, confirmed %.4f ± %.4f over %d seeds", c.trial.number,
+                        spec.metric, c.trial.values[0], c.mean, statistics.stdev(c.values), len(seeds))
     trial = chosen.trial
     if trial.number != pool[0].number:
-        logger.warning("the confirmed winner is trial %d, not the search's best (trial %d): the search over-rated "
-                       "it by %.4f", trial.number, pool[0].number, confirmed[0].row(minimize)["over_rating"])
+        logger.warning("the confirmed winner is trial %d, not the search's best (trial %d)", trial.number,
+                       pool[0].number)
     accuracies, values = chosen.accuracies, chosen.values
     _record_test_access(study, trial.number)  # before the read: an access that crashed still counts
     with final_evaluation():
@@ -219,6 +223,55 @@ def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_
     _store(study, final, record, artifact_root(settings.artifacts_dir), tracker(spec.name, spec.mlflow, settings))
     release()
     return record
+
+
+def _config(spec: StudySpec, data: _EvaluationData, trial: optuna.trial.FrozenTrial) -> TrialConfig:
+    return trial_config(spec, trial.params, input_shape=data.splits.input_shape, num_classes=data.splits.num_classes)
+
+
+def _best(confirmed: list[Confirmation], minimize: bool) -> Confirmation:
+    """The best confirmed mean; among equals, the better-ranked candidate (min and max keep the first)."""
+    return (min if minimize else max)(confirmed, key=lambda c: c.mean)
+
+
+def _confirm_here(spec: StudySpec, data: _EvaluationData, pool: list[optuna.trial.FrozenTrial],
+                  seeds: tuple[int, ...], minimize: bool) -> tuple[list[Confirmation], Confirmation, keras.Model]:
+    """Each candidate retrained over the seeds in this process; the leader's first-seed model kept."""
+    confirmed: list[Confirmation] = []
+    chosen, final = None, None
+    for trial in pool:
+        results, model = _retrain(spec, data, _config(spec, data, trial), seeds)
+        confirmation = Confirmation(trial, [r.best_val_accuracy for r in results], [r.best_value for r in results])
+        confirmed.append(confirmation)
+        if chosen is None or (confirmation.mean < chosen.mean if minimize else confirmation.mean > chosen.mean):
+            chosen, final = confirmation, model  # only the leader's model is kept
+        else:
+            del model
+    return confirmed, chosen, final
+
+
+def _confirm_on_workers(study: optuna.Study, spec: StudySpec, pool: list[optuna.trial.FrozenTrial],
+                        seeds: tuple[int, ...], run_workers: Callable[[], None]) -> list[Confirmation]:
+    """Queue a confirmation trial per candidate and seed in the study's confirmation stage, let the
+    workers run them, and read them back; a candidate whose confirmation failed for good is left out."""
+    confirm = confirmation_study(study, spec)
+    budget = enqueue_confirmations(confirm, pool, seeds)
+    logger.info("confirming the top %d trials over %d seeds: %d trials queued in study %s", len(pool), len(seeds),
+                budget, confirm.study_name)
+    run_workers()
+    out = []
+    for trial in pool:
+        done = confirmations_of(confirm, trial.number, seeds)
+        if done is None:
+            logger.warning("candidate trial %d: a confirmation failed for good (study %s); it is left out",
+                           trial.number, confirm.study_name)
+            continue
+        out.append(Confirmation(trial, [max(t.user_attrs.get(attrs.VAL_ACCURACY_CURVE) or [float("nan")])
+                                        for t in done], [t.values[0] for t in done]))
+    if not out:
+        raise RuntimeError(f"no candidate of study {study.study_name} was confirmed: every confirmation failed "
+                           f"(`make status NAME={confirm.study_name}` says why)")
+    return out
 
 
 def _record_test_access(study: optuna.Study, trial: int) -> None:

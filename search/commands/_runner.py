@@ -11,6 +11,7 @@ measured memory allows (search.commands._packing), stopping the newest ones when
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import signal
@@ -24,8 +25,9 @@ from search._tracking import tracker
 from search.commands._packing import MIN_MEASURED, AutoPacking, GpuBox
 from search.settings import Settings
 from search.spec import StudySpec
-from search.study import budget_used, counts, open_study, reap, reap_worker, storage_errors
+from search.study import budget_used, confirm_name, counts, open_study, reap, reap_worker, storage_errors
 from search.worker import GROW_ENV, visible_gpus, worker_label
+from storage import attrs
 
 logger = logging.getLogger("search")
 
@@ -41,7 +43,12 @@ class Runner:
         self.retired: set[int] = set()  # workers stopped because the packing went down
 
     def run(self) -> int:
-        self.study = open_study(self.args.name, self.settings.store_url(self.args.storage))
+        confirming = getattr(self.args, "stage", "search") == "confirm"
+        self.study = open_study(confirm_name(self.args.name) if confirming else self.args.name,
+                                self.settings.store_url(self.args.storage))
+        if confirming:  # the stage's budget: the trials `make evaluate` queued (search.study._confirm)
+            self.spec = dataclasses.replace(self.spec, trials=int(self.study.user_attrs.get(attrs.STUDY_BUDGET, 0)),
+                                            timeout_s=None)
         signal.signal(signal.SIGINT, self._forward)
         signal.signal(signal.SIGTERM, self._forward)
         self.env = self._worker_env()
@@ -53,7 +60,8 @@ class Runner:
         for i in range(len(self.packing.box.gpus) if self.packing else self.args.workers):
             self._start(i)
         self._watch()
-        self._catch_up()
+        if not confirming:  # MLflow has the search's trials; evaluate logs the confirmed pick
+            self._catch_up()
         return self._exit_code()
 
     def _catch_up(self) -> None:
@@ -161,7 +169,7 @@ class Runner:
         return None
 
     def _watch(self) -> None:
-        bar = StudyBar(self.args.name, self.spec.trials, bar=watched())  # plain counter lines in a log
+        bar = StudyBar(self.study.study_name, self.spec.trials, bar=watched())  # plain counter lines in a log
         try:
             self._watch_with(bar)
         finally:

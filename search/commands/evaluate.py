@@ -4,8 +4,10 @@ score it once on the test split (search.commands._evaluate)."""
 from __future__ import annotations
 
 import argparse
+import subprocess
+import sys
 
-from search._cli import add_study_args, overrides
+from search._cli import add_study_args, child_store_env, override_argv, overrides
 from search.commands._confirmation import confirmation_lines
 from search.settings import Settings
 from search.spec import load_spec
@@ -22,6 +24,9 @@ def add_parser(sub: argparse._SubParsersAction, settings: Settings) -> None:
                                                          "study file's evaluate.seeds, 3)")
     p.add_argument("--top-k", type=int, default=None, help="candidates confirmed before the test (default: the "
                                                            "study file's evaluate.top_k, 1)")
+    p.add_argument("--workers", type=int, default=1, help=(
+        "with more than one candidate, the worker processes on this machine that retrain them (the study's "
+        "confirmation stage: workers elsewhere join it with `python -m search.worker NAME --stage confirm`)"))
     p.add_argument("--retest", action="store_true", help=(
         "evaluate on the test split again, though the study has a test result (it is then no longer an "
         "unbiased estimate)"))
@@ -45,7 +50,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     seeds = tuple(range(args.seeds or spec.evaluate_seeds))
     record = evaluate(spec, study, settings, store_url=settings.store_url(args.storage), seeds=seeds,
-                      top_k=args.top_k)
+                      top_k=args.top_k, confirm_on_workers=lambda: _run_confirmation(args, settings))
     for line in confirmation_lines(record):
         print(line)
     per_seed = ", ".join(f"{a:.4f}" for a in record["val_accuracy_per_seed"])
@@ -67,3 +72,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"stored with the study: final model (artifact {record['model_artifact_id']}), confusion matrix, "
           f"per-class accuracy (artifact {record['evaluation_artifact_id']})")
     return 0
+
+
+def _run_confirmation(args: argparse.Namespace, settings: Settings) -> None:
+    """`python -m search run NAME --stage confirm`: the confirmation stage's workers on this machine,
+    with the runner's reaping, retries and worker threads, until the queued confirmations are done."""
+    argv = [sys.executable, "-m", "search", "run", args.name, *override_argv(argparse.Namespace(
+        **{**vars(args), "stage": "confirm"})), "--no-create", "--workers", str(args.workers)]
+    code = subprocess.run(argv, env=settings.child_env(**child_store_env(args))).returncode
+    if code != 0:
+        raise RuntimeError(f"the confirmation stage's workers exited with {code}; `make evaluate` again resumes it "
+                           "(what ran is kept)")

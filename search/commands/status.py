@@ -9,8 +9,9 @@ import optuna
 
 from search._cli import add_study_args
 from search.commands._confirmation import confirmation_lines, evaluation_summary
+from search.errors import StudyMismatchError
 from search.settings import Settings
-from search.study import counter_line, counts, open_study
+from search.study import confirm_name, counter_line, counts, load_existing, open_study, storage_of
 from storage import attrs, describe
 
 HELP = "summary of a study"
@@ -44,6 +45,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               f"{t.user_attrs.get(attrs.FAIL_MESSAGE, '')}")
     for line in time_lines(study):
         print(line)
+    stage = _confirmation_stage(study)
+    if stage is not None:
+        print(f"  confirmation stage: {counter_line(counts(stage))}")
     if record:
         print(f"  tested: trial {record['trial']}, test accuracy {record['test_accuracy']:.4f} on {record['n_test']} "
               f"images (the test split read {reads} time(s){'; no longer unbiased' if reads > 1 else ''})")
@@ -62,3 +66,11 @@ def time_lines(study: optuna.Study) -> list[str]:
         return []
     return [f"  time of {len(timed)} trials, {whole:,.1f} s in all:",
             *(f"    {phase:<11}{s:>10,.1f} s {s / whole:>6.1%}" for phase, s in totals.items())]
+
+
+def _confirmation_stage(study: optuna.Study) -> optuna.Study | None:
+    """The study's confirmation stage (NAME.confirm, made by `make evaluate` with top_k > 1), if any."""
+    try:
+        return load_existing(confirm_name(study.study_name), storage_of(study))
+    except StudyMismatchError:
+        return None

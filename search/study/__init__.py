@@ -5,6 +5,7 @@ outages. `_store` is the only module of the service touching Optuna's private at
 Never imports a deep-learning backend (import-linter contract `spec-study-no-backend`).
 """
 
+from search.study._confirm import confirm_name, confirmation_study, confirmations_of, enqueue_confirmations
 from search.study._retries import fail_and_retry, fail_silent, lineage, reap, reap_worker, retries_due
 from search.study._store import (
     ResilientStorage,
@@ -40,6 +41,10 @@ __all__ = [
     "budget_used",
     "check_compatible",
     "check_same_data",
+    "confirm_name",
+    "confirmation_study",
+    "confirmations_of",
+    "enqueue_confirmations",
     "close_study",
     "counter_line",
     "counts",

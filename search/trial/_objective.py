@@ -86,13 +86,13 @@ class Objective:
     def __init__(self, spec: StudySpec, splits: Splits, *, fit: FitOptions | None = None,
                  checkpoints: Checkpoints | None = None, make_model: ModelBuilder | None = None,
                  stop: StopRequest | None = None, worker: str = "", image_shape: tuple[int, ...] | None = None,
-                 other_folds: Sequence[Splits] = ()) -> None:
+                 other_folds: Sequence[Splits] = (), prune: bool = True) -> None:
         """fit: how every trial fits (default: the study's, STEPS_PER_EXECUTION=auto); checkpoints: where
         attempts checkpoint (None: not at all); image_shape: what trials on cached features stand for;
         other_folds: with `data.folds`, the folds after the first (`splits`), trained on once a trial
-        survives the first."""
+        survives the first; prune: False for the confirmation stage, whose trials are never pruned."""
         self.spec, self.splits, self.stop, self.checkpoints = spec, splits, stop, checkpoints
-        self.other_folds = tuple(other_folds)
+        self.other_folds, self.prune = tuple(other_folds), prune
         self.fit = fit or FitOptions.for_study(spec, steps="auto")
         # Trials on cached features still describe the image model they stand for.
         self.image_shape = image_shape or splits.input_shape
@@ -119,9 +119,9 @@ class Objective:
         watch = ConstraintWatch(self.spec.constraints)  # first: a model over max_params is not trained
         callbacks: list[keras.callbacks.Callback] = [watch, PhaseCallback(timer),
                                                      TrialGuard(trial, self.stop, after_checkpoint=False)]
-        if self.spec.second_objective is None:
+        if self.prune and self.spec.second_objective is None:
             callbacks.append(KerasPruningCallback(trial, self.fit.metric))
-        elif self.spec.pruner == "median":
+        elif self.prune and self.spec.pruner == "median":
             options = {**PRUNERS["median"].defaults, **self.spec.pruner_options}
             callbacks.append(FirstObjectivePruning(trial, self.fit.metric, minimize=self.fit.mode == "min",
                                                    n_startup_trials=options["n_startup_trials"],
@@ -168,7 +168,7 @@ class Objective:
         # After the checkpoint's turn at each epoch end.
         callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True, checkpoint=backup))
         try:
-            result, _ = train(cfg, splits or self.splits, self.fit, seed=self.spec.seed + trial.number,
+            result, _ = train(cfg, splits or self.splits, self.fit, seed=self.seed(trial),
                               label=f"[{self.worker}] trial {trial.number}", callbacks=callbacks,
                               make_model=timed_builder(self.make_model, timer))
         except TrialFailure as failure:
@@ -178,6 +178,11 @@ class Objective:
             logger.warning("trial %d failed (%s): %s", trial.number, failure.reason, failure.message)
             raise
         return result
+
+    def seed(self, trial: optuna.Trial) -> int:
+        """A search trial's seed follows its number; a confirmation's is the one it confirms with."""
+        confirm_seed = trial.user_attrs.get(attrs.CONFIRM_SEED)
+        return self.spec.seed + trial.number if confirm_seed is None else int(confirm_seed)
 
     def _value(self, result: TrainResult, value: float) -> float | tuple[float, float]:
         """value: the first fold's best value, or the mean over the folds."""

@@ -15,7 +15,7 @@ import sys
 import zlib
 from typing import Any
 
-from search._cli import add_study_args, settings_or_exit, setup_logging
+from search._cli import add_stage_arg, add_study_args, settings_or_exit, setup_logging
 from search.errors import FATAL, FATAL_EXIT
 from search.settings import Settings
 from search.worker._loop import RECYCLE
@@ -26,7 +26,7 @@ logger = logging.getLogger("search.worker")
 
 
 def run_worker(name: str, settings: Settings, *, storage_url: str | None = None, worker_index: int = 0,
-               prepare_only: bool = False, **spec_overrides: Any) -> str | int | None:
+               prepare_only: bool = False, stage: str = "search", **spec_overrides: Any) -> str | int | None:
     """Pull trials until the budget is met: None, RECYCLE (go on in a fresh process), or the exit
     code of a stop by a signal. prepare_only: train the base and cache its features (a feature-cache
     study), then exit; `python -m search run` does this once, with every CPU thread, before it
@@ -39,7 +39,7 @@ def run_worker(name: str, settings: Settings, *, storage_url: str | None = None,
     from search.worker._session import WorkerSession
 
     with WorkerSession.open(name, settings, placement, artifacts, storage_url=storage_url, worker_index=worker_index,
-                            **spec_overrides) as session:
+                            stage=stage, **spec_overrides) as session:
         if session.budget_met():
             return None
         if session.prepare(only=prepare_only) and prepare_only:
@@ -64,13 +64,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--worker-index", type=int, default=settings.worker_index)
     parser.add_argument("--prepare", action="store_true",
                         help="only train the study's base and cache its features, then exit")
+    add_stage_arg(parser)
     args = parser.parse_args(argv)
     if args.worker_index is None:
         args.worker_index = default_index()
     setup_logging(prefix=f"[w{args.worker_index}] ")
     try:
         outcome = run_worker(args.name, settings, storage_url=args.storage, worker_index=args.worker_index,
-                             prepare_only=args.prepare, dataset=args.dataset, trials=args.trials, epochs=args.epochs,
+                             prepare_only=args.prepare, stage=args.stage, dataset=args.dataset, trials=args.trials, epochs=args.epochs,
                              profile=args.profile)
     except FATAL as exc:
         print(f"error: {exc}", file=sys.stderr)

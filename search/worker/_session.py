@@ -20,13 +20,13 @@ from search._tracking import tracker
 from search.errors import WorkerStopping
 from search.settings import Settings
 from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_folds
-from search.study import budget_used, check_compatible, check_same_data, close_study, open_study
+from search.study import budget_used, check_compatible, check_same_data, close_study, confirm_name, open_study
 from search.trial import Checkpoints, FitOptions, ModelBuilder, Objective, freeze_setup, trial_builder
 from search.worker._liveness import Background, Liveness
 from search.worker._loop import LoopLimits, run_loop, worker_label
 from search.worker._placement import Placement, cap_tensorflow_memory, limit_cpu_threads
 from search.worker._signals import StopFlag
-from storage import describe
+from storage import attrs, describe
 
 logger = logging.getLogger("search.worker")
 
@@ -49,22 +49,31 @@ class WorkerSession:
     other_folds: list[Splits] = dataclasses.field(default_factory=list)
     make_model: ModelBuilder | None = None
     image_shape: tuple[int, ...] | None = None
+    confirming: bool = False  # the confirmation stage (NAME.confirm): all the training data, nothing pruned
 
     @classmethod
     def open(cls, name: str, settings: Settings, placement: Placement, artifacts: Path, *,
-             storage_url: str | None = None, worker_index: int = 0, **spec_overrides: object) -> WorkerSession:
+             storage_url: str | None = None, worker_index: int = 0, stage: str = "search",
+             **spec_overrides: object) -> WorkerSession:
         """Signals handled, the backend capped to its placement, the study opened behind the resilient
-        store and checked against this worker's study file."""
+        store and checked against this worker's study file. stage "confirm": the study's confirmation
+        stage (search.study._confirm), whose budget is the trials `make evaluate` queued there."""
         stop = StopFlag().install()
         if keras.backend.backend() == "tensorflow":
             cap_tensorflow_memory(placement)
         limit_cpu_threads(settings.worker_threads)
         spec = load_spec(name, studies_dir=settings.studies_dir, **spec_overrides)
         url = settings.store_url(storage_url)
-        study = open_study(name, url, max_backoff=settings.store_max_backoff,
-                           sampler=make_sampler(spec, worker_index=worker_index), pruner=make_pruner(spec))
+        confirming = stage == "confirm"
+        # The confirmation stage's trials are all queued with their parameters: nothing is sampled or pruned.
+        study = open_study(confirm_name(name) if confirming else name, url, max_backoff=settings.store_max_backoff,
+                           sampler=make_sampler(spec, worker_index=worker_index),
+                           pruner=optuna.pruners.NopPruner() if confirming else make_pruner(spec))
         check_compatible(study, spec)
-        return cls(name, settings, spec, study, placement, artifacts, url, worker_label(worker_index), stop)
+        if confirming:
+            spec = dataclasses.replace(spec, trials=int(study.user_attrs.get(attrs.STUDY_BUDGET, 0)), timeout_s=None)
+        return cls(name, settings, spec, study, placement, artifacts, url, worker_label(worker_index), stop,
+                   confirming=confirming)
 
     def __enter__(self) -> WorkerSession:
         return self
@@ -89,6 +98,8 @@ class WorkerSession:
         dataset = load_data(spec, self.settings)
         check_same_data(self.study, spec, dataset.fingerprint)
         self.splits, *self.other_folds = study_folds(spec, dataset)
+        if self.confirming:  # evaluate's retraining: the one split (the first fold's), not the folds
+            self.other_folds = []
         self.image_shape = self.splits.input_shape
         logger.info("%s: %s train %d / val %d images (fingerprint %s)%s", self.label, spec.dataset,
                     len(self.splits.y_train), len(self.splits.y_val), self.splits.fingerprint,
@@ -97,8 +108,10 @@ class WorkerSession:
 
     def _prepare_features(self) -> bool:
         try:
+            # A confirmation trains on every cached feature, as evaluate does, not the search's subset.
             self.splits, self.make_model = trial_builder(self.spec, self.splits, stop=self.stop,
-                                                         artifacts=self.artifacts, store_url=self.storage_url)
+                                                         search=not self.confirming, artifacts=self.artifacts,
+                                                         store_url=self.storage_url)
         except WorkerStopping as why:
             logger.warning("%s: %s; exiting", self.label, why)
             return False
@@ -110,10 +123,10 @@ class WorkerSession:
                               checkpoints=Checkpoints(self.artifacts / "checkpoints", self.spec.name,
                                                       every_s=s.checkpoint_every_s),
                               make_model=self.make_model, stop=self.stop, worker=self.label,
-                              image_shape=self.image_shape, other_folds=self.other_folds)
+                              image_shape=self.image_shape, other_folds=self.other_folds, prune=not self.confirming)
         if s.gc_freeze:
             freeze_setup()
-        tracked = tracker(self.name, self.spec.mlflow, s)
+        tracked = None if self.confirming else tracker(self.name, self.spec.mlflow, s)  # evaluate logs the pick
         with Background(self.study, Liveness.from_settings(s)) as background:
             return run_loop(self.study, self.spec, objective, self.stop, background, self.label,
                             LoopLimits.from_settings(s), after_trial=tracked and tracked.trial_finished)

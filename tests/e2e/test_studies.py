@@ -12,6 +12,7 @@ import time
 import uuid
 
 import optuna
+import pytest
 from helpers.processes import REPO, run_cli
 from helpers.synthetic import FEATURE_STUDY
 
@@ -53,8 +54,8 @@ def _feature_run_env(tmp_path, shared_datasets, shared_cache, base_epochs: int) 
 
 def test_run_prepares_the_base_once_on_every_core_then_workers_share_the_cores(tmp_path, shared_datasets,
                                                                                shared_cache):
-    run = run_cli("run", "feat", "--workers", "2", "--poll", "0.5",
-               env=_feature_run_env(tmp_path, shared_datasets, shared_cache, base_epochs=1))
+    env = _feature_run_env(tmp_path, shared_datasets, shared_cache, base_epochs=1)
+    run = run_cli("run", "feat", "--workers", "2", "--poll", "0.5", env=env)
     assert run.returncode == 0, run.stderr[-3000:]
     log = run.stderr
     assert log.count("training the s000_model_3_1 base once") == 1 and log.count("is ready for its workers") == 1
@@ -64,6 +65,38 @@ def test_run_prepares_the_base_once_on_every_core_then_workers_share_the_cores(t
     assert log.count(f"TensorFlow ops limited to {threads} CPU thread(s) (WORKER_THREADS)") == 2
     assert "TensorFlow ops limited" not in log[:log.index("is ready for its workers")]  # the base had every core
     assert "[study feat] 3/3 finished" in run.stdout
+    _evaluate_confirms_the_top_trials_as_trials_on_two_workers(env)
+
+
+def _evaluate_confirms_the_top_trials_as_trials_on_two_workers(env: dict) -> None:
+    """Issue (the winner users get), part 2: the top trials' confirmations are trials of the study's
+    confirmation stage, run by two workers, never part of the search's trials, budget or sampler."""
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(env["STORAGE"][len("journal://"):]))
+    search = optuna.load_study(study_name="feat", storage=storage)
+    before = [(t.number, t.state, t.values, t.params) for t in search.trials]
+    evaluate = run_cli("evaluate", "feat", "--top-k", "3", "--workers", "2", env=env)
+    assert evaluate.returncode == 0, evaluate.stderr[-3000:]
+    assert "confirmed the top 3 trials over 3 seeds each" in evaluate.stdout, evaluate.stdout
+    search = optuna.load_study(study_name="feat", storage=storage)
+    assert [(t.number, t.state, t.values, t.params) for t in search.trials] == before  # nothing added to the search
+    assert not any("stage" in t.user_attrs for t in search.trials)
+    confirm = optuna.load_study(study_name="feat.confirm", storage=storage)
+    trials = confirm.trials
+    assert len(trials) == 9 and all(t.state.name == "COMPLETE" and t.user_attrs["stage"] == "confirm" for t in trials)
+    assert {t.user_attrs["worker"].split("@")[0] for t in trials} == {"w0", "w1"}  # run in parallel by both
+    record = search.user_attrs["final_evaluation"]
+    for c in record["candidates"]:
+        mine = sorted((t.user_attrs["confirm_seed"], t.values[0]) for t in trials if t.user_attrs["confirms"] == c["trial"])
+        assert [s for s, _ in mine] == [0, 1, 2] and [t.params for t in trials if t.user_attrs["confirms"] == c["trial"]] \
+            == [search.trials[c["trial"]].params] * 3
+        assert c["confirmed_mean"] == pytest.approx(sum(v for _, v in mine) / 3)
+    assert record["trial"] == max(record["candidates"], key=lambda c: c["confirmed_mean"])["trial"]
+    assert [a["trial"] for a in search.user_attrs["test_accesses"]] == [record["trial"]]
+    assert "reusing cached features" in evaluate.stderr and "base once" not in evaluate.stderr  # the search's cache
+    print(evaluate.stdout)  # for -s: the candidates as `make evaluate` prints them
+    status = run_cli("status", "feat", env=env).stdout
+    assert "confirmation stage: [study feat.confirm] 9/9 finished: 9 complete" in status, status
+    assert f"tested: trial {record['trial']}" in status and "<- picked" in status
 
 def test_sigterm_while_the_base_trains_stops_at_an_epoch_caches_nothing_and_starts_no_worker(
         tmp_path, shared_datasets, shared_cache):
