@@ -33,7 +33,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto up down clean require-name
+.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto bench-confirm up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -127,6 +127,9 @@ bench-breakdown: $(STAMP) ## where a trial's time goes (simple_cnn smoke, fc_hea
 
 bench-pareto: $(STAMP) ## a two-objective study pruned on its first objective vs not pruned: epochs and the Pareto front's best accuracy; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.pareto --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
+
+bench-confirm: $(STAMP) ## fc_head quick: the test accuracy of the top-1 pick against the top-5 confirmed on 2 workers, and its cost; appends to BENCHMARKS.md
+	$(PY) -m benchmarks.confirm --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
 
 bench-current: $(STAMP) ## rewrite BENCHMARKS.md's current-figures table from its history (every bench target does this too)
 	$(PY) -m benchmarks.current
