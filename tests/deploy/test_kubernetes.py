@@ -1,4 +1,6 @@
-"""TODO"""
+"""deploy/kubernetes checked offline: every object against Kubernetes' schemas, the service's shape
+(GPU workers, the failure policy, the grace period, the password only in the Secret, parity with the
+compose file) and the overlays. Pod security, network flows and images: test_kubernetes_security.py."""
 
 from __future__ import annotations
 
@@ -51,6 +53,8 @@ def test_the_base_has_the_service_shape(base):
     kinds = sorted(f"{o['kind']}/{o['metadata']['name']}" for o in base)
     assert [k for k in kinds if not k.startswith("Secret/")] == [
         "ConfigMap/cnn-search", "Deployment/dashboard", "Job/create-study", "Job/workers", "Namespace/cnn-search",
+        "NetworkPolicy/create-study", "NetworkPolicy/dashboard", "NetworkPolicy/default-deny", "NetworkPolicy/dns",
+        "NetworkPolicy/postgres", "NetworkPolicy/workers",
         "PersistentVolumeClaim/artifacts", "PersistentVolumeClaim/datasets", "PersistentVolumeClaim/models",
         "Service/dashboard", "Service/postgres", "StatefulSet/postgres"]
     for obj in base:
@@ -150,7 +154,7 @@ def test_images_commands_and_variables_are_the_compose_files(base):
                                       ("dashboard", "Deployment", "dashboard", "dashboard")):
         c = container(find(base, kind, name), main)
         assert c["command"] == [_compose_value(part) for part in services[service]["command"]], service
-        assert c["image"] == services[service]["image"] == "cnn-search:latest"
+        assert c["image"] == services[service]["image"], service
         assert c["envFrom"] == [{"configMapRef": {"name": "cnn-search"}}]
         compose_mounts = {v.split(":")[1]: v.endswith(":ro") for v in map(_compose_value, services[service]["volumes"])}
         assert {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]
@@ -176,7 +180,9 @@ def test_the_proxy_overlay_sends_only_the_workers_through_the_proxy(base):
     service = find(objects, "Service", "storage-proxy")
     proxy = container(find(objects, "Deployment", "storage-proxy"), "storage-proxy")
     assert proxy["command"] == ["python", "-m", "search", "proxy", "--host", "0.0.0.0", "--port", "13000"]
-    assert proxy["image"] == "cnn-search:latest" and service["spec"]["ports"][0]["port"] == 13000
+    # The proxy is the overlay's own object, out of the base's `images:`: the overlay names the image too.
+    assert proxy["image"] == container(find(objects, "Job", "workers"), "worker")["image"]
+    assert service["spec"]["ports"][0]["port"] == 13000
     workers = find(objects, "Job", "workers")
     for name in ("worker", "wait-for-study"):
         assert {"name": "STORAGE", "value": "grpc://storage-proxy:13000"} in container(workers, name)["env"]
