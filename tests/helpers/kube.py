@@ -1,5 +1,6 @@
 """deploy/kubernetes rendered without a cluster: `render()` emulates the part of kustomize these
-manifests use (no kustomize binary here); fixtures for the base objects and a fresh database."""
+manifests use, object for object what `kubectl kustomize` prints (tests/deploy/test_kubernetes.py
+compares the two on every target); fixtures for the base objects and a fresh database."""
 
 from __future__ import annotations
 
@@ -19,6 +20,12 @@ import yaml
 from helpers.processes import REPO
 
 DEPLOY = REPO / "deploy" / "kubernetes"
+
+# What `kubectl apply -k` is pointed at, under DEPLOY: the base and each overlay.
+TARGETS = ["base", "overlays/packed", "overlays/proxy"]
+
+# The generated Secret's content in tests: the real password file is git-ignored and never here.
+PLACEHOLDER_PASSWORD = b"placeholder, not the password"
 
 KNOWN_FIELDS = {"apiVersion", "kind", "namespace", "resources", "secretGenerator", "images", "patches"}
 
@@ -54,6 +61,14 @@ def rename_secrets(node, renames: dict[str, str]):
         return [rename_secrets(v, renames) for v in node]
     return node
 
+def generated_name(name: str, secret: dict) -> str:
+    """kustomize's name for a generated Secret: `name`, a dash and ten characters of the sha256 of
+    its kind, type and data (kustomize's hasher, with the name empty as its generators hash it)."""
+    encoded = json.dumps({"data": secret["data"], "kind": "Secret", "name": "", "type": secret["type"]},
+                         sort_keys=True, separators=(",", ":"))
+    digest = hashlib.sha256(encoded.encode()).hexdigest()[:10]
+    return f"{name}-{digest.translate(str.maketrans('013ae', 'ghkmt'))}"
+
 def pod_spec(obj: dict) -> dict | None:
     spec = obj.get("spec", {})
     return spec.get("template", {}).get("spec") if obj["kind"] in ("Job", "Deployment", "StatefulSet") else None
@@ -62,34 +77,44 @@ def containers(obj: dict) -> list[dict]:
     pod = pod_spec(obj) or {}
     return pod.get("initContainers", []) + pod.get("containers", [])
 
-def render(folder: Path) -> tuple[list[dict], dict[str, str]]:
+def _load(folder: Path, rel: str) -> Path:
+    """A file a kustomization names: kustomize reads none outside the kustomization's own folder."""
+    path = (folder / rel).resolve()
+    assert path.is_relative_to(folder), f"{folder}: {rel} is outside the kustomization's folder"
+    return path
+
+def render(folder: Path, _visited: tuple[Path, ...] = ()) -> tuple[list[dict], dict[str, str]]:
     """The objects `kubectl kustomize folder` would print (see the module docstring), and the
     generated Secrets' new names."""
+    folder = folder.resolve()
     k = yaml.safe_load((folder / "kustomization.yaml").read_text())
     assert set(k) <= KNOWN_FIELDS, f"{folder}: render() does not emulate {set(k) - KNOWN_FIELDS}"
     objects, renames = [], {}
     for entry in k.get("resources", []):
-        path = folder / entry
+        path = (folder / entry).resolve()
         if path.is_dir():
-            more, names = render(path)
+            # kustomize refuses a base whose folder holds a kustomization it has visited ("cycle
+            # detected"): an overlay cannot sit inside its base's folder.
+            visited = (*_visited, folder)
+            assert not [v for v in visited if v.is_relative_to(path)], f"{folder}: {entry} holds {folder}: cycle"
+            more, names = render(path, visited)
             objects += more
             renames.update(names)
         else:
-            objects += [d for d in yaml.safe_load_all(path.read_text()) if d]
+            objects += [d for d in yaml.safe_load_all(_load(folder, entry).read_text()) if d]
     for gen in k.get("secretGenerator", []):
         assert set(gen) <= {"name", "files"}, gen
         data = {}
         for spec in gen["files"]:
             key, _, rel = spec.rpartition("=")
             assert Path(rel).parts[0] == "secrets", f"{rel}: generated secrets come from the ignored secrets/"
-            data[key or Path(rel).name] = base64.b64encode(b"placeholder, not the password").decode()
-        name = f"{gen['name']}-{hashlib.sha256(json.dumps(data).encode()).hexdigest()[:10]}"
-        renames[gen["name"]] = name
-        objects.append({"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "metadata": {"name": name},
-                        "data": data})
+            data[key or Path(rel).name] = base64.b64encode(PLACEHOLDER_PASSWORD).decode()
+        secret = {"apiVersion": "v1", "kind": "Secret", "type": "Opaque", "data": data}
+        renames[gen["name"]] = name = generated_name(gen["name"], secret)
+        objects.append({**secret, "metadata": {"name": name}})
     for patch in k.get("patches", []):
         assert set(patch) == {"path", "target"} and set(patch["target"]) <= {"kind", "name"}, patch
-        body = yaml.safe_load((folder / patch["path"]).read_text())
+        body = yaml.safe_load(_load(folder, patch["path"]).read_text())
         target = patch["target"]
         hits = [n for n, o in enumerate(objects)
                 if o["kind"] == target.get("kind", o["kind"]) and o["metadata"]["name"] == target.get("name")]
@@ -116,7 +141,7 @@ def container(obj: dict, name: str) -> dict:
 
 @pytest.fixture(scope="module")
 def base() -> list[dict]:
-    return render(DEPLOY)[0]
+    return render(DEPLOY / "base")[0]
 
 @pytest.fixture
 def fresh_db(postgres_url):
