@@ -55,9 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
     (work / "studies").mkdir(parents=True, exist_ok=True)
+    journal = work / "studies.journal"  # a fresh store each run (the base and feature cache under artifacts/ stay)
+    journal.unlink(missing_ok=True)
     base = (ROOT / "search" / "studies" / "fc_head.yaml").read_text()
     env = {**os.environ, "DATA_DIR": str(Path(args.data_dir).resolve()), "STUDIES_DIR": str(work / "studies"),
-           "STORAGE": f"journal://{work / 'studies.journal'}", "ARTIFACTS_DIR": str(work / "artifacts"),
+           "STORAGE": f"journal://{journal}", "ARTIFACTS_DIR": str(work / "artifacts"),
            "PYTHONPATH": str(ROOT)}
     common = ["--profile", "quick", "--dataset", "cifar10", *(["--trials", str(args.trials)] if args.trials else [])]
     rows = []

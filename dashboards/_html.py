@@ -63,8 +63,8 @@ def confirmation_table(final: dict[str, Any]) -> str:
     warning = ("" if final["trial"] == final.get("search_best_trial", final["trial"]) else
                f"<p class=warning>The confirmed winner is trial {final['trial']}, not the search's best (trial "
                f"{final['search_best_trial']}).</p>")
-    return (f"<h3>Confirmed before the test</h3><p>The top {len(candidates)} trials retrained on all the training "
-            f"data over {len(final['seeds'])} seeds ({metric}); the best confirmed mean was tested.</p>{warning}"
+    return (f"<h3>Confirmed before the test</h3><p>The top {len(candidates)} trials retrained on the training split "
+            f"over {len(final['seeds'])} seeds ({metric}); the best confirmed mean was tested.</p>{warning}"
             f"<table id=confirmation><tr><th>trial</th><th>search {metric}</th><th>confirmed mean ± spread</th>"
             f"<th>over-rated by</th><th></th><th>params</th></tr>{rows}</table>")
 

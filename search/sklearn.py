@@ -105,7 +105,10 @@ class SearchCV:
         scores = np.array([_score(t) for t in trials], dtype=float)
         splits = np.array([_split_scores(t, self.n_splits_) for t in trials], dtype=float).reshape(-1, self.n_splits_)
         params = [{k: names.get(k, {}).get(v, v) for k, v in t.params.items()} for t in trials]
-        order = np.argsort(-np.nan_to_num(scores, nan=-np.inf), kind="stable")
+        # Completed configurations first (scikit-learn's rank 1 is best_index_), then pruned ones by the
+        # score they reached before pruning, failed ones (NaN) last.
+        complete = np.array([t.state.name == "COMPLETE" for t in trials], dtype=bool)
+        order = np.lexsort((-np.nan_to_num(scores, nan=-np.inf), ~complete))
         ranks = np.empty(len(trials), dtype=int)
         ranks[order] = np.arange(1, len(trials) + 1)
         self.cv_results_ = {
@@ -168,7 +171,11 @@ class RefitClassifier:
         return self.classes_[self.predict_proba(X).argmax(axis=1)]
 
     def score(self, X: np.ndarray, y: np.ndarray) -> float:  # noqa: N803
-        return float((self.predict(X) == _labels(np.asarray(y))).mean())
+        predicted, labels = self.predict(X), _labels(np.asarray(y))
+        if labels.shape != predicted.shape:
+            raise ValueError(f"y has {labels.shape[0] if labels.ndim else 0} labels of shape {labels.shape[1:]} for "
+                             f"{len(predicted)} images: give one integer label (or one-hot row) per image")
+        return float((predicted == labels).mean())
 
     def __repr__(self) -> str:
         return f"RefitClassifier({self.params}, {self.path})"
@@ -238,8 +245,11 @@ def _distribution(dist: Any, where: str) -> dict[str, Any]:
 
 
 def _labels(y: np.ndarray) -> np.ndarray:
-    """Integer labels; one-hot rows (Keras 2 examples used to_categorical) as their argmax."""
-    return y.argmax(axis=1) if y.ndim == 2 and y.shape[1] > 1 else y
+    """Integer labels, one per row: one-hot rows (Keras 2 examples used to_categorical) as their
+    argmax, a column (keras.datasets' (n, 1) labels) flattened."""
+    if y.ndim == 2 and y.shape[1] > 1:
+        return y.argmax(axis=1)
+    return y.reshape(len(y)) if y.ndim == 2 else y
 
 
 def _build_fn(estimator: Any) -> tuple[Callable[..., Any], dict[str, Any]]:

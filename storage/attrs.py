@@ -17,10 +17,11 @@ STUDY_STREAK_FROM = "failure_streak_from"  # trial number a failure streak count
 FINAL_EVALUATION = "final_evaluation"  # artifact id of `make evaluate`'s record
 FINAL_CONFUSION_MATRIX = "final_confusion_matrix"
 TEST_ACCESSES = "test_accesses"  # each time the test split was read: [{who, when, trial}], by `make evaluate`
-CONFIRMS_STUDY = "confirms_study"  # on a confirmation study (NAME.confirm): the search study it confirms
+CONFIRMS_STUDY = "confirms_study"  # on a confirmation study (NAME.confirm): the search study it confirms (name, uid)
+CONFIRM_WANTED = "confirm_wanted"  # and the [trial, seed] pairs the last `make evaluate` asked for
 
 # --- trial user attributes of the confirmation stage (`make evaluate` with evaluate.top_k > 1) ---
-STAGE = "stage"  # "confirm": a retraining of a search trial's configuration on all the training data
+STAGE = "stage"  # "confirm": a retraining of a search trial's configuration on evaluate's data
 CONFIRMS = "confirms"  # the number of the search trial it confirms
 CONFIRM_SEED = "confirm_seed"  # the seed it trains with (evaluate's seeds: 0, 1, 2...)
 

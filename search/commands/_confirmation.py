@@ -12,8 +12,8 @@ def confirmation_lines(record: dict[str, Any]) -> list[str]:
     candidates = record.get("candidates") or []
     if len(candidates) < 2:
         return []
-    lines = [f"confirmed the top {len(candidates)} trials over {len(record['seeds'])} seeds each on all the "
-             f"training data ({record['metric']}):"]
+    lines = [f"confirmed the top {len(candidates)} trials over {len(record['seeds'])} seeds each on the "
+             f"training split ({record['metric']}):"]
     lines += [f"  trial {c['trial']}: search {c['search_value']:.4f}, confirmed {c['confirmed_mean']:.4f} "
               f"± {c['confirmed_std']:.4f}, over-rated by {c['over_rating']:+.4f}"
               f"{'  <- picked' if c['trial'] == record['trial'] else ''}" for c in candidates]

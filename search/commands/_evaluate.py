@@ -32,7 +32,7 @@ from data import Splits, final_evaluation
 from search._tracking import MlflowTracker, tracker
 from search.settings import Settings
 from search.spec import StudySpec, TrialConfig, load_data, minimized, study_splits, trial_config
-from search.study import check_same_data, confirmation_study, confirmations_of, enqueue_confirmations
+from search.study import check_same_data, confirmation_study, confirmations_of, enqueue_confirmations, unfinished
 from search.trial import (
     BalancedAccuracy,
     FitOptions,
@@ -172,7 +172,8 @@ class Confirmation:
 def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_url: str | None = None,
              seeds: tuple[int, ...] = (0, 1, 2), top_k: int | None = None,
              confirm_on_workers: Callable[[], None] | None = None) -> dict[str, Any]:
-    """Confirm the top-k candidates over `seeds` on all the training data, pick the best by its
+    """Confirm the top-k candidates over `seeds` on the study's training split (every cached feature of
+    a feature-cache study, not the search's subset), pick the best by its
     confirmed mean of the study's metric, then score that one once on the test split.
 
     confirm_on_workers: runs the study's workers on its confirmation stage (`python -m search run
@@ -259,9 +260,13 @@ def _confirm_on_workers(study: optuna.Study, spec: StudySpec, pool: list[optuna.
     logger.info("confirming the top %d trials over %d seeds: %d trials queued in study %s", len(pool), len(seeds),
                 budget, confirm.study_name)
     run_workers()
+    left = unfinished(confirm)
+    if left:  # the workers were stopped: a pick now would compare candidates on what happened to finish
+        raise RuntimeError(f"the confirmation stage stopped with {len(left)} confirmation(s) queued or running "
+                           f"(study {confirm.study_name}); nothing was tested: `make evaluate` again resumes it")
     out = []
     for trial in pool:
-        done = confirmations_of(confirm, trial.number, seeds)
+        done = confirmations_of(confirm, trial, seeds)
         if done is None:
             logger.warning("candidate trial %d: a confirmation failed for good (study %s); it is left out",
                            trial.number, confirm.study_name)

@@ -133,8 +133,9 @@ class Runner:
             return 0
         # Every worker exited 0 with the budget unmet (a study stopped by its failure streak says so
         # itself): `make study` must not report success one configuration short.
-        print(f"[study {self.spec.name}] the workers exited with the budget unmet ({used} of "
-              f"{self.spec.trials}); run `make study` again to resume it", file=sys.stderr)
+        again = f"make evaluate NAME={self.spec.name}" if self.study.study_name != self.spec.name else "make study"
+        print(f"[study {self.study.study_name}] the workers exited with the budget unmet ({used} of "
+              f"{self.spec.trials}); run `{again}` again to resume it", file=sys.stderr)
         return max(codes.values(), key=abs) or 1
 
     def _forward(self, signum: int, _frame: object) -> None:

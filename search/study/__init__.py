@@ -5,7 +5,14 @@ outages. `_store` is the only module of the service touching Optuna's private at
 Never imports a deep-learning backend (import-linter contract `spec-study-no-backend`).
 """
 
-from search.study._confirm import confirm_name, confirmation_study, confirmations_of, enqueue_confirmations
+from search.study._confirm import (
+    confirm_name,
+    confirmation_study,
+    confirmations_of,
+    enqueue_confirmations,
+    unfinished,
+    wanted,
+)
 from search.study._retries import fail_and_retry, fail_silent, lineage, reap, reap_worker, retries_due
 from search.study._store import (
     ResilientStorage,
@@ -45,6 +52,8 @@ __all__ = [
     "confirmation_study",
     "confirmations_of",
     "enqueue_confirmations",
+    "unfinished",
+    "wanted",
     "close_study",
     "counter_line",
     "counts",

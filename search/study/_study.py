@@ -79,6 +79,11 @@ def load_existing(name: str, storage: optuna.storages.BaseStorage, **kwargs: Any
     try:
         return optuna.load_study(study_name=name, storage=storage, **kwargs)
     except KeyError:
+        if name.endswith(".confirm"):  # search.study._confirm.SUFFIX
+            raise StudyMismatchError(
+                f"study {name!r}, the confirmation stage of {name.removesuffix('.confirm')!r}, does not exist in this "
+                f"store: `make evaluate NAME={name.removesuffix('.confirm')}` with evaluate.top_k > 1 (or --top-k) "
+                "makes it and queues its trials") from None
         raise StudyMismatchError(
             f"study {name!r} does not exist in this store; create it first with `make study NAME={name}` "
             f"(workers never create studies)"

@@ -56,6 +56,7 @@ class ConstraintWatch(keras.callbacks.Callback):
         self.observed: dict[str, float] = {}
         self._started = 0.0
         self._baseline = 0.0
+        self._paced = False  # an epoch after a fit's first has been timed (the first traces the functions)
         self._first_epoch: int | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -66,6 +67,7 @@ class ConstraintWatch(keras.callbacks.Callback):
                                  f"{self.limits['max_params']:,.0f}: not trained")
         if "max_peak_memory_mb" in self.limits:
             self._baseline = memory_in_use_mib()
+        self._first_epoch = None  # each fit (a fold of data.folds) traces its functions again
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
@@ -75,10 +77,12 @@ class ConstraintWatch(keras.callbacks.Callback):
         self._memory()
         if self._first_epoch is None:
             self._first_epoch = epoch  # it compiled the steps: judged only if no other epoch follows
-            self.observed["epoch_seconds"] = seconds
+            if not self._paced:
+                self.observed["epoch_seconds"] = max(self.observed.get("epoch_seconds", 0.0), seconds)
             return
-        if self._first_epoch == epoch - 1:
-            self.observed["epoch_seconds"] = seconds  # the first epoch's compile time is not the trial's pace
+        if not self._paced:
+            self.observed["epoch_seconds"] = seconds  # the first epochs' compile time is not the trial's pace
+            self._paced = True
         self.observed["epoch_seconds"] = max(self.observed["epoch_seconds"], seconds)
         limit = self.limits.get("max_epoch_seconds")
         if limit is not None and seconds > limit:

@@ -6,6 +6,7 @@ through outages, so a PostgreSQL restart costs a trial a pause, not the epochs t
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import socket
@@ -21,7 +22,7 @@ from data import Splits
 from search.errors import TrialFailure, TrialLost, WorkerStopping
 from search.runtime import code_version, device
 from search.spec import PRUNERS, StudySpec, TrialConfig, suggest, trial_config
-from search.study import fresh_trial, store_seconds
+from search.study import fresh_trial, store_seconds, wanted
 from search.trial._checkpoints import Checkpoints, ResumableBackup, StopRequest
 from search.trial._constraints import ConstraintWatch, Infeasible, record_constraints
 from search.trial._pareto_pruning import FirstObjectivePruning
@@ -43,8 +44,11 @@ class TrialGuard(keras.callbacks.Callback):
         super().__init__()
         self.trial, self.stop, self.after_checkpoint, self.checkpoint = trial, stop, after_checkpoint, checkpoint
         self._seen = False
+        self.first_epoch = 0  # where fit started: after a restored checkpoint, the epoch it resumed at
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        if not self._seen:
+            self.first_epoch = epoch
         if not self.after_checkpoint and not self._seen:
             # How it trains, on every trial however it ends (pruned and failed ones too).
             self.trial.set_user_attr(attrs.STEPS_PER_EXECUTION, self.model.steps_per_execution)
@@ -59,8 +63,9 @@ class TrialGuard(keras.callbacks.Callback):
                 raise TrialLost(f"trial {self.trial.number} is {state.name} in the store (failed by the reaper "
                                 f"while this worker was paused or cut off)")
         elif self.stop is not None and self.stop.is_set():
-            if self.checkpoint is not None:
-                self.checkpoint.save(epoch, logs)  # already written unless the signal came just now
+            if self.checkpoint is None:  # a fold after the first of data.folds, or checkpoints off
+                raise WorkerStopping(f"stopped after epoch {epoch + 1}; no checkpoint is kept for this training")
+            self.checkpoint.save(epoch, logs)  # already written unless the signal came just now
             raise WorkerStopping(f"stopped after epoch {epoch + 1}, checkpoint written")
 
 
@@ -86,13 +91,15 @@ class Objective:
     def __init__(self, spec: StudySpec, splits: Splits, *, fit: FitOptions | None = None,
                  checkpoints: Checkpoints | None = None, make_model: ModelBuilder | None = None,
                  stop: StopRequest | None = None, worker: str = "", image_shape: tuple[int, ...] | None = None,
-                 other_folds: Sequence[Splits] = (), prune: bool = True) -> None:
+                 other_folds: Sequence[Splits] = (), confirming: bool = False) -> None:
         """fit: how every trial fits (default: the study's, STEPS_PER_EXECUTION=auto); checkpoints: where
         attempts checkpoint (None: not at all); image_shape: what trials on cached features stand for;
         other_folds: with `data.folds`, the folds after the first (`splits`), trained on once a trial
-        survives the first; prune: False for the confirmation stage, whose trials are never pruned."""
+        survives the first; confirming: the trials of the confirmation stage (search.study._confirm),
+        never pruned nor cut short by a constraint (each was a feasible search trial), and only the
+        confirmations the last evaluate asked for."""
         self.spec, self.splits, self.stop, self.checkpoints = spec, splits, stop, checkpoints
-        self.other_folds, self.prune = tuple(other_folds), prune
+        self.other_folds, self.confirming = tuple(other_folds), confirming
         self.fit = fit or FitOptions.for_study(spec, steps="auto")
         # Trials on cached features still describe the image model they stand for.
         self.image_shape = image_shape or splits.input_shape
@@ -114,14 +121,17 @@ class Objective:
 
     def _run(self, trial: optuna.Trial, timer: TrialTimer) -> float | tuple[float, float]:
         record(trial, self.static_attrs)
+        if self.confirming:
+            self._check_wanted(trial)
         values = suggest(trial, self.spec)  # idempotent: a retry's kept params are reused
         cfg = trial_config(self.spec, values, input_shape=self.image_shape, num_classes=self.splits.num_classes)
-        watch = ConstraintWatch(self.spec.constraints)  # first: a model over max_params is not trained
-        callbacks: list[keras.callbacks.Callback] = [watch, PhaseCallback(timer),
-                                                     TrialGuard(trial, self.stop, after_checkpoint=False)]
-        if self.prune and self.spec.second_objective is None:
+        # First: a model over max_params is not trained.
+        watch = ConstraintWatch({} if self.confirming else self.spec.constraints)
+        guard = TrialGuard(trial, self.stop, after_checkpoint=False)
+        callbacks: list[keras.callbacks.Callback] = [watch, PhaseCallback(timer), guard]
+        if not self.confirming and self.spec.second_objective is None:
             callbacks.append(KerasPruningCallback(trial, self.fit.metric))
-        elif self.prune and self.spec.pruner == "median":
+        elif not self.confirming and self.spec.pruner == "median":
             options = {**PRUNERS["median"].defaults, **self.spec.pruner_options}
             callbacks.append(FirstObjectivePruning(trial, self.fit.metric, minimize=self.fit.mode == "min",
                                                    n_startup_trials=options["n_startup_trials"],
@@ -132,6 +142,8 @@ class Objective:
             else:
                 with self.checkpoints.attempt(trial, stop=self.stop, timer=timer) as backup:
                     result = self._train(trial, cfg, [*callbacks, backup], timer, backup)
+            # A resumed fit's history starts at the checkpoint's epoch: its best epoch counted from the start.
+            result = dataclasses.replace(result, best_epoch=result.best_epoch + guard.first_epoch)
             folds = [result, *self._other_folds(trial, cfg, watch, timer)]
         except Infeasible as why:
             record_constraints(trial, watch)
@@ -154,8 +166,9 @@ class Objective:
     def _other_folds(self, trial: optuna.Trial, cfg: TrialConfig, watch: ConstraintWatch,
                      timer: TrialTimer) -> list[TrainResult]:
         """The folds after the first, for a trial that survived the first's pruning: not pruned (the
-        pruner compares trials on the first fold's curve) nor checkpointed (a stopped worker's retry
-        resumes the first fold's checkpoint and trains these again)."""
+        pruner compares trials on the first fold's curve) nor checkpointed: a worker stopped during
+        them loses them, and its retry trains every fold again (the first fold's checkpoint is
+        dropped when that fold ends)."""
         results = []
         for i, fold in enumerate(self.other_folds, start=2):
             logger.info("trial %d: fold %d of %d", trial.number, i, len(self.other_folds) + 1)
@@ -178,6 +191,15 @@ class Objective:
             logger.warning("trial %d failed (%s): %s", trial.number, failure.reason, failure.message)
             raise
         return result
+
+    def _check_wanted(self, trial: optuna.Trial) -> None:
+        """A confirmation the last evaluate did not ask for (queued by an earlier one), or a trial the
+        stage's sampler made when two workers raced for the last queued one, is not trained."""
+        why = ("a trial of the confirmation stage that confirms nothing" if attrs.CONFIRM_SEED not in trial.user_attrs
+               else None if wanted(trial.study, trial) else "a confirmation the last evaluate did not ask for")
+        if why:
+            record(trial, {attrs.INFEASIBLE: why})
+            raise optuna.TrialPruned(why)
 
     def seed(self, trial: optuna.Trial) -> int:
         """A search trial's seed follows its number; a confirmation's is the one it confirms with."""

@@ -233,7 +233,8 @@ def fit_all(cfg: TrialConfig, splits: Splits, options: FitOptions, *, epochs: in
     nothing (scikit-learn's refit): no early stopping, and a `plateau` schedule, which follows the
     validation metric, keeps its rate. Raises TrialFailure when the loss diverges."""
     keras.utils.set_random_seed(seed)
-    options = dataclasses.replace(options, max_epochs=epochs)
+    # Compiled with the study's max_epochs, so that a schedule (cosine, warm-up) is where it was at the
+    # best epoch in the search, not spread over the refit's epochs.
     model = compiled_model(cfg, splits, seed, make_model, options)
     callbacks = [c for c in recipe_callbacks(cfg.train, options.metric)
                  if not isinstance(c, keras.callbacks.ReduceLROnPlateau)]

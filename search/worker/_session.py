@@ -49,7 +49,7 @@ class WorkerSession:
     other_folds: list[Splits] = dataclasses.field(default_factory=list)
     make_model: ModelBuilder | None = None
     image_shape: tuple[int, ...] | None = None
-    confirming: bool = False  # the confirmation stage (NAME.confirm): all the training data, nothing pruned
+    confirming: bool = False  # the confirmation stage (NAME.confirm): evaluate's data, nothing pruned
 
     @classmethod
     def open(cls, name: str, settings: Settings, placement: Placement, artifacts: Path, *,
@@ -123,7 +123,7 @@ class WorkerSession:
                               checkpoints=Checkpoints(self.artifacts / "checkpoints", self.spec.name,
                                                       every_s=s.checkpoint_every_s),
                               make_model=self.make_model, stop=self.stop, worker=self.label,
-                              image_shape=self.image_shape, other_folds=self.other_folds, prune=not self.confirming)
+                              image_shape=self.image_shape, other_folds=self.other_folds, confirming=self.confirming)
         if s.gc_freeze:
             freeze_setup()
         tracked = None if self.confirming else tracker(self.name, self.spec.mlflow, s)  # evaluate logs the pick

@@ -5,14 +5,17 @@ unchanged on a search with two workers underneath."""
 from __future__ import annotations
 
 import re
+from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
+import optuna
 import pytest
 import scipy.stats
 from helpers.notebook import notebook_function
 
 from search import StudySpecError
-from search.sklearn import SearchCV, translate
+from search.sklearn import RefitClassifier, SearchCV, translate
 
 SEED_002_CELL = '''
 import keras
@@ -144,3 +147,29 @@ def test_seed_002s_search_and_print_loop_run_unchanged(tmp_path, monkeypatch, ca
     predicted = grid_result.predict(x)
     assert predicted.shape == (300,) and set(predicted.tolist()) <= {0, 1, 2}
     assert grid_result.score(x, one_hot) == pytest.approx((predicted == y).mean())
+
+
+def test_the_refitted_classifier_scores_keras_datasets_column_labels_and_refuses_a_mismatch():
+    best = RefitClassifier(Path("unused.keras"), 3, {})
+    best._model = SimpleNamespace(predict=lambda x, verbose=0: np.eye(3)[np.asarray(x) % 3])  # predicts x mod 3
+    x = np.arange(6)
+    assert best.score(x, np.array([[0], [1], [2], [0], [1], [0]])) == pytest.approx(5 / 6)  # keras.datasets' (n, 1)
+    assert best.score(x, np.eye(3)[[0, 1, 2, 0, 1, 2]]) == 1.0  # one-hot rows
+    with pytest.raises(ValueError, match="one integer label .* per image"):
+        best.score(x, np.arange(5))
+
+
+def test_completed_configurations_rank_first_so_rank_1_is_the_best_index():
+    study = optuna.create_study(direction="maximize")
+    dist = {"neurons_second": optuna.distributions.CategoricalDistribution([0, 8, 16])}
+    for value, units, state, curve in ((0.5, 0, "COMPLETE", {0: 0.5}), (None, 8, "PRUNED", {0: 0.9}),
+                                       (0.7, 16, "COMPLETE", {0: 0.7})):
+        study.add_trial(optuna.trial.create_trial(value=value, params={"neurons_second": units}, distributions=dist,
+                                                  state=optuna.trial.TrialState[state], intermediate_values=curve))
+    search = SearchCV(lambda: None, {"neurons_second": [0, 8, 16]})
+    search.n_splits_ = 1
+    search.study_ = SimpleNamespace(optuna_study=lambda: study, best={"trial": 2}, workdir=".")
+    search._results({})
+    results = search.cv_results_
+    assert search.best_index_ == 2 and results["rank_test_score"].tolist() == [2, 3, 1]
+    assert results["mean_test_score"][1] == 0.9  # the pruned one's best epoch before pruning, ranked after

@@ -3,6 +3,8 @@ Optuna's constraint API, and the best trial is the best feasible one."""
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from helpers.synthetic import ONE_TRIAL_STUDY, easy_splits, memory_study
 from optuna.trial import TrialState
@@ -81,3 +83,21 @@ def test_constraints_are_validated_and_hashed_only_when_set():
     plain = parse_spec(ONE_TRIAL_STUDY, name="a")
     assert plain.space_hash() == parse_spec(ONE_TRIAL_STUDY + "constraints: {}\n", name="a").space_hash()
     assert plain.space_hash() != parse_spec(ONE_TRIAL_STUDY + "constraints: {max_params: 5}\n", name="a").space_hash()
+
+
+def test_with_folds_each_fits_tracing_epoch_is_not_judged_but_the_pace_of_every_fold_is(monkeypatch):
+    """data.folds trains one model per fold with the same watch: a later fold's first epoch traces its
+    functions again (slow), and must not end that fold; its later epochs count like the first fold's."""
+    from search.trial import _constraints
+
+    clock = iter([0.0, 9.0, 10.0, 11.0, 20.0, 29.0, 30.0, 32.0])  # begin/end: 9 s (tracing), 1 s; 9 s (tracing), 2 s
+    monkeypatch.setattr(_constraints.time, "perf_counter", lambda: next(clock))
+    watch = _constraints.ConstraintWatch({"max_epoch_seconds": 5.0})
+    watch.set_model(SimpleNamespace(stop_training=False))
+    for _ in range(2):  # two folds of two epochs
+        watch.on_train_begin()
+        for epoch in range(2):
+            watch.on_epoch_begin(epoch)
+            watch.on_epoch_end(epoch)
+        assert watch.model.stop_training is False
+    assert watch.observed["epoch_seconds"] == 2.0 and watch.violations() == {"epoch_seconds": -3.0}
