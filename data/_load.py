@@ -215,7 +215,7 @@ def _load_named(name: str, label_mode: str, data_dir: str | os.PathLike | None, 
 
 
 def _cache_key(*parts: str) -> str:
-    return hashlib.sha1("|".join((f"v{CACHE_VERSION}", *parts)).encode()).hexdigest()[:16]
+    return hashlib.sha1("|".join((f"v{CACHE_VERSION}", *parts)).encode(), usedforsecurity=False).hexdigest()[:16]
 
 
 def _cached(name: str, source: Path, folder: Path, decode, label_mode: str = "fine") -> Dataset:

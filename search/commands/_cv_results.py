@@ -100,7 +100,7 @@ def _read_pickle(path: Path, *, trust: bool) -> dict[int, dict[str, Any]]:
             "pass --trust-pickle, or save the results as CSV or JSON instead: "
             "pd.DataFrame(search.cv_results_).to_csv('cv_results.csv')")
     with path.open("rb") as f:
-        data = pickle.load(f)  # noqa: S301 - the user vouched for this file with --trust-pickle
+        data = pickle.load(f)  # noqa: S301  # nosec B301 - the user vouched for this file with --trust-pickle
     if not isinstance(data, dict) or not data:
         raise CvImportError(f"{path}: expected search.cv_results_, a dict of columns, but got {type(data).__name__}; "
                             "save pickle.dump(search.cv_results_, f), not the search itself")

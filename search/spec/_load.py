@@ -89,7 +89,7 @@ class _BoundedLoader(yaml.SafeLoader):
 
 def _safe_load(text: str, where: str) -> dict:
     try:
-        raw = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader subclass
+        raw = yaml.load(text, Loader=_BoundedLoader)  # noqa: S506  # nosec B506 - a SafeLoader subclass
     except yaml.constructor.ConstructorError as exc:
         raise StudySpecError(where, f"YAML tag not allowed ({exc.problem}); study files are plain data, "
                              "tags that construct Python objects are refused") from None
