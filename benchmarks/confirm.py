@@ -42,6 +42,12 @@ def _record(name: str, env: dict[str, str]) -> dict:
     return json.loads(out)
 
 
+def _brief(record: dict) -> dict:
+    """What the table reads of an evaluation record."""
+    return {"trial": record["trial"], "test_accuracy": record["test_accuracy"],
+            "search_best_trial": record["search_best_trial"], "candidates": record["candidates"]}
+
+
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.confirm")
@@ -52,6 +58,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--workdir", default="artifacts/bench-confirm")
     parser.add_argument("--output", default="BENCHMARKS.md")
+    parser.add_argument("--rows", default=None, help=(
+        "a JSON-lines file of finished seeds: each seed's row is appended as it ends, and a seed already "
+        "there is not run again (an interrupted run goes on where it stopped)"))
     args = parser.parse_args(argv)
     work = Path(args.workdir).resolve()
     (work / "studies").mkdir(parents=True, exist_ok=True)
@@ -62,8 +71,13 @@ def main(argv: list[str] | None = None) -> int:
            "STORAGE": f"journal://{journal}", "ARTIFACTS_DIR": str(work / "artifacts"),
            "PYTHONPATH": str(ROOT)}
     common = ["--profile", "quick", "--dataset", "cifar10", *(["--trials", str(args.trials)] if args.trials else [])]
-    rows = []
+    rows_file = Path(args.rows) if args.rows else None
+    done = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()] \
+        if rows_file is not None and rows_file.is_file() else []
+    rows = [r for r in done if r["seed"] < args.seeds]
     for seed in range(args.seeds):
+        if any(r["seed"] == seed for r in rows):
+            continue
         name = f"fc_head_confirm_s{seed}"
         (work / "studies" / f"{name}.yaml").write_text(base.replace("sampler: tpe", f"sampler: {{name: tpe, seed: {seed}}}"))
         search_s, _ = _cli("run", name, "--workers", str(args.workers), *common, env=env)
@@ -75,10 +89,15 @@ def main(argv: list[str] | None = None) -> int:
         best = next(c for c in topk["candidates"] if c["trial"] == topk["search_best_trial"])
         rows.append({"seed": seed, "search_s": search_s, "top1": top1, "top1_s": top1_s, "topk": topk,
                      "topk_s": topk_s, "over_rating": best["over_rating"]})
+        if rows_file is not None:
+            with rows_file.open("a") as f:
+                f.write(json.dumps({k: rows[-1][k] for k in ("seed", "search_s", "top1_s", "topk_s", "over_rating")}
+                                   | {"top1": _brief(top1), "topk": _brief(topk)}) + "\n")
         print(json.dumps(rows[-1]["topk"]["candidates"]), flush=True)
         print(f"seed {seed}: search {search_s:.0f} s; top-1 trial {top1['trial']} test {top1['test_accuracy']:.4f} "
               f"({top1_s:.0f} s); top-{args.top_k} pick trial {topk['trial']} test {topk['test_accuracy']:.4f} "
               f"({topk_s:.0f} s)", flush=True)
+    rows.sort(key=lambda r: r["seed"])
     lines = [f"fc_head, quick profile, CIFAR-10 ({args.trials or 100} trials a search, {args.workers} workers), "
              f"sampler seeds 0-{args.seeds - 1}; the top-1 pick (make evaluate --top-k 1: the search's best, 3 seeds) "
              f"against the top-{args.top_k} confirmed pick (3 seeds each, as trials on {args.workers} workers):"]
