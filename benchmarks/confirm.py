@@ -25,8 +25,6 @@ from pathlib import Path
 
 from benchmarks.machine import publish, quiet_tensorflow
 
-ROOT = Path(__file__).resolve().parents[1]
-
 
 def _cli(*args: str, env: dict[str, str]) -> tuple[float, str]:
     started = time.perf_counter()
@@ -66,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
     (work / "studies").mkdir(parents=True, exist_ok=True)
     journal = work / "studies.journal"  # a fresh store each run (the base and feature cache under artifacts/ stay)
     journal.unlink(missing_ok=True)
-    base = (ROOT / "search" / "studies" / "fc_head.yaml").read_text()
+    root = Path(__file__).resolve().parents[1]
+    base = (root / "search" / "studies" / "fc_head.yaml").read_text()
     env = {**os.environ, "DATA_DIR": str(Path(args.data_dir).resolve()), "STUDIES_DIR": str(work / "studies"),
            "STORAGE": f"journal://{journal}", "ARTIFACTS_DIR": str(work / "artifacts"),
-           "PYTHONPATH": str(ROOT)}
+           "PYTHONPATH": str(root)}
     common = ["--profile", "quick", "--dataset", "cifar10", *(["--trials", str(args.trials)] if args.trials else [])]
     rows_file = Path(args.rows) if args.rows else None
     done = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()] \
