@@ -145,6 +145,13 @@ HEADLINES: tuple[Headline, ...] = (
      "template": "a two-objective study pruned on its first objective: {ratio} the epochs, Pareto front's best "
                  "accuracy {delta}",
      "fixed_goal": "fewer epochs, the front's best accuracy kept"},
+    {"name": "bench-confirm", "title": r"^bench-confirm:",
+     "figure": r"^  mean test accuracy: top-1 (?P<top1>[\d.]+), top-(?P<k>\d+) confirmed (?P<topk>[\d.]+) "
+               r"\((?P<delta>[+-][\d.]+)\); the confirmation's wall time (?P<wall>\d+ s) against (?P<one>\d+ s) "
+               r"for the top-1's evaluation \((?P<ratio>[\d.]+x)\)",
+     "template": "fc_head quick: test accuracy of the top-1 pick {top1}, of the top-{k} confirmed {topk} ({delta}); "
+                 "confirming took {wall} against {one} ({ratio})",
+     "fixed_goal": "the confirmed pick tests at least as well as the top-1"},
     {"name": "fc_head, 100 trials on the CPU (by hand)", "title": r"^fc_head, 100",
      "figure": r"^trial time, first start to last finish[^\n]*?:\s+(?P<time>[\d.]+ min) for (?P<trials>\d+) trials"
                r".*?^peak resident memory, largest process[^\n]*?= (?P<rss>[\d.]+ GiB)"
