@@ -244,7 +244,7 @@ def _confirm_here(spec: StudySpec, data: _EvaluationData, pool: list[optuna.tria
         results, model = _retrain(spec, data, _config(spec, data, trial), seeds)
         confirmation = Confirmation(trial, [r.best_val_accuracy for r in results], [r.best_value for r in results])
         confirmed.append(confirmation)
-        if chosen is None or (confirmation.mean < chosen.mean if minimize else confirmation.mean > chosen.mean):
+        if chosen is None or _best([chosen, confirmation], minimize) is confirmation:
             chosen, final = confirmation, model  # only the leader's model is kept
         else:
             del model

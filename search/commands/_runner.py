@@ -11,7 +11,6 @@ measured memory allows (search.commands._packing), stopping the newest ones when
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import signal
@@ -25,9 +24,8 @@ from search._tracking import tracker
 from search.commands._packing import MIN_MEASURED, AutoPacking, GpuBox
 from search.settings import Settings
 from search.spec import StudySpec
-from search.study import budget_used, confirm_name, counts, open_study, reap, reap_worker, storage_errors
+from search.study import budget_used, confirm_name, counts, open_study, reap, reap_worker, stage_spec, storage_errors
 from search.worker import GROW_ENV, visible_gpus, worker_label
-from storage import attrs
 
 logger = logging.getLogger("search")
 
@@ -46,9 +44,8 @@ class Runner:
         confirming = getattr(self.args, "stage", "search") == "confirm"
         self.study = open_study(confirm_name(self.args.name) if confirming else self.args.name,
                                 self.settings.store_url(self.args.storage))
-        if confirming:  # the stage's budget: the trials `make evaluate` queued (search.study._confirm)
-            self.spec = dataclasses.replace(self.spec, trials=int(self.study.user_attrs.get(attrs.STUDY_BUDGET, 0)),
-                                            timeout_s=None)
+        if confirming:  # the stage's budget: the trials `make evaluate` queued
+            self.spec = stage_spec(self.spec, self.study)
         signal.signal(signal.SIGINT, self._forward)
         signal.signal(signal.SIGTERM, self._forward)
         self.env = self._worker_env()

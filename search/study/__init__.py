@@ -10,6 +10,7 @@ from search.study._confirm import (
     confirmation_study,
     confirmations_of,
     enqueue_confirmations,
+    stage_spec,
     unfinished,
     wanted,
 )
@@ -52,6 +53,7 @@ __all__ = [
     "confirmation_study",
     "confirmations_of",
     "enqueue_confirmations",
+    "stage_spec",
     "unfinished",
     "wanted",
     "close_study",

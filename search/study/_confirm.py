@@ -12,6 +12,7 @@ queued one that is not among them (an evaluate interrupted, then run with a smal
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import uuid
@@ -57,6 +58,12 @@ def confirmation_study(study: optuna.Study, spec: StudySpec) -> optuna.Study:
         confirm.set_user_attr(attrs.STUDY_SPACE_HASH, spec.space_hash())  # last: the mark that it is made
     resume(confirm)
     return confirm
+
+
+def stage_spec(spec: StudySpec, confirm: optuna.Study) -> StudySpec:
+    """The study file as the confirmation stage's runner and workers read it: its budget is the
+    trials the last evaluate queued (enqueue_confirmations), with no time limit."""
+    return dataclasses.replace(spec, trials=int(confirm.user_attrs.get(attrs.STUDY_BUDGET, 0)), timeout_s=None)
 
 
 def _identity(study: optuna.Study) -> str:

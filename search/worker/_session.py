@@ -20,13 +20,21 @@ from search._tracking import tracker
 from search.errors import WorkerStopping
 from search.settings import Settings
 from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_folds
-from search.study import budget_used, check_compatible, check_same_data, close_study, confirm_name, open_study
+from search.study import (
+    budget_used,
+    check_compatible,
+    check_same_data,
+    close_study,
+    confirm_name,
+    open_study,
+    stage_spec,
+)
 from search.trial import Checkpoints, FitOptions, ModelBuilder, Objective, freeze_setup, trial_builder
 from search.worker._liveness import Background, Liveness
 from search.worker._loop import LoopLimits, run_loop, worker_label
 from search.worker._placement import Placement, cap_tensorflow_memory, limit_cpu_threads
 from search.worker._signals import StopFlag
-from storage import attrs, describe
+from storage import describe
 
 logger = logging.getLogger("search.worker")
 
@@ -71,7 +79,7 @@ class WorkerSession:
                            pruner=optuna.pruners.NopPruner() if confirming else make_pruner(spec))
         check_compatible(study, spec)
         if confirming:
-            spec = dataclasses.replace(spec, trials=int(study.user_attrs.get(attrs.STUDY_BUDGET, 0)), timeout_s=None)
+            spec = stage_spec(spec, study)
         return cls(name, settings, spec, study, placement, artifacts, url, worker_label(worker_index), stop,
                    confirming=confirming)
 
