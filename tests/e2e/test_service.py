@@ -382,7 +382,8 @@ def test_make_study_meets_its_budget_when_a_worker_dies_near_the_end(service):
     assert dead.state == TrialState.FAIL and "exited with -9" in dead.user_attrs["fail_message"]
     retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
     assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
-    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 6  # the budget, exactly
+    # The budget, never fewer (the bug this row pins), overshot by at most workers - 1 (README).
+    assert 6 <= sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) <= 6 + 2, states
     assert "killed" in (svc.logs / "run.log").read_text()
 
 
@@ -401,4 +402,8 @@ def test_work_queue_workers_wait_for_a_dead_peers_trial_and_run_its_retry(servic
     states = [t.state for t in trials]
     assert TrialState.WAITING not in states and TrialState.RUNNING not in states, states
     assert trials[victim.number].user_attrs["fail_reason"] == "stale"
-    assert sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) == 5
+    retry = next(t for t in trials if t.system_attrs.get("failed_trial") == victim.number)
+    assert retry.state in (TrialState.COMPLETE, TrialState.PRUNED)
+    # The budget, overshot by at most workers - 1 as the README says: three workers asking at once
+    # near the end may each start one (CI once saw 6 of 5); never fewer.
+    assert 5 <= sum(s in (TrialState.COMPLETE, TrialState.PRUNED) for s in states) <= 5 + 2, states
