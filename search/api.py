@@ -134,8 +134,8 @@ class Study:
 
     def evaluate(self, seeds: int = 3, *, top_k: int | None = None, workers: int = 1,
                  retest: bool = False) -> dict[str, Any]:
-        """Retrain the best trial (or confirm the `top_k` best, default the study file's evaluate.top_k,
-        as trials on `workers` worker processes) with `seeds` seeds, then score the pick once on the test
+        """Confirm the `top_k` best trials (default the study file's evaluate.top_k, 5; 1: the best alone)
+        with `seeds` seeds each, as trials on `workers` worker processes, then score the pick once on the test
         split (`make evaluate`); the record stored with the study. A study tested already gives its
         recorded result, unless `retest`."""
         self._command("evaluate", "--seeds", str(seeds), *(["--top-k", str(top_k)] if top_k else []),

@@ -14,7 +14,7 @@ from search.spec import load_spec
 from search.study import check_compatible, open_study
 from storage import attrs
 
-HELP = "retrain the best trial with several seeds, then test once"
+HELP = "confirm the best trials with several seeds each, then test the pick once"
 
 
 def add_parser(sub: argparse._SubParsersAction, settings: Settings) -> None:
@@ -23,7 +23,7 @@ def add_parser(sub: argparse._SubParsersAction, settings: Settings) -> None:
     p.add_argument("--seeds", type=int, default=None, help="retrains of each candidate (at least 3; default: the "
                                                          "study file's evaluate.seeds, 3)")
     p.add_argument("--top-k", type=int, default=None, help="candidates confirmed before the test (default: the "
-                                                           "study file's evaluate.top_k, 1)")
+                                                           "study file's evaluate.top_k, 5)")
     p.add_argument("--workers", type=int, default=1, help=(
         "with more than one candidate, the worker processes on this machine that retrain them (the study's "
         "confirmation stage: workers elsewhere join it with `python -m search.worker NAME --stage confirm`)"))

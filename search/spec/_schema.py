@@ -173,9 +173,10 @@ class AugmentSection(Section):
 class EvaluateSection(Section):
     """What `make evaluate` confirms before its one test evaluation; not part of the study's identity."""
 
-    top_k: PositiveInt = Field(1, description=(
+    top_k: PositiveInt = Field(5, description=(
         "retrain this many of the best trials (distinct params) with `seeds` seeds each, pick the best by its "
-        "confirmed mean, then test that one; 1: the search's best only"))
+        "confirmed mean, then test that one; 1: the search's best only (bench-confirm: the top 5 confirmed "
+        "tested 0.0136 better than the search's best, at 4.3x its cost)"))
     seeds: AtLeastThree = Field(3, description="retrains of each candidate (at least 3)")
 
 

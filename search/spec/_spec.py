@@ -86,7 +86,7 @@ class StudySpec:
     training: dict[str, str] = field(default_factory=dict)  # callbacks/loss -> the user's function reference
     training_files: dict[str, str] = field(default_factory=dict)  # each such reference -> its file's sha256
     mlflow: str | None = None  # tracking.mlflow: trials also recorded there (not hashed: it changes nothing)
-    evaluate_top_k: int = 1  # evaluate.top_k: candidates `make evaluate` confirms (not hashed)
+    evaluate_top_k: int = 5  # evaluate.top_k: candidates `make evaluate` confirms (not hashed)
     evaluate_seeds: int = 3  # evaluate.seeds: retrains of each
     warm_start: tuple[dict[str, Any], ...] = ()
     val_fraction: float = 0.1

@@ -288,6 +288,17 @@ def test_service_defaults_still_apply():
     assert make_pruner(spec).__class__.__name__ == "HyperbandPruner"
 
 
+def test_evaluate_confirms_the_five_best_by_default_and_is_not_hashed():
+    """bench-confirm measured the top 5 confirmed testing better than the search's best alone, so 5 is
+    the default; top_k: 1 keeps the old behaviour. Neither changes the study's identity."""
+    spec = parse_spec(GOOD, name="confirm")
+    assert (spec.evaluate_top_k, spec.evaluate_seeds) == (5, 3)
+    one = parse_spec(GOOD + "evaluate: {top_k: 1}\n", name="confirm")
+    assert one.evaluate_top_k == 1 and one.space_hash() == spec.space_hash()
+    with pytest.raises(StudySpecError, match=r"evaluate\.top_k"):
+        parse_spec(GOOD + "evaluate: {top_k: 0}\n", name="confirm")
+
+
 # --- the failure streak, the studies folder, the optimisers ----------------------------------------
 
 
