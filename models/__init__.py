@@ -31,6 +31,7 @@ from models._params import (
     Stage,
     TransferParams,
     WRNParams,
+    base_blocks,
 )
 from models._presets import PRESETS, Preset, doubling_stages, get_preset
 
@@ -51,6 +52,7 @@ __all__ = [
     "WRNParams",
     "WeightsUnavailableError",
     "architecture",
+    "base_blocks",
     "build",
     "check_model",
     "doubling_stages",

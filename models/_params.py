@@ -162,3 +162,15 @@ ModelParams = ConvNetParams | WRNParams | TransferParams
 def replace(params: ModelParams, **changes: object) -> ModelParams:
     """dataclasses.replace that re-validates."""
     return dataclasses.replace(params, **changes)
+
+
+def base_blocks(params: ModelParams) -> tuple[str, ...]:
+    """A preset's conv base as blocks, in order, each named by the prefix its layers' names share
+    (models/_families.py): a convnet's stages, a WRN's residual blocks. Fine-tuning unfreezes the
+    last N (search/trial/_fine_tune.py); a keras.applications base has no blocks of ours."""
+    if isinstance(params, ConvNetParams):
+        return tuple(f"stage{i}" for i in range(1, len(params.stages) + 1))
+    if isinstance(params, WRNParams):
+        per_group = (params.depth - 4) // 6
+        return tuple(f"group{g}_block{b}" for g in (1, 2, 3) for b in range(1, per_group + 1))
+    raise ValueError(f"a {type(params).__name__} base has no blocks to unfreeze; name them with fine_tune.blocks")

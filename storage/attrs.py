@@ -19,11 +19,16 @@ FINAL_CONFUSION_MATRIX = "final_confusion_matrix"
 TEST_ACCESSES = "test_accesses"  # each time the test split was read: [{who, when, trial}], by `make evaluate`
 CONFIRMS_STUDY = "confirms_study"  # on a confirmation study (NAME.confirm): the search study it confirms (name, uid)
 CONFIRM_WANTED = "confirm_wanted"  # and the [trial, seed] pairs the last `make evaluate` asked for
+FINE_TUNE_PROMOTED = "fine_tune_promoted"  # the head trials promoted to fine-tuning (study file `fine_tune:`)
 
 # --- trial user attributes of the confirmation stage (`make evaluate` with evaluate.top_k > 1) ---
 STAGE = "stage"  # "confirm": a retraining of a search trial's configuration on evaluate's data
 CONFIRMS = "confirms"  # the number of the search trial it confirms
 CONFIRM_SEED = "confirm_seed"  # the seed it trains with (evaluate's seeds: 0, 1, 2...)
+# ... and of the fine-tuning stage (STAGE "fine_tune", search.study._fine_tune)
+PROMOTED_FROM = "promoted_from"  # the head trial whose params it fine-tunes
+FINE_TUNE_HEAD_VALUE = "fine_tune_head_value"  # the head's best value, retrained, before the base was unfrozen
+FINE_TUNE_TRAINABLE = "fine_tune_trainable_params"  # the parameters fine-tuning trained (head + unfrozen blocks)
 
 # --- trial user attributes -------------------------------------------------------------------
 FAIL_REASON = "fail_reason"  # nan, oom, build, error, stale, interrupted, store

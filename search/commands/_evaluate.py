@@ -31,10 +31,11 @@ from PIL import Image
 from data import Splits, final_evaluation
 from search._tracking import MlflowTracker, tracker
 from search.settings import Settings
-from search.spec import StudySpec, TrialConfig, load_data, minimized, study_splits, trial_config
+from search.spec import StudySpec, TrialConfig, load_data, minimized, split_fine_tune, study_splits, trial_config
 from search.study import check_same_data, confirmation_study, confirmations_of, enqueue_confirmations, unfinished
 from search.trial import (
     BalancedAccuracy,
+    FineTuning,
     FitOptions,
     MacroF1,
     TrainResult,
@@ -91,6 +92,7 @@ class _EvaluationData:
     train_splits: Splits  # images, or every cached feature of a feature-cache study
     make_model: Any
     base_weights: Path | None = None  # a feature-cache study's base: the final model is base + head
+    fine_tuning: FineTuning | None = None  # a study with `fine_tune:`: every image, for a fine-tuning candidate
 
 
 def _evaluation_data(spec: StudySpec, settings: Settings, store_url: str | None = None) -> _EvaluationData:
@@ -104,24 +106,32 @@ def _evaluation_data(spec: StudySpec, settings: Settings, store_url: str | None 
     train_splits, make_model = trial_builder(spec, splits, search=False, artifacts=artifacts, store_url=store_url)
     weights = None if spec.augments else ensure_features(spec, splits, artifacts=artifacts,
                                                          store_url=store_url).base_weights
-    return _EvaluationData(dataset, splits, train_splits, make_model, weights)
+    fine = None if spec.fine_tune is None else FineTuning.for_study(spec, splits, search=False, artifacts=artifacts,
+                                                                     store_url=store_url)
+    return _EvaluationData(dataset, splits, train_splits, make_model, weights, fine)
 
 
 def _retrain(spec: StudySpec, data: _EvaluationData, cfg: TrialConfig,
              seeds: tuple[int, ...]) -> tuple[list[TrainResult], keras.Model]:
-    """Train the configuration once per seed; each seed's result and the first seed's model."""
+    """Train the configuration once per seed; each seed's result and the first seed's model. A
+    fine-tuning trial's (its knobs hold fine_tune_*) is its head, then the whole model fine-tuned."""
     results, final = [], None
+    fine = split_fine_tune(cfg.knobs)[1]
     for seed in seeds:
         # Keras's progress bar on a terminal, as the base training's (search.trial._features); log lines otherwise.
         options = FitOptions.for_study(spec, verbose=1 if sys.stderr.isatty() else 0)
-        result, model = train(cfg, data.train_splits, options, seed=seed,
-                              label=f"evaluate seed {seed}", make_model=data.make_model)
+        if fine:
+            _, result, model = data.fine_tuning.train(cfg, fine, data.train_splits, data.make_model, options,
+                                                      seed=seed, label=f"evaluate seed {seed}")
+        else:
+            result, model = train(cfg, data.train_splits, options, seed=seed,
+                                  label=f"evaluate seed {seed}", make_model=data.make_model)
         results.append(result)
         logger.info("seed %d: best %s %.4f at epoch %d (validation accuracy %.4f)", seed, spec.metric,
                     result.best_value, result.best_epoch, result.best_val_accuracy)
         if final is None:
             final = model
-            if data.base_weights is not None:
+            if data.base_weights is not None and not fine:  # a fine-tuned model takes images already
                 final = full_model(spec, data.splits, data.base_weights, model)
         else:
             del model

@@ -11,7 +11,16 @@ from search._cli import add_study_args
 from search.commands._confirmation import confirmation_lines, evaluation_summary
 from search.errors import StudyMismatchError
 from search.settings import Settings
-from search.study import confirm_name, counter_line, counts, load_existing, open_study, storage_of
+from search.study import (
+    confirm_name,
+    counter_line,
+    counts,
+    load_existing,
+    open_study,
+    stage_lines,
+    stage_summary,
+    storage_of,
+)
 from storage import attrs, describe
 
 HELP = "summary of a study"
@@ -33,7 +42,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     reads = len(study.user_attrs.get(attrs.TEST_ACCESSES, []))
     if args.json:
         print(json.dumps({**{k: getattr(c, k) for k in JSON_KEYS},
-                          "final_evaluation": evaluation_summary(record, reads)}))
+                          "final_evaluation": evaluation_summary(record, reads), "fine_tune": stage_summary(study)}))
         return 0
     print(counter_line(c))
     print(f"  {describe(url)}; {c.n_waiting} waiting (enqueued)")
@@ -45,6 +54,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
               f"{t.user_attrs.get(attrs.FAIL_MESSAGE, '')}")
     for line in time_lines(study):
         print(line)
+    fine_tune = stage_summary(study)
+    for line in stage_lines(fine_tune) if fine_tune else ():
+        print(f"  {line}")
     stage = _confirmation_stage(study)
     if stage is not None:
         print(f"  confirmation stage: {counter_line(counts(stage))}")

@@ -9,14 +9,31 @@ from search.spec._data import load_data, study_folds, study_splits
 from search.spec._knobs import KNOBS, LR_SCHEDULES, OPTIMIZERS, parameter_knob
 from search.spec._load import available_studies, load_spec, parse_spec, profiles, study_path
 from search.spec._schema import CONSTRAINTS, DEFAULT_TOP_K, OBJECTIVE_METRICS, minimized
-from search.spec._space import TrainParams, TrialConfig, check_builders, suggest, trial_config
-from search.spec._spec import PRECISIONS, STUDIES_DIR, Dimension, FeatureCacheSpec, StudySpec
+from search.spec._space import (
+    TrainParams,
+    TrialConfig,
+    check_builders,
+    split_fine_tune,
+    suggest,
+    suggest_fine_tune,
+    trial_config,
+)
+from search.spec._spec import (
+    FINE_TUNE_PREFIX,
+    PRECISIONS,
+    STUDIES_DIR,
+    Dimension,
+    FeatureCacheSpec,
+    FineTuneSpec,
+    StudySpec,
+)
 from search.spec._strategies import PRUNERS, make_pruner, make_sampler
 from search.spec._study_file import StudyFile, study_json_schema
 
 __all__ = [
     "CONSTRAINTS",
     "DEFAULT_TOP_K",
+    "FINE_TUNE_PREFIX",
     "KNOBS",
     "OBJECTIVE_METRICS",
     "LR_SCHEDULES",
@@ -25,6 +42,7 @@ __all__ = [
     "PRECISIONS",
     "Dimension",
     "FeatureCacheSpec",
+    "FineTuneSpec",
     "StudyFile",
     "StudySpec",
     "STUDIES_DIR",
@@ -44,6 +62,8 @@ __all__ = [
     "study_folds",
     "study_splits",
     "study_path",
+    "split_fine_tune",
     "suggest",
+    "suggest_fine_tune",
     "trial_config",
 ]

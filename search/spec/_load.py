@@ -26,7 +26,15 @@ from search.spec._schema_sources import (
     BuilderArchitecture,
 )
 from search.spec._schema_types import spec_error
-from search.spec._spec import PROFILES_FILE, STUDIES_DIR, Dimension, FeatureCacheSpec, StudySpec
+from search.spec._spec import (
+    FINE_TUNE_PREFIX,
+    PROFILES_FILE,
+    STUDIES_DIR,
+    Dimension,
+    FeatureCacheSpec,
+    FineTuneSpec,
+    StudySpec,
+)
 from search.spec._study_file import StudyFile
 from storage import check_study_name
 
@@ -127,11 +135,20 @@ def _to_spec(study: StudyFile, name: str) -> StudySpec:
         training=study.training.references(), training_files=study.training.files(), val_fraction=study.data.val_fraction, seed=study.seed,
         max_train=study.data.max_train, max_val=study.data.max_val, folds=study.data.folds,
         feature_cache=None if cache is None else FeatureCacheSpec(**{**cache.model_dump(), "base": _name(cache.base)}),
+        fine_tune=_fine_tune(study),
         max_consecutive_failures=study.max_consecutive_failures, builder_files=_builder_files(study),
         precision=study.precision, jit_compile=study.jit_compile, mlflow=study.tracking.mlflow,
         evaluate_top_k=study.evaluate.top_k, evaluate_seeds=study.evaluate.seeds,
     )
     return dataclasses.replace(spec, warm_start=_fitting(study.warm_start, spec))
+
+
+def _fine_tune(study: StudyFile) -> FineTuneSpec | None:
+    ft = study.fine_tune
+    if ft is None:
+        return None
+    return FineTuneSpec(top_k=ft.top_k, epochs=ft.epochs, blocks=tuple(ft.blocks) if ft.blocks else None,
+                        space=tuple(_dimension(f"{FINE_TUNE_PREFIX}{knob}", e) for knob, e in ft.space.items()))
 
 
 def _name(arch: Architecture | str | None) -> str | None:

@@ -266,6 +266,51 @@ class DataSection(Section):
         return self
 
 
+FINE_TUNE_SPACE = {  # knob -> (kind, default entry): what a fine-tuning trial samples besides its head's params
+    "unfreeze_blocks": ("int", {"choices": [1, 2]}),
+    "learning_rate": ("float", {"low": 1.0e-5, "high": 1.0e-3, "log": True}),
+}
+
+
+class FineTuneSection(Section):
+    """After the head search meets its budget, its `top_k` best heads are promoted to trials of the
+    whole model (the cached base + the head, the base's last blocks unfrozen), in the same study;
+    seed 003's fine-tuning of a pretrained base at a lowered learning rate. A feature-cache study only."""
+
+    top_k: PositiveInt = Field(5, description="the best heads (distinct params, feasible) promoted to fine-tuning")
+    epochs: PositiveInt = Field(5, description="epochs each fine-tuning trial trains the whole model (pruned, early "
+                                               "stopped with the study's patience)")
+    blocks: list[str] | None = Field(None, min_length=1, description=(
+        "a base of your own: its blocks in order, each named by its first layer (unfreezing the last N makes "
+        "every layer from the N-th last one on trainable); a preset names its own (a convnet's stage1.., a "
+        "WRN's group1_block1..)"))
+    space: dict[str, SpaceEntry] = Field(
+        default_factory=lambda: {k: SpaceEntry(**entry) for k, (_, entry) in FINE_TUNE_SPACE.items()},
+        description="searched per fine-tuning trial: unfreeze_blocks (int >= 1; default choices [1, 2]) and "
+                    "learning_rate (default 1e-5..1e-3, log); the head's own knobs are the promoted trial's")
+
+    @field_validator("space")
+    @classmethod
+    def _fine_tune_knobs(cls, space: dict[str, SpaceEntry]) -> dict[str, SpaceEntry]:
+        for knob, entry in space.items():
+            if knob not in FINE_TUNE_SPACE:
+                raise Problem(f"unknown fine-tuning knob; known: {', '.join(FINE_TUNE_SPACE)} (the head's knobs "
+                              "are the promoted trial's)", knob)
+            if entry.when:
+                raise Problem("fine-tuning knobs take no `when`", knob, "when")
+            values = entry.choices if entry.choices is not None else [entry.low, entry.high]
+            kind = FINE_TUNE_SPACE[knob][0]
+            ok = (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in values) if kind == "int"
+                  else all(isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values))
+            if not ok:
+                raise Problem("takes integers >= 1 (blocks of the base)" if kind == "int" else "takes rates > 0", knob)
+        return {**{k: SpaceEntry(**entry) for k, (_, entry) in FINE_TUNE_SPACE.items()}, **space}
+
+    def most_blocks(self) -> int:
+        entry = self.space["unfreeze_blocks"]
+        return int(max(entry.choices) if entry.choices is not None else entry.high)
+
+
 class TrackingSection(Section):
     """Where trials are also recorded (dashboards/tracking.py); not part of the study's identity."""
 

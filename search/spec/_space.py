@@ -12,7 +12,8 @@ from data._augment import AugmentParams
 from models import Builder, BuilderError, BuilderParams, ModelParams, Preset, architecture, check_model, get_preset
 from search.errors import StudySpecError
 from search.spec._knobs import KNOBS
-from search.spec._spec import Dimension, StudySpec
+from search.spec._schema import FINE_TUNE_SPACE
+from search.spec._spec import FINE_TUNE_PREFIX, Dimension, StudySpec
 
 
 @dataclass(frozen=True)
@@ -79,6 +80,20 @@ def suggest(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
         for i in range(_dense_layers(spec, values)):
             values[f"dense_units_{i}"] = _suggest_one(trial, f"dense_units_{i}", units, _kind(spec, "dense_units"))
     return values
+
+
+def suggest_fine_tune(trial: optuna.Trial, spec: StudySpec) -> dict[str, Any]:
+    """A fine-tuning trial's own knobs (fine_tune_unfreeze_blocks, fine_tune_learning_rate), sampled
+    after its head's, which are the promoted trial's (enqueued)."""
+    return {d.name: _suggest_one(trial, d.name, d, FINE_TUNE_SPACE[d.name.removeprefix(FINE_TUNE_PREFIX)][0])
+            for d in spec.fine_tune.space}
+
+
+def split_fine_tune(values: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """A trial's params as (the head's, the fine-tuning knobs by their short names: unfreeze_blocks, ...);
+    a head trial's second part is empty."""
+    head = {k: v for k, v in values.items() if not k.startswith(FINE_TUNE_PREFIX)}
+    return head, {k.removeprefix(FINE_TUNE_PREFIX): v for k, v in values.items() if k.startswith(FINE_TUNE_PREFIX)}
 
 
 def _dense_layers(spec: StudySpec, values: dict[str, Any]) -> int:

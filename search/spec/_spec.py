@@ -59,6 +59,20 @@ class FeatureCacheSpec:
     search_max_train: int | None = _CACHE_FIELDS["search_max_train"].default
 
 
+FINE_TUNE_PREFIX = "fine_tune_"  # a fine-tuning trial's own params: fine_tune_unfreeze_blocks, fine_tune_learning_rate
+
+
+@dataclass(frozen=True)
+class FineTuneSpec:
+    """The study file's fine_tune section (search.spec._schema.FineTuneSection): `space` holds the
+    fine-tuning knobs as the params a fine-tuning trial samples (fine_tune_unfreeze_blocks, ...)."""
+
+    top_k: int = 5
+    epochs: int = 5
+    blocks: tuple[str, ...] | None = None  # a user base's blocks (their first layers); None: the preset's
+    space: tuple[Dimension, ...] = ()
+
+
 @dataclass(frozen=True)
 class StudySpec:
     name: str
@@ -96,6 +110,7 @@ class StudySpec:
     max_train: int | None = None
     max_val: int | None = None
     feature_cache: FeatureCacheSpec | None = None
+    fine_tune: FineTuneSpec | None = None  # promote the best heads to fine-tuning trials (feature-cache studies)
     max_consecutive_failures: int = 5
     builder_files: dict[str, str] = field(default_factory=dict)  # each user builder used -> its file's sha256
     precision: str = "float32"  # a Keras dtype policy (PRECISIONS)
@@ -153,6 +168,8 @@ class StudySpec:
             fields["builder_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.builder_files.items()}
         if self.training_files:
             fields["training_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.training_files.items()}
+        if self.fine_tune is not None:  # how many heads are promoted is a budget, not an identity
+            fields["fine_tune"] = {k: v for k, v in _jsonable(self.fine_tune).items() if k != "top_k"}
         # Only when not the default, so that the studies written before them keep their hash.
         fields.update({k: getattr(self, k) for k, default in _HASHED_IF_SET.items() if getattr(self, k) != default})
         return fields

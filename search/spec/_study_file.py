@@ -10,7 +10,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_validator
 
 from data import DATASETS, dataset_spec
-from models import PRESETS
+from models import PRESETS, base_blocks
 from search.spec._knobs import KNOBS, LR_SCHEDULES, SCHEDULE_KNOBS, knob_problem, parameter_problem
 from search.spec._schema import (
     DEFAULT_TOP_K,
@@ -21,6 +21,7 @@ from search.spec._schema import (
     EarlyStopping,
     EvaluateSection,
     FeatureCacheSection,
+    FineTuneSection,
     Objective,
     PrunerChoice,
     SamplerChoice,
@@ -101,6 +102,9 @@ class StudyFile(Section):
     seed: NonNegativeInt = Field(0, description="seeds the split, the sampler (plus the worker index) and training")
     feature_cache: FeatureCacheSection | None = Field(None, json_schema_extra=lambda s: s["anyOf"].append(
         {"type": "boolean", "description": "true: the defaults; false: no feature cache"}))
+    fine_tune: FineTuneSection | None = Field(None, description=(
+        "a feature-cache study only: after the head search, fine-tune its best heads with the base's last "
+        "blocks unfrozen, as trials of the same study (attribute stage: fine_tune)"))
     warm_start: list[WarmStart] = Field(default_factory=list, description=(
         "trials enqueued first, as a trial's parameters (dense_units_0, dense_units_1, ...); one that does "
         "not fit the space is left out"))
@@ -204,6 +208,7 @@ class StudyFile(Section):
                           "data", "folds")
         self._schedule_knobs_have_their_schedule()
         self._objective_fits_the_classes()
+        self._fine_tune_fits()
         if self.training.loss and ("label_smoothing" in self.space or "label_smoothing" in self.fixed):
             raise Problem("the study's own training.loss replaces the built-in loss, which is what label_smoothing "
                           "smooths; smooth the labels in your loss instead", "training", "loss")
@@ -216,6 +221,35 @@ class StudyFile(Section):
         self.pruner.check_builds(self.budget.max_epochs)
         return self
 
+
+    def _fine_tune_fits(self) -> None:
+        """fine_tune promotes heads of a feature cache's base; what it unfreezes must exist."""
+        ft = self.fine_tune
+        if ft is None:
+            return
+        if self.feature_cache is None:
+            raise Problem("fine-tuning starts from the heads a feature-cache study searched on its cached base; add "
+                          "feature_cache (with a convnet or wrn base, or your own), or drop fine_tune", "fine_tune")
+        if self.objective.second:
+            raise Problem("a two-objective study has no single best head to promote; drop objective.second or "
+                          "fine_tune", "fine_tune")
+        if self.sampler.name == "grid":
+            raise Problem("the grid sampler cannot sample the fine-tuning knobs, which are not in its grid; choose "
+                          "another sampler or drop fine_tune", "fine_tune")
+        base = self.feature_cache.base or self.architecture
+        if isinstance(base, BuilderArchitecture):
+            if ft.blocks is None:
+                raise Problem(f"your base {base.name} has no blocks the service knows: list them in order, each by "
+                              "the name of its first layer, e.g. blocks: [block1_conv1, block2_conv1]",
+                              "fine_tune", "blocks")
+            blocks = len(ft.blocks)
+        else:
+            name = base if isinstance(base, str) else base.name
+            blocks = len(ft.blocks) if ft.blocks else len(base_blocks(PRESETS[name].params(input_shape=(32, 32, 3),
+                                                                                            num_classes=10)))
+        if ft.most_blocks() > blocks:
+            raise Problem(f"unfreeze_blocks goes up to {ft.most_blocks()} but the base has {blocks} block(s); "
+                          f"choose at most {blocks}", "fine_tune", "space", "unfreeze_blocks")
 
     def _objective_fits_the_classes(self) -> None:
         """A named dataset's classes are known now; data of one's own is checked when `create` reads it."""

@@ -14,6 +14,16 @@ from search.study._confirm import (
     unfinished,
     wanted,
 )
+from search.study._fine_tune import (
+    FINE_TUNE,
+    FineTuneStage,
+    StagePruner,
+    best_heads,
+    fine_tuning,
+    promote,
+    stage_lines,
+    stage_summary,
+)
 from search.study._retries import fail_and_retry, fail_silent, lineage, reap, reap_worker, retries_due
 from search.study._store import (
     ResilientStorage,
@@ -43,6 +53,14 @@ from search.study._study import (
 )
 
 __all__ = [
+    "FINE_TUNE",
+    "FineTuneStage",
+    "StagePruner",
+    "best_heads",
+    "fine_tuning",
+    "promote",
+    "stage_lines",
+    "stage_summary",
     "BUDGET_STATES",
     "ResilientStorage",
     "StudyCounts",

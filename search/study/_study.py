@@ -13,6 +13,7 @@ from optuna.trial import TrialState
 
 from search.errors import OUTSIDE_CAUSES, StudyMismatchError
 from search.spec import StudySpec
+from search.study._fine_tune import head_trials
 from search.study._retries import retried
 from search.study._store import ResilientStorage, resilient, storage_of
 from storage import attrs, close_storage, open_storage
@@ -138,9 +139,16 @@ def counts(study: optuna.Study) -> StudyCounts:
     return StudyCounts(
         study=study.study_name, n_complete=by_state[TrialState.COMPLETE], n_pruned=by_state[TrialState.PRUNED],
         n_fail=by_state[TrialState.FAIL], n_running=by_state[TrialState.RUNNING],
-        n_waiting=by_state[TrialState.WAITING], budget=study.user_attrs.get(attrs.STUDY_BUDGET),
+        n_waiting=by_state[TrialState.WAITING], budget=_budget(study),
         stopped=study.user_attrs.get(attrs.STUDY_STOPPED), best_value=best.value if best else None,
         best_params=best.params if best else None, best_trial=best.number if best else None)
+
+
+def _budget(study: optuna.Study) -> int | None:
+    """The trials the study will finish: its budget, and the heads promoted to fine-tuning once they are."""
+    budget = study.user_attrs.get(attrs.STUDY_BUDGET)
+    promoted = study.user_attrs.get(attrs.FINE_TUNE_PROMOTED) or []
+    return None if budget is None else budget + len(promoted)
 
 
 def counter_line(c: StudyCounts) -> str:
@@ -152,7 +160,8 @@ def counter_line(c: StudyCounts) -> str:
 
 
 def budget_used(study: optuna.Study) -> int:
-    trials = study.get_trials(deepcopy=False)
+    """Trials counted against the budget: the search's (a fine-tuning stage's trials have their own count)."""
+    trials = head_trials(study.get_trials(deepcopy=False))
     done = retried(trials)
     return sum(t.state in BUDGET_STATES and not (t.state == TrialState.FAIL and t.number in done) for t in trials)
 

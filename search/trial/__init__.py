@@ -8,6 +8,7 @@ Importing it loads Keras: only the worker's session (search.worker, after placem
 from search.trial._checkpoints import Checkpoints, StopRequest
 from search.trial._extras import check_extras
 from search.trial._features import ensure_features, full_model, trial_builder
+from search.trial._fine_tune import FineTuning
 from search.trial._metrics import BalancedAccuracy, MacroF1
 from search.trial._objective import Objective
 from search.trial._train import (
@@ -25,6 +26,7 @@ from search.trial._train import (
 __all__ = [
     "BalancedAccuracy",
     "Checkpoints",
+    "FineTuning",
     "FitOptions",
     "MacroF1",
     "ModelBuilder",

@@ -90,7 +90,7 @@ def _base_label(spec: StudySpec) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", f"user_{Path(location).stem}_{function}")
 
 
-def _base_params(spec: StudySpec, splits: Splits):
+def base_params(spec: StudySpec, splits: Splits):
     """The base with its knobs' defaults (a builder as the study validated it)."""
     base = base_preset(spec)
     return architecture(base, sha256=spec.builder_files.get(base)).params(input_shape=splits.input_shape,
@@ -152,7 +152,7 @@ def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path |
         base_splits = dataclasses.replace(splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx])
         logger.info("training the %s base once: %d epochs on %d images (cached as %s)", base_preset(spec),
                     fc.base_epochs, len(base_splits.y_train), target)
-        cfg = TrialConfig(_base_params(spec, splits), TrainParams("adam", 1e-3, batch_size=fc.base_batch_size), None)
+        cfg = TrialConfig(base_params(spec, splits), TrainParams("adam", 1e-3, batch_size=fc.base_batch_size), None)
         # The base is not a trial: validation accuracy and the built-in loss, whatever the study's
         # objective metric and training extras; the study's precision and XLA setting.
         options = FitOptions(max_epochs=fc.base_epochs, patience=fc.base_epochs, precision=spec.precision,
@@ -176,7 +176,7 @@ def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path |
 def frozen_base(spec: StudySpec, splits: Splits, weights: Path) -> keras.Model:
     """The trained base up to its flattened `features` layer, weights loaded, frozen (batch norm
     runs in inference mode). Normalised float images in, feature vectors out."""
-    arch = build(_base_params(spec, splits))
+    arch = build(base_params(spec, splits))
     arch.load_weights(weights)
     base = keras.Model(arch.inputs, arch.get_layer("features").output, name=f"base_{_base_label(spec)}")
     base.trainable = False

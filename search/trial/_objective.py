@@ -7,6 +7,7 @@ through outages, so a PostgreSQL restart costs a trial a pause, not the epochs t
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import os
 import socket
@@ -19,12 +20,23 @@ import optuna
 from optuna_integration import KerasPruningCallback
 
 from data import Splits
+from models import count_params
 from search.errors import TrialFailure, TrialLost, WorkerStopping
 from search.runtime import code_version, device
-from search.spec import PRUNERS, StudySpec, TrialConfig, suggest, trial_config
-from search.study import fresh_trial, store_seconds, wanted
+from search.spec import (
+    FINE_TUNE_PREFIX,
+    PRUNERS,
+    StudySpec,
+    TrialConfig,
+    split_fine_tune,
+    suggest,
+    suggest_fine_tune,
+    trial_config,
+)
+from search.study import fine_tuning, fresh_trial, store_seconds, wanted
 from search.trial._checkpoints import Checkpoints, ResumableBackup, StopRequest
 from search.trial._constraints import ConstraintWatch, Infeasible, record_constraints
+from search.trial._fine_tune import FineTuning, trained_head
 from search.trial._pareto_pruning import FirstObjectivePruning
 from search.trial._timing import PhaseCallback, TrialTimer, timed_builder
 from search.trial._train import FitOptions, ModelBuilder, TrainResult, image_model, release, train
@@ -91,15 +103,17 @@ class Objective:
     def __init__(self, spec: StudySpec, splits: Splits, *, fit: FitOptions | None = None,
                  checkpoints: Checkpoints | None = None, make_model: ModelBuilder | None = None,
                  stop: StopRequest | None = None, worker: str = "", image_shape: tuple[int, ...] | None = None,
-                 other_folds: Sequence[Splits] = (), confirming: bool = False) -> None:
+                 other_folds: Sequence[Splits] = (), confirming: bool = False,
+                 fine_tuning: FineTuning | None = None) -> None:
         """fit: how every trial fits (default: the study's, STEPS_PER_EXECUTION=auto); checkpoints: where
         attempts checkpoint (None: not at all); image_shape: what trials on cached features stand for;
         other_folds: with `data.folds`, the folds after the first (`splits`), trained on once a trial
         survives the first; confirming: the trials of the confirmation stage (search.study._confirm),
         never pruned nor cut short by a constraint (each was a feasible search trial), and only the
-        confirmations the last evaluate asked for."""
+        confirmations the last evaluate asked for; fine_tuning: a study with `fine_tune:`, whose
+        fine-tuning trials (and their confirmations) train the whole model (search.trial._fine_tune)."""
         self.spec, self.splits, self.stop, self.checkpoints = spec, splits, stop, checkpoints
-        self.other_folds, self.confirming = tuple(other_folds), confirming
+        self.other_folds, self.confirming, self.fine_tuning = tuple(other_folds), confirming, fine_tuning
         self.fit = fit or FitOptions.for_study(spec, steps="auto")
         # Trials on cached features still describe the image model they stand for.
         self.image_shape = image_shape or splits.input_shape
@@ -124,6 +138,7 @@ class Objective:
         if self.confirming:
             self._check_wanted(trial)
         values = suggest(trial, self.spec)  # idempotent: a retry's kept params are reused
+        knobs = suggest_fine_tune(trial, self.spec) if self._fine_tunes(trial) else {}
         cfg = trial_config(self.spec, values, input_shape=self.image_shape, num_classes=self.splits.num_classes)
         # First: a model over max_params is not trained.
         watch = ConstraintWatch({} if self.confirming else self.spec.constraints)
@@ -136,12 +151,13 @@ class Objective:
             callbacks.append(FirstObjectivePruning(trial, self.fit.metric, minimize=self.fit.mode == "min",
                                                    n_startup_trials=options["n_startup_trials"],
                                                    n_warmup_steps=options["n_warmup_steps"]))
+        fit = functools.partial(self._fine_tune, knobs=split_fine_tune(knobs)[1]) if knobs else self._train
         try:
             if self.checkpoints is None:
-                result = self._train(trial, cfg, callbacks, timer)
+                result = fit(trial, cfg, callbacks, timer)
             else:
                 with self.checkpoints.attempt(trial, stop=self.stop, timer=timer) as backup:
-                    result = self._train(trial, cfg, [*callbacks, backup], timer, backup)
+                    result = fit(trial, cfg, [*callbacks, backup], timer, backup)
             # A resumed fit's history starts at the checkpoint's epoch: its best epoch counted from the start.
             result = dataclasses.replace(result, best_epoch=result.best_epoch + guard.first_epoch)
             folds = [result, *self._other_folds(trial, cfg, watch, timer)]
@@ -176,21 +192,49 @@ class Objective:
             results.append(self._train(trial, cfg, callbacks, timer, splits=fold))
         return results
 
+    def _fine_tune(self, trial: optuna.Trial, cfg: TrialConfig, callbacks: list[keras.callbacks.Callback],
+                   timer: TrialTimer, backup: ResumableBackup | None = None, *, knobs: dict) -> TrainResult:
+        """A fine-tuning trial: its head again on the cached features (neither pruned nor checkpointed:
+        seconds; a stop during it retries the trial), then the whole model, pruned and checkpointed."""
+        if self.fine_tuning is None:
+            raise RuntimeError("a fine-tuning trial reached a worker prepared without the study's fine_tune")
+        head_callbacks = [PhaseCallback(timer), TrialGuard(trial, self.stop, after_checkpoint=True)]
+        head, model = self._fit(trial, cfg, head_callbacks, timer, label="head")
+        record(trial, {attrs.FINE_TUNE_HEAD_VALUE: head.best_value})
+        ft_cfg, ft_fit, make = self.fine_tuning.plan(cfg, knobs, trained_head(model), self.fit)
+        callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True, checkpoint=backup))
+        result, tuned = self._fit(trial, ft_cfg, callbacks, timer, splits=self.fine_tuning.images, fit=ft_fit,
+                                  make_model=make, label="fine-tune")
+        record(trial, {attrs.FINE_TUNE_TRAINABLE: count_params(tuned)[1]})
+        return result
+
+    def _fine_tunes(self, trial: optuna.Trial) -> bool:
+        """A fine-tuning trial, or a confirmation of one (its queued params hold the fine-tuning knobs)."""
+        if self.spec.fine_tune is None:
+            return False
+        return fine_tuning(trial) or any(k.startswith(FINE_TUNE_PREFIX)
+                                         for k in fresh_trial(trial).system_attrs.get(attrs.FIXED_PARAMS) or {})
+
     def _train(self, trial: optuna.Trial, cfg: TrialConfig, callbacks: list[keras.callbacks.Callback], timer: TrialTimer,
                backup: ResumableBackup | None = None, splits: Splits | None = None) -> TrainResult:
         # After the checkpoint's turn at each epoch end.
         callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True, checkpoint=backup))
+        return self._fit(trial, cfg, callbacks, timer, splits=splits)[0]
+
+    def _fit(self, trial: optuna.Trial, cfg: TrialConfig, callbacks: list[keras.callbacks.Callback], timer: TrialTimer,
+             *, splits: Splits | None = None, fit: FitOptions | None = None, make_model: ModelBuilder | None = None,
+             label: str = "") -> tuple[TrainResult, keras.Model]:
         try:
-            result, _ = train(cfg, splits or self.splits, self.fit, seed=self.seed(trial),
-                              label=f"[{self.worker}] trial {trial.number}", callbacks=callbacks,
-                              make_model=timed_builder(self.make_model, timer))
+            result, model = train(cfg, splits or self.splits, fit or self.fit, seed=self.seed(trial),
+                                  label=f"[{self.worker}] trial {trial.number}{f' {label}' if label else ''}",
+                                  callbacks=callbacks, make_model=timed_builder(make_model or self.make_model, timer))
         except TrialFailure as failure:
             # Recorded before the checkpoint is dropped: if the reaper failed this trial meanwhile,
             # the store refuses (TrialTakenOver) and the checkpoint stays for the retry.
             record(trial, {attrs.FAIL_REASON: failure.reason.value, attrs.FAIL_MESSAGE: failure.message[:500]})
             logger.warning("trial %d failed (%s): %s", trial.number, failure.reason, failure.message)
             raise
-        return result
+        return result, model
 
     def _check_wanted(self, trial: optuna.Trial) -> None:
         """A confirmation the last evaluate did not ask for (queued by an earlier one), or a trial the

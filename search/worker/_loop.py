@@ -17,9 +17,12 @@ from search.errors import FATAL, FailReason, StudyStopped, TrialFailure, TrialLo
 from search.runtime import accelerator_memory_mib, rss_mib
 from search.settings import Settings
 from search.study import (
+    FINE_TUNE,
+    FineTuneStage,
     budget_used,
     fail_and_retry,
     failure_streak,
+    fine_tuning,
     fresh_trial,
     retries_due,
     stop_study,
@@ -86,9 +89,10 @@ class TrialEnd:
 
 
 def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, stop: StopFlag, background: Background, label: str,
-             limits: LoopLimits = LoopLimits(), after_trial: Callable[[optuna.Study, int], object] | None = None
-             ) -> str | None:
-    """Ask, train, tell until the study's budget is met and no counted trial can need a retry.
+             limits: LoopLimits = LoopLimits(), after_trial: Callable[[optuna.Study, int], object] | None = None,
+             stage: FineTuneStage | None = None) -> str | None:
+    """Ask, train, tell until the study's budget is met and no counted trial can need a retry; with
+    `stage` (a study's `fine_tune:`), then promote its best heads and run the fine-tuning trials.
 
     Optuna's study.optimize has no budget shared across workers and treats every exception alike;
     this is the same ask/tell with the budget check of MaxTrialsCallback (running trials counted)
@@ -97,8 +101,11 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     baseline = None  # memory once this process has finished a trial (the backend warmed up)
     try:
-        while _trial_to_run(study, spec, stop, label, limits, deadline):
+        while (wanted := _trial_to_run(study, spec, stop, label, limits, deadline, stage)) is not None:
             trial = study.ask()
+            if wanted == FINE_TUNE and not fine_tuning(trial):
+                _not_queued(study, trial, label)
+                continue
             end = run_trial(study, objective, trial, background, label)
             if end is not None:
                 _mark_peak(trial)
@@ -123,11 +130,12 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
 
 
 def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: str, limits: LoopLimits,
-                  deadline: float | None) -> bool:
-    """Whether to ask for another trial. With the budget met, a worker waits while trials it counts
-    are RUNNING elsewhere (one may die and be retried) or a failed one's retry is due but not queued
-    yet: nobody else may be left to run the retry (a Kubernetes work-queue Job starts no pod once one
-    has exited 0)."""
+                  deadline: float | None, stage: FineTuneStage | None = None) -> str | None:
+    """Which trial to ask for next ("search", or FINE_TUNE for a queued fine-tuning trial), or None to
+    exit. With the budget met, a worker waits while trials it counts are RUNNING elsewhere (one may die
+    and be retried) or a failed one's retry is due but not queued yet: nobody else may be left to run
+    the retry (a Kubernetes work-queue Job starts no pod once one has exited 0). Then, with a
+    fine-tuning stage, the best heads are promoted (once) and their trials run the same way."""
     waiting_logged = False
     due_since: dict[int, float] = {}
     while not stop.is_set() and (deadline is None or time.monotonic() < deadline):
@@ -135,19 +143,34 @@ def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: 
         if reason:
             raise StudyStopped(reason)
         if budget_used(study) < spec.trials:
-            return True
+            return "search"
+        if stage is not None and stage.queued(study):
+            return FINE_TUNE
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
         due = _due_in_time(study, due_since, limits.due_wait_s, label)
         if running == 0 and not due and _settled(study, spec, stop, min(limits.poll_s, 2.0),
                                                  lambda: _due_in_time(study, due_since, limits.due_wait_s, label)):
-            logger.info("%s: budget of %d trials met, exiting", label, spec.trials)
-            return False
+            if stage is not None and stage.promote(study):
+                continue  # the fine-tuning trials it queued are asked for next
+            logger.info("%s: budget of %d trials met%s, exiting", label, spec.trials,
+                        "" if stage is None else " and the fine-tuning stage done")
+            return None
         if not waiting_logged:
             logger.info("%s: budget met; waiting for %d running trial(s) to finish or be retried", label,
                         running + len(due))
             waiting_logged = True
         stop.event.wait(limits.poll_s)
-    return False
+    return None
+
+
+def _not_queued(study: optuna.Study, trial: optuna.Trial, label: str) -> None:
+    """A worker asked for a queued fine-tuning trial and another took the last one first: Optuna then
+    samples a new trial, which is not trained; it is marked as the stage's, so no budget counts it."""
+    why = "asked for a fine-tuning trial after another worker took the last queued one; not trained"
+    trial.set_user_attr(attrs.STAGE, FINE_TUNE)
+    trial.set_user_attr(attrs.INFEASIBLE, why)
+    study.tell(trial, state=TrialState.PRUNED)
+    logger.info("%s: trial %d %s", label, trial.number, why)
 
 
 def _due_in_time(study: optuna.Study, since: dict[int, float], wait_s: float, label: str) -> list[int]:

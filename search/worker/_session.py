@@ -21,6 +21,8 @@ from search.errors import WorkerStopping
 from search.settings import Settings
 from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_folds
 from search.study import (
+    FineTuneStage,
+    StagePruner,
     budget_used,
     check_compatible,
     check_same_data,
@@ -29,12 +31,12 @@ from search.study import (
     open_study,
     stage_spec,
 )
-from search.trial import Checkpoints, FitOptions, ModelBuilder, Objective, freeze_setup, trial_builder
+from search.trial import Checkpoints, FineTuning, FitOptions, ModelBuilder, Objective, freeze_setup, trial_builder
 from search.worker._liveness import Background, Liveness
 from search.worker._loop import LoopLimits, run_loop, worker_label
 from search.worker._placement import Placement, cap_tensorflow_memory, limit_cpu_threads
 from search.worker._signals import StopFlag
-from storage import describe
+from storage import attrs, build_lock, describe
 
 logger = logging.getLogger("search.worker")
 
@@ -58,6 +60,7 @@ class WorkerSession:
     make_model: ModelBuilder | None = None
     image_shape: tuple[int, ...] | None = None
     confirming: bool = False  # the confirmation stage (NAME.confirm): evaluate's data, nothing pruned
+    fine_tuning: FineTuning | None = None  # a study with `fine_tune:`: the images and base its fine-tuning trials train
 
     @classmethod
     def open(cls, name: str, settings: Settings, placement: Placement, artifacts: Path, *,
@@ -74,9 +77,11 @@ class WorkerSession:
         url = settings.store_url(storage_url)
         confirming = stage == "confirm"
         # The confirmation stage's trials are all queued with their parameters: nothing is sampled or pruned.
+        # A fine-tuning stage's trials are pruned among themselves (search.study._fine_tune).
+        pruner = optuna.pruners.NopPruner() if confirming else make_pruner(spec)
         study = open_study(confirm_name(name) if confirming else name, url, max_backoff=settings.store_max_backoff,
                            sampler=make_sampler(spec, worker_index=worker_index),
-                           pruner=optuna.pruners.NopPruner() if confirming else make_pruner(spec))
+                           pruner=StagePruner(pruner) if spec.fine_tune and not confirming else pruner)
         check_compatible(study, spec)
         if confirming:
             spec = stage_spec(spec, study)
@@ -115,11 +120,15 @@ class WorkerSession:
         return spec.feature_cache is None or self._prepare_features()
 
     def _prepare_features(self) -> bool:
+        images = self.splits
         try:
             # A confirmation trains on every cached feature, as evaluate does, not the search's subset.
             self.splits, self.make_model = trial_builder(self.spec, self.splits, stop=self.stop,
                                                          search=not self.confirming, artifacts=self.artifacts,
                                                          store_url=self.storage_url)
+            if self.spec.fine_tune is not None:
+                self.fine_tuning = FineTuning.for_study(self.spec, images, search=not self.confirming, stop=self.stop,
+                                                        artifacts=self.artifacts, store_url=self.storage_url)
         except WorkerStopping as why:
             logger.warning("%s: %s; exiting", self.label, why)
             return False
@@ -131,10 +140,19 @@ class WorkerSession:
                               checkpoints=Checkpoints(self.artifacts / "checkpoints", self.spec.name,
                                                       every_s=s.checkpoint_every_s),
                               make_model=self.make_model, stop=self.stop, worker=self.label,
-                              image_shape=self.image_shape, other_folds=self.other_folds, confirming=self.confirming)
+                              image_shape=self.image_shape, other_folds=self.other_folds, confirming=self.confirming,
+                              fine_tuning=self.fine_tuning)
         if s.gc_freeze:
             freeze_setup()
         tracked = None if self.confirming else tracker(self.name, self.spec.mlflow, s)  # evaluate logs the pick
+        stage = None if self.confirming or self.spec.fine_tune is None else FineTuneStage(self.spec, self._promotion_lock)
         with Background(self.study, Liveness.from_settings(s)) as background:
             return run_loop(self.study, self.spec, objective, self.stop, background, self.label,
-                            LoopLimits.from_settings(s), after_trial=tracked and tracked.trial_finished)
+                            LoopLimits.from_settings(s), after_trial=tracked and tracked.trial_finished, stage=stage)
+
+    def _promotion_lock(self):
+        """One worker of the study's (on any machine) promotes its heads: the store's advisory lock on
+        PostgreSQL, else a file lock beside the study's checkpoints (storage.build_lock)."""
+        folder = self.artifacts / "locks" / f"fine_tune-{self.name}-{self.study.user_attrs.get(attrs.STUDY_UID)}"
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        return build_lock(self.storage_url, "fine_tune", folder.name, folder)

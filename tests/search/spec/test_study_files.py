@@ -76,6 +76,7 @@ def test_quick_profile_puts_a_lighter_base_under_fc_head_unless_the_file_names_o
     assert parse_spec(named, name="fc_head", profile="quick").feature_cache.base == "s000_model_3_1"
 
 
+FC_HEAD = (REPO / "search/studies/fc_head.yaml").read_text()
 BAD_CASES = {
     "unknown architecture": (GOOD.replace("s000_model_1", "resnet9000"),
                              r"architecture: unknown architecture 'resnet9000'; known: s000_model_1, "),
@@ -133,6 +134,23 @@ BAD_CASES = {
                                    r"val_fraction is not used: drop one of the two"),
     "folds on a feature cache": ((REPO / "search/studies/fc_head.yaml").read_text() + "data: {folds: 3}\n",
                                  r"data.folds: a feature-cache study trains its base once on one training split"),
+    "fine_tune without a feature cache": (GOOD + "fine_tune: {top_k: 3}\n",
+                                          r"fine_tune: fine-tuning starts from the heads a feature-cache study "
+                                          r"searched .*; add feature_cache .*, or drop fine_tune"),
+    "fine_tune of an unknown knob": (FC_HEAD + "fine_tune: {space: {dropout: {choices: [0.1]}}}\n",
+                                     r"fine_tune.space.dropout: unknown fine-tuning knob; known: unfreeze_blocks, "
+                                     r"learning_rate"),
+    "fine_tune unfreezing more blocks than the base has": (
+        FC_HEAD + "fine_tune: {space: {unfreeze_blocks: {low: 1, high: 5}}}\n",
+        r"fine_tune.space.unfreeze_blocks: unfreeze_blocks goes up to 5 but the base has 4 block\(s\); choose at most 4"),
+    "fine_tune at a rate of 0": (FC_HEAD + "fine_tune: {space: {learning_rate: {choices: [0.0, 1.0e-4]}}}\n",
+                                 r"fine_tune.space.learning_rate: takes rates > 0"),
+    "fine_tune with a second objective": (
+        FC_HEAD.replace("pruner: hyperband", "pruner: none") + "objective: {second: params}\nfine_tune: {}\n",
+        r"fine_tune: a two-objective study has no single best head to promote"),
+    "fine_tune of a base of one's own without its blocks": (
+        FC_HEAD + "feature_cache: {base: {builder: " + str(REPO / "models_dir/example_net.py") + ":build}}\n"
+        "fine_tune: {}\n", r"fine_tune.blocks: your base .* has no blocks the service knows: list them in order"),
     "warm start names no layer": (GOOD + "warm_start:\n  - {optimizer: adam, dense_units: 64}\n",
                                   r"warm_start\[0\].dense_units: a warm start names each dense layer's width"),
 }
@@ -223,6 +241,7 @@ SHIPPED_HASHES = {
     "vgg_bn": ("ae6b668c08d5765c", "f59f24df7cfe3cd7", "ae6b668c08d5765c"),
     "wrn": ("1cb721ea3c1ea8c1", "da16dc9fd3fd1b50", "1cb721ea3c1ea8c1"),
     "my_images": None,  # added since: a builder study, its hash covers the builder file (see below)
+    "fc_head_ft": ("5bccbe839d6bdc9d", "71fbd1ac6bb44676", "6b492156f76b7588"),  # added with fine_tune
 }
 
 
@@ -286,6 +305,18 @@ def test_service_defaults_still_apply():
     assert SAMPLERS["tpe"].defaults == {"multivariate": True, "group": True, "constant_liar": True}
     assert PRUNERS["hyperband"].defaults == {"min_resource": 1, "reduction_factor": 3}
     assert make_pruner(spec).__class__.__name__ == "HyperbandPruner"
+
+
+def test_fine_tune_is_hashed_but_not_how_many_heads_it_promotes():
+    fc_head = parse_spec(FC_HEAD, name="fc_head")
+    tuned = parse_spec(FC_HEAD + "fine_tune: {top_k: 3, epochs: 2}\n", name="fc_head")
+    assert tuned.space_hash() != fc_head.space_hash() and "fine_tune" not in fc_head.hashed_fields()
+    assert parse_spec(FC_HEAD + "fine_tune: {top_k: 7, epochs: 2}\n", name="fc_head").space_hash() == tuned.space_hash()
+    assert parse_spec(FC_HEAD + "fine_tune: {top_k: 3, epochs: 4}\n", name="fc_head").space_hash() != tuned.space_hash()
+    assert [d.name for d in tuned.fine_tune.space] == ["fine_tune_unfreeze_blocks", "fine_tune_learning_rate"]
+    own = FC_HEAD + ("feature_cache: {base: {builder: " + str(REPO / "models_dir/example_net.py") + ":build}}\n"
+                     "fine_tune: {blocks: [conv_a, conv_b], space: {unfreeze_blocks: {choices: [2]}}}\n")
+    assert parse_spec(own, name="fc_head").fine_tune.blocks == ("conv_a", "conv_b")
 
 
 def test_evaluate_confirms_the_five_best_by_default_and_is_not_hashed():

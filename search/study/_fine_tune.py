@@ -1,0 +1,160 @@
+"""The fine-tuning stage of a feature-cache study (`fine_tune:` in the study file).
+
+Once the head search has met its budget and nothing of it runs, its `top_k` best heads (complete,
+feasible, one per distinct params) are promoted: a trial per head is queued in the same study with
+the head's params, `stage: fine_tune` and the number it was `promoted_from`; the workers pull them
+like any trial (heartbeated, checkpointed, retried; a retry inherits the attributes), sample the
+fine-tuning knobs (fine_tune_unfreeze_blocks, fine_tune_learning_rate) with the study's sampler and
+train the whole model (search/trial/_fine_tune.py). Being trials of the study, they share its
+dashboard, its best trial and `make evaluate`'s candidates: the best of either stage wins.
+
+What the stage keeps apart: the head budget counts head trials only (search.study.budget_used), and
+a fine-tuning trial is pruned against the other fine-tuning trials only (StagePruner): it starts
+from a trained head, so the head trials' first epochs are no yardstick for it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from search.spec import StudySpec
+from storage import attrs
+
+logger = logging.getLogger(__name__)
+FINE_TUNE = "fine_tune"  # attrs.STAGE of a fine-tuning trial
+
+
+def fine_tuning(trial: FrozenTrial | optuna.Trial) -> bool:
+    """Whether the trial belongs to the fine-tuning stage (promoted, a retry of one, or one a worker
+    asked for when the last queued one was taken)."""
+    return trial.user_attrs.get(attrs.STAGE) == FINE_TUNE
+
+
+def head_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
+    return [t for t in trials if not fine_tuning(t)]
+
+
+def best_heads(study: optuna.Study, k: int) -> list[FrozenTrial]:
+    """The k best complete, feasible head trials by the study's value, one per distinct params (a
+    configuration run twice, a warm start or a retry, is promoted once); the better-numbered first."""
+    minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
+    done = [t for t in head_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
+            if t.values is not None and all(v <= 0.0 for v in t.constraints.values())]
+    picked, seen = [], set()
+    for trial in sorted(done, key=lambda t: (t.values[0] if minimize else -t.values[0], t.number)):
+        key = json.dumps(trial.params, sort_keys=True, default=str)
+        if key not in seen:
+            seen.add(key)
+            picked.append(trial)
+    return picked[:k]
+
+
+def promote(study: optuna.Study, spec: StudySpec) -> list[int]:
+    """Queue a fine-tuning trial for each of the best heads not promoted yet, once per study (its
+    `fine_tune_promoted` records the head numbers); the numbers newly queued. Callers hold a lock
+    across workers (FineTuneStage); a promotion cut short is completed by the next call."""
+    if attrs.FINE_TUNE_PROMOTED in study.user_attrs:
+        return []
+    heads = best_heads(study, spec.fine_tune.top_k)
+    queued = {t.user_attrs.get(attrs.PROMOTED_FROM) for t in study.get_trials(deepcopy=False) if fine_tuning(t)}
+    new = [t.number for t in heads if t.number not in queued]
+    for trial in heads:
+        if trial.number in new:
+            study.enqueue_trial(trial.params, user_attrs={attrs.STAGE: FINE_TUNE, attrs.PROMOTED_FROM: trial.number})
+    study.set_user_attr(attrs.FINE_TUNE_PROMOTED, [t.number for t in heads])
+    logger.info("study %s: the head search met its budget; promoted trials %s to fine-tuning", study.study_name,
+                ", ".join(map(str, (t.number for t in heads))) or "none (no complete head)")
+    return new
+
+
+def queued(study: optuna.Study) -> bool:
+    return any(fine_tuning(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
+
+
+def unfinished(study: optuna.Study) -> list[int]:
+    """Fine-tuning trials queued or running; and, before the promotion, every promoted-to-be head
+    is unfinished too: the runner reads this to say the stage is not done."""
+    return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
+            if fine_tuning(t)]
+
+
+def stage_summary(study: optuna.Study) -> dict[str, Any] | None:
+    """The stage as `make status` shows it (None before the promotion): the heads promoted and each
+    fine-tuning lineage's outcome beside its head's search value."""
+    promoted = study.user_attrs.get(attrs.FINE_TUNE_PROMOTED)
+    if promoted is None:
+        return None
+    trials = study.get_trials(deepcopy=False)
+    rows = []
+    for t in trials:
+        if fine_tuning(t) and attrs.PROMOTED_FROM in t.user_attrs:
+            head = trials[t.user_attrs[attrs.PROMOTED_FROM]]
+            rows.append({"trial": t.number, "promoted_from": head.number, "state": t.state.name,
+                         "value": t.values[0] if t.values else None, "head_value": head.values[0]})
+    return {"promoted": promoted, "trials": rows}
+
+
+def stage_lines(summary: dict[str, Any]) -> list[str]:
+    if not summary["promoted"]:
+        return ["fine-tuning stage: no complete head to promote"]
+    lines = [f"fine-tuning stage: heads {', '.join(map(str, summary['promoted']))} promoted"]
+    for r in summary["trials"]:
+        value = "" if r["value"] is None else f" {r['value']:.4f}"
+        lines.append(f"  trial {r['trial']} (head {r['promoted_from']}, {r['head_value']:.4f}): "
+                     f"{r['state'].lower()}{value}")
+    return lines
+
+
+class FineTuneStage:
+    """What a worker's loop does with the stage: promote once the head search is settled (under
+    `lock`, a lock across every worker of the study), and say whether a fine-tuning trial is queued."""
+
+    def __init__(self, spec: StudySpec, lock: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+        self.spec, self.lock = spec, lock
+
+    def promote(self, study: optuna.Study) -> bool:
+        """True when this call queued trials (the loop then asks again)."""
+        if attrs.FINE_TUNE_PROMOTED in study.user_attrs:
+            return False
+        with self.lock():
+            return bool(promote(study, self.spec))
+
+    def queued(self, study: optuna.Study) -> bool:
+        return queued(study)
+
+
+class _StageView:
+    """A study as a pruner sees it, holding only the fine-tuning trials (Optuna's percentile and
+    median pruners read study.get_trials and study.direction; everything else is the study's)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self._study = study
+
+    def get_trials(self, deepcopy: bool = True, states: tuple[TrialState, ...] | None = None) -> list[FrozenTrial]:
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states) if fine_tuning(t)]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._study, name)
+
+
+class StagePruner(optuna.pruners.BasePruner):
+    """The study's pruner for head trials; for a fine-tuning trial, the median rule among the
+    fine-tuning trials only, from the second epoch and once two of them finished (a stage of top_k
+    trials is too small for the study's hyperband brackets)."""
+
+    def __init__(self, heads: optuna.pruners.BasePruner,
+                 fine_tune: optuna.pruners.BasePruner | None = None) -> None:
+        self.heads = heads
+        self.fine_tune = fine_tune or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+
+    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
+        if fine_tuning(trial):
+            return self.fine_tune.prune(_StageView(study), trial)  # type: ignore[arg-type]
+        return self.heads.prune(study, trial)
