@@ -33,7 +33,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto bench-confirm up down clean require-name
+.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto bench-confirm bench-recipe bench-finetune up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -64,7 +64,7 @@ worker: $(STAMP) require-name ## run one worker for study NAME (the study must e
 workers: $(STAMP) require-name ## run N workers for study NAME as separate processes
 	$(PY) -m search run $(NAME) --workers $(N) --no-create $(STUDY_ARGS) $(if $(STAGE),--stage $(STAGE))
 
-evaluate: $(STAMP) require-name ## retrain study NAME's best trial with 3 seeds, then score it once on the test split
+evaluate: $(STAMP) require-name ## confirm study NAME's 5 best trials over 3 seeds each (WORKERS in parallel), then test the pick once
 	$(PY) -m search evaluate $(NAME) $(STUDY_ARGS) $(if $(WORKERS),--workers $(WORKERS))
 
 refit: $(STAMP) require-name ## train study NAME's best configuration on all the training data into OUT (no test)
@@ -130,6 +130,12 @@ bench-pareto: $(STAMP) ## a two-objective study pruned on its first objective vs
 
 bench-confirm: $(STAMP) ## fc_head quick: the test accuracy of the top-1 pick against the top-5 confirmed on 2 workers, and its cost; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.confirm --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
+
+bench-recipe: $(STAMP) ## simple_cnn on full CIFAR-10, seed 001's recipe vs cosine + warm-up + label smoothing + RandAugment: accuracy and time an epoch; appends to BENCHMARKS.md
+	$(PY) -m benchmarks.recipe --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
+
+bench-finetune: $(STAMP) ## fc_head_ft quick: the head search alone vs head search + fine-tuning its 5 best heads, best validation accuracy and wall time; appends to BENCHMARKS.md
+	$(PY) -m benchmarks.fine_tune --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
 
 bench-current: $(STAMP) ## rewrite BENCHMARKS.md's current-figures table from its history (every bench target does this too)
 	$(PY) -m benchmarks.current
