@@ -43,7 +43,8 @@ class Settings(BaseSettings):
     profile: str | None = Field(None, description="smoke or quick (see 'Targets and variables')")
     # --- liveness --------------------------------------------------------------------------------
     heartbeat_interval: float = Field(10.0, gt=0, description="seconds between a training worker's heartbeats")
-    grace_period: float = Field(60.0, gt=0, description="seconds without a heartbeat before a trial is reaped")
+    grace_period: float = Field(60.0, gt=0, description=(
+        "seconds a reaper in contact with the store sees a trial's heartbeat unchanged before it fails the trial"))
     max_stale_retries: int = Field(1, ge=0, description="retries of a lineage whose worker went silent")
     checkpoint_every_s: float = Field(60.0, ge=0, description=(
         "least seconds between a trial's checkpoints (written at epoch ends, always at a stop); 0: every epoch"))

@@ -24,7 +24,16 @@ from search._tracking import tracker
 from search.commands._packing import MIN_MEASURED, AutoPacking, GpuBox
 from search.settings import Settings
 from search.spec import StudySpec
-from search.study import budget_used, confirm_name, counts, open_study, reap, reap_worker, stage_spec, storage_errors
+from search.study import (
+    Reaper,
+    budget_used,
+    confirm_name,
+    counts,
+    open_study,
+    reap_worker,
+    stage_spec,
+    storage_errors,
+)
 from search.worker import GROW_ENV, visible_gpus, worker_label
 
 logger = logging.getLogger("search")
@@ -39,6 +48,7 @@ class Runner:
         self.signalled: list[int] = []
         self.packing: AutoPacking | None = None
         self.retired: set[int] = set()  # workers stopped because the packing went down
+        self.reaper = Reaper(settings.grace_period, settings.max_stale_retries, settle=settings.store_max_backoff)
 
     def run(self) -> int:
         confirming = getattr(self.args, "stage", "search") == "confirm"
@@ -183,7 +193,7 @@ class Runner:
                         reap_worker(self.study, worker_label(i, p.pid), p.returncode,
                                     max_stale_retries=self.settings.max_stale_retries)
                         seen_dead.add(i)  # only once reaped: a store error means try again next poll
-                reap(self.study, grace=self.settings.grace_period, max_stale_retries=self.settings.max_stale_retries)
+                self.reaper(self.study)
                 self._pack()
                 bar.update(counts(self.study))
             except storage_errors() as exc:

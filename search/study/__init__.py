@@ -24,7 +24,7 @@ from search.study._fine_tune import (
     stage_lines,
     stage_summary,
 )
-from search.study._retries import fail_and_retry, fail_silent, lineage, reap, reap_worker, retries_due
+from search.study._retries import Reaper, fail_and_retry, fail_silent, lineage, reap_worker, retries_due
 from search.study._store import (
     ResilientStorage,
     fresh_trial,
@@ -62,6 +62,7 @@ __all__ = [
     "stage_lines",
     "stage_summary",
     "BUDGET_STATES",
+    "Reaper",
     "ResilientStorage",
     "StudyCounts",
     "budget_used",
@@ -85,7 +86,6 @@ __all__ = [
     "lineage",
     "load_existing",
     "open_study",
-    "reap",
     "reap_worker",
     "resilient",
     "restart_from_epoch",

@@ -13,9 +13,10 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
+import math
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
@@ -52,16 +53,6 @@ def lineage(trial: FrozenTrial) -> int:
     with _pinned_experimental():
         original = RetryHeartbeatStaleTrialCallback.retried_trial_number(trial)
     return trial.number if original is None else original
-
-
-def _last_beat(trial: FrozenTrial) -> float:
-    """The trial's last heartbeat (seconds since the epoch, the worker's clock). Before the first, which
-    a worker writes as it starts a trial, its start: Optuna's datetime_start is the asking machine's
-    naive local time, which a reaper in another time zone misreads by hours, so it is read only then."""
-    beat = trial.system_attrs.get(attrs.HEARTBEAT)
-    if beat is not None:
-        return float(beat)
-    return trial.datetime_start.timestamp() if trial.datetime_start else 0.0
 
 
 def _fail(study: optuna.Study, frozen: FrozenTrial, reason: FailReason, message: str,
@@ -117,16 +108,58 @@ def retries_due(study: optuna.Study) -> list[int]:
             if t.state == TrialState.FAIL and t.system_attrs.get(attrs.RETRY_DUE) and t.number not in done]
 
 
-def reap(study: optuna.Study, *, grace: float, max_stale_retries: int = 1, now: float | None = None) -> list[int]:
-    """Fail RUNNING trials whose heartbeat is older than `grace` and queue a retry of each."""
-    now = time.time() if now is None else now
-    reaped = []
-    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        silent = now - _last_beat(trial)
-        if silent > grace and fail_silent(study, trial, f"no heartbeat for {silent:.0f}s (grace {grace:.0f}s)",
-                                          max_stale_retries=max_stale_retries):
-            reaped.append(trial.number)
-    return reaped
+class Reaper:
+    """Fails RUNNING trials that went silent, judged only by what this reaper observed itself, on its
+    own monotonic clock: a trial is silent once its heartbeat has not changed for `grace` seconds of
+    this reaper's unbroken contact with the store. No timestamp is compared across machines (the
+    heartbeat is read as a token that changes, not as a time), so clock skew and time zones between
+    workers and reapers do not matter, and a trial with no heartbeat yet is judged from when this
+    reaper first saw it. An outage is never judged as death: a store call that failed, or took more
+    than grace/2 (the resilient store waited one out), or a pass more than `grace` after the last one
+    (this process was stalled) forgets every observation, and the trials then get `settle` seconds
+    (the longest backoff of a worker's store calls, STORE_MAX_BACKOFF: its heartbeat may still be
+    waiting to retry) on top of a whole grace period of contact to beat again. Kubernetes' node
+    controller judges node heartbeats the same way, by when it saw them change."""
+
+    def __init__(self, grace: float, max_stale_retries: int = 1, *, settle: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.grace, self.max_stale_retries, self.settle, self.clock = grace, max_stale_retries, settle, clock
+        self.seen: dict[int, tuple[object, float]] = {}  # trial number -> (its heartbeat, when it last changed)
+        self._last_pass: float | None = None
+        self._hold_until = -math.inf  # after an outage: no trial is judged silent from before this
+
+    def __call__(self, study: optuna.Study) -> list[int]:
+        started = self.clock()
+        try:
+            running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        except BaseException:
+            self.forget("a store call failed", self.clock())
+            raise
+        now = self.clock()
+        gap = None if self._last_pass is None else started - self._last_pass
+        if now - started > self.grace / 2 or (gap is not None and gap > self.grace):
+            self.forget(f"out of contact with the store for {max(now - started, gap or 0.0):.0f}s", now)
+        self._last_pass = now
+        reaped = []
+        self.seen = {t.number: self.seen.get(t.number, (None, now)) for t in running}
+        for trial in running:
+            beat, since = self.seen[trial.number]
+            token = trial.system_attrs.get(attrs.HEARTBEAT)
+            if token != beat:
+                self.seen[trial.number] = (token, now)
+                continue
+            silent = now - max(since, self._hold_until)
+            if silent > self.grace and fail_silent(
+                    study, trial, f"no heartbeat for {now - since:.0f}s (grace {self.grace:.0f}s)",
+                    max_stale_retries=self.max_stale_retries):
+                reaped.append(trial.number)
+        return reaped
+
+    def forget(self, why: str, now: float) -> None:
+        """Judge nothing observed before `now`: every trial starts a new grace period after `settle`."""
+        if self.seen:
+            logger.info("reaper: %s; every running trial gets a new grace period", why)
+        self.seen, self._last_pass, self._hold_until = {}, None, now + self.settle
 
 
 def reap_worker(study: optuna.Study, worker: str, exit_code: int, *, max_stale_retries: int = 1) -> list[int]:

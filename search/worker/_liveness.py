@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import optuna
 
 from search.settings import Settings
-from search.study import reap, storage_of, trial_id
+from search.study import Reaper, storage_of, trial_id
 from storage import attrs
 
 logger = logging.getLogger(__name__)
@@ -36,10 +36,12 @@ class Liveness:
     interval: float = DEFAULTS["heartbeat_interval"].default
     grace: float = DEFAULTS["grace_period"].default
     max_stale_retries: int = DEFAULTS["max_stale_retries"].default
+    settle: float = 0.0  # after an outage, extra seconds before a trial is judged (STORE_MAX_BACKOFF: search.study.Reaper)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Liveness:
-        return cls(settings.heartbeat_interval, settings.grace_period, settings.max_stale_retries)
+        return cls(settings.heartbeat_interval, settings.grace_period, settings.max_stale_retries,
+                   settle=settings.store_max_backoff)
 
     def __post_init__(self) -> None:
         if self.interval <= 0 or self.grace <= 0:
@@ -50,10 +52,13 @@ class Liveness:
 class Background:
     """The worker's two threads: heartbeats for its current trial, and the reaper.
 
-    `clock` and `wait` are injectable so tests can drive them without sleeping."""
+    A heartbeat is this process's clock as it beats; reapers read it only as a token that changes
+    (search.study.Reaper), so that clock needs to agree with no other machine's. `clock` is
+    injectable so tests can drive it without sleeping."""
 
     def __init__(self, study: optuna.Study, liveness: Liveness, *, clock: Clock = time.time) -> None:
         self.study, self.liveness, self.clock = study, liveness, clock
+        self.reaper = Reaper(liveness.grace, liveness.max_stale_retries, settle=liveness.settle)
         self.trial_id: int | None = None
         self.stopped = threading.Event()
         self._warned_at: dict[str, float] = {}  # what -> when its failure was last logged as a warning
@@ -94,8 +99,7 @@ class Background:
                 self.trial_id = None
 
     def reap_now(self) -> list[int]:
-        return reap(self.study, grace=self.liveness.grace, max_stale_retries=self.liveness.max_stale_retries,
-                    now=self.clock())
+        return self.reaper(self.study)
 
     def _beat_loop(self) -> None:
         interval, grace = self.liveness.interval, self.liveness.grace

@@ -222,8 +222,8 @@ def _mark_peak(trial: optuna.Trial) -> None:
 def run_trial(study: optuna.Study, objective: TrialObjective, trial: optuna.Trial, background: Background,
               label: str) -> TrialEnd | None:
     """Run the objective on one trial and say how it ended; None if the trial is no longer ours.
-    Its first heartbeat is its first write after the ask: until then a reaper can only judge it by its
-    start time, which a reaper in another time zone misreads (search._lifecycle._last_beat)."""
+    Its first heartbeat is its first write after the ask (a reaper judges a trial with none from when
+    it first saw it)."""
     with background.beating(trial):
         _mark(trial, label)
         try:

@@ -14,7 +14,7 @@ from optuna.trial import TrialState
 
 from search import create_study, parse_spec
 from search.errors import StudyMismatchError
-from search.study._retries import reap
+from search.study._retries import Reaper
 from search.study._study import budget_used, counts, load_existing
 from storage import (
     JOURNAL_PG_PREFIX,
@@ -111,19 +111,42 @@ def _run_next(study):
     return trial
 
 
+class _Clock:
+    """A reaper's monotonic clock, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _reap_for(study, seconds: float, *, grace: float = 1.0, max_stale_retries: int = 1, beating=(),
+              reaper: Reaper | None = None) -> list[int]:
+    """What a reaper fails while it watches the study for `seconds` of its own clock, looking every
+    grace/4 as a worker's does; the trials in `beating` beat (with nonsense times) between looks."""
+    reaper = reaper or Reaper(grace, max_stale_retries, clock=_Clock())
+    reaped = reaper(study)
+    for step in range(int(seconds / (grace / 4)) + 1):
+        for n, trial in enumerate(beating):
+            study._storage.set_trial_system_attr(trial._trial_id, attrs.HEARTBEAT, -1e9 * step - n)
+        reaper.clock.now += grace / 4
+        reaped += reaper(study)
+    return reaped
+
+
 def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
     study = _no_warm_start(store)
     trial = _run_next(study)  # never beats
-    later = time.time() + 1.5  # the reaper's clock, 1.5 s on
-    live = study.ask()  # beats "now": must survive
-    study._storage.set_trial_system_attr(live._trial_id, attrs.HEARTBEAT, later)
-    assert reap(study, grace=1.0, now=later) == [trial.number]
+    live = study.ask()  # beats
+    assert _reap_for(study, 0.8, beating=[live]) == []  # within the grace period, judged from first seen
+    assert _reap_for(study, 1.5, beating=[live]) == [trial.number]
     trials = study.trials
     assert trials[trial.number].state == TrialState.FAIL and trials[trial.number].user_attrs["fail_reason"] == "stale"
     assert trials[live.number].state == TrialState.RUNNING
     retries = [t for t in trials if t.system_attrs.get("failed_trial") == trial.number]
     assert len(retries) == 1 and retries[0].state == TrialState.WAITING and retries[0].params == trials[trial.number].params
-    assert reap(study, grace=1.0, now=later) == []  # nothing twice
+    assert _reap_for(study, 1.5, beating=[live]) == []  # nothing twice
     assert budget_used(study) == 1  # the live trial; the failed one's retry will count in its place
 
 
@@ -136,35 +159,77 @@ def _time_zone(name: str | None) -> None:
     time.tzset()
 
 
-def test_a_heartbeat_outranks_a_start_time_read_in_another_time_zone(tmp_path):
-    """Regression: on the journal stores Optuna's datetime_start is the asking machine's naive local
-    time. A reaper an hour behind it read a trial started "now" as started an hour from now, took that
-    as its last sign of life, and left a dead worker's trial RUNNING for an hour past the grace period.
-    Once a trial has a heartbeat of its own (seconds since the epoch), the reaper reads nothing else."""
+@pytest.mark.parametrize("skew", [-3600.0, 3600.0])
+def test_clock_skew_and_time_zones_between_workers_and_reapers_do_not_matter(tmp_path, skew):
+    """Issue (faults a real store brings): liveness was judged on each machine's clock, so a worker
+    whose clock ran behind the reaper's by more than the grace period had its live trials reaped, and
+    a dead one whose clock ran ahead kept its trial for as long. Heartbeats are now tokens a reaper
+    watches change on its own clock; a start time in another time zone is not read at all."""
     study = _no_warm_start(f"journal://{tmp_path / 'studies.journal'}")
     before = os.environ.get("TZ")
     try:
-        _time_zone("<+01>-1")  # the asking worker's machine: UTC+1 (POSIX form: no tz database needed)
-        dead = _run_next(study)
+        _time_zone("<+01>-1")  # the asking workers' machine: UTC+1 (POSIX form: no tz database needed)
+        live, dead = _run_next(study), _run_next(study)
         _time_zone("UTC0")  # the reaper's machine
-        study._storage.set_trial_system_attr(dead._trial_id, attrs.HEARTBEAT, time.time() - 30.0)
-        start = study._storage.get_trial(dead._trial_id).datetime_start.timestamp()
-        assert start > time.time() + 3000  # what the reaper reads: an hour ahead
-        assert reap(study, grace=10.0) == [dead.number]
+        study._storage.set_trial_system_attr(dead._trial_id, attrs.HEARTBEAT, time.time() + skew)  # its last beat
+        reaper = Reaper(10.0, clock=_Clock())
+        assert _reap_for(study, 9.0, grace=10.0, beating=[live], reaper=reaper) == []
+        assert _reap_for(study, 3.0, grace=10.0, beating=[live], reaper=reaper) == [dead.number]
+        assert study.trials[live.number].state == TrialState.RUNNING
     finally:
         _time_zone(before)
+
+
+def test_a_reaper_never_judges_across_its_own_outage(store):
+    """Issue (faults a real store brings): PostgreSQL stopped for longer than the grace period; the
+    runner's reaper, back first, failed every running trial as stale, though their workers were only
+    waiting for the store too. A reaper that lost the store, or waited it out in a call, or did not
+    look for a grace period, forgets what it saw and gives the trials `settle` (their store calls'
+    longest backoff) plus a grace period of its contact to beat again."""
+    study = _no_warm_start(store)
+    trial = _run_next(study)
+    study._storage.set_trial_system_attr(trial._trial_id, attrs.HEARTBEAT, 1.0)
+    clock = _Clock()
+    reaper = Reaper(4.0, settle=10.0, clock=clock)
+    assert reaper(study) == []
+
+    class Down:
+        def get_trials(self, **kwargs):
+            clock.now += 3.0
+            raise OSError("the store is down")
+
+    for _ in range(5):  # 15 s without the store: more than the grace period
+        with pytest.raises(OSError):
+            reaper(Down())
+    assert reaper(study) == []  # back: the silence before the outage does not count
+    assert _reap_for(study, 12.0, grace=4.0, reaper=reaper) == []  # the settle time, then under a grace period
+    assert _reap_for(study, 3.0, grace=4.0, reaper=reaper) == [trial.number]  # silent through both: dead
+
+    second = _run_next(study)  # the retry
+    slow = _Clock()
+    patient = Reaper(4.0, clock=slow)
+    assert patient(study) == []
+
+    class Slow:  # a call the resilient store held through an outage: it succeeded, 30 s later
+        def get_trials(self, **kwargs):
+            slow.now += 30.0
+            return study.get_trials(**kwargs)
+
+    assert patient(Slow()) == [] and _reap_for(study, 3.0, grace=4.0, reaper=patient) == []
+    slow.now += 5.0  # a pass after more than a grace period without looking (a stalled process)
+    assert patient(study) == [] and second.number in patient.seen
 
 
 def test_a_retry_does_not_inherit_its_original_s_heartbeat(store):
     study = _no_warm_start(store)
     trial = _run_next(study)
     study._storage.set_trial_system_attr(trial._trial_id, attrs.HEARTBEAT, time.time() - 30.0)  # silent 30 s
-    assert reap(study, grace=10.0) == [trial.number]
+    assert _reap_for(study, 12.0, grace=10.0) == [trial.number]
     retry = next(t for t in study.trials if t.system_attrs.get("failed_trial") == trial.number)
     assert retry.state == TrialState.WAITING and attrs.HEARTBEAT not in retry.system_attrs
     assert retry.system_attrs[attrs.STALE_FAILURES] == 1  # what it should inherit, it does
-    started = _run_next(study)  # asked just now, no beat yet: judged by its start, not the original's beat
-    assert started.number == retry.number and reap(study, grace=10.0) == []
+    started = _run_next(study)  # asked just now, no beat yet: judged from when a reaper first saw it
+    assert started.number == retry.number and _reap_for(study, 9.0, grace=10.0) == []
 
 
 def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twice(store):
@@ -182,7 +247,7 @@ def test_outside_causes_are_retried_every_time_and_a_silent_lineage_at_most_twic
     # A worker going silent may be the trial's fault (OOM killer): MAX_STALE_RETRIES per lineage.
     for expect_retry in (True, True, False):
         running = study.trials[-1].number
-        assert reap(study, grace=1.0, max_stale_retries=2, now=time.time() + 1.2) == [running]
+        assert _reap_for(study, 1.5, max_stale_retries=2) == [running]
         waiting = [t for t in study.trials if t.state == TrialState.WAITING]
         assert len(waiting) == (1 if expect_retry else 0)
         if expect_retry:
@@ -200,7 +265,7 @@ def test_a_worker_back_after_an_outage_does_not_fail_a_reaped_trial_twice(store)
 
     study = _no_warm_start(store)
     trial = _run_next(study)
-    assert reap(study, grace=1.0, now=time.time() + 1.5) == [trial.number]
+    assert _reap_for(study, 1.5) == [trial.number]
     fail_and_retry(study, trial.number, "store", "store outage: OperationalError")  # must not raise
     trials = study.trials
     assert trials[trial.number].user_attrs["fail_reason"] == "stale"  # the reaper's record stands
