@@ -31,6 +31,7 @@ from search.study import (
     counts,
     open_study,
     reap_worker,
+    stage_pending,
     stage_spec,
     storage_errors,
 )
@@ -49,9 +50,10 @@ class Runner:
         self.packing: AutoPacking | None = None
         self.retired: set[int] = set()  # workers stopped because the packing went down
         self.reaper = Reaper(settings.grace_period, settings.max_stale_retries, settle=settings.store_max_backoff)
+        self.confirming = getattr(args, "stage", "search") == "confirm"  # NAME.confirm: evaluate's confirmations
 
     def run(self) -> int:
-        confirming = getattr(self.args, "stage", "search") == "confirm"
+        confirming = self.confirming
         self.study = open_study(confirm_name(self.args.name) if confirming else self.args.name,
                                 self.settings.store_url(self.args.storage))
         if confirming:  # the stage's budget: the trials `make evaluate` queued
@@ -136,8 +138,14 @@ class Runner:
             print(f"workers exited with {list(codes.values())}", file=sys.stderr)
             return max(codes.values())
         used = budget_used(self.study)
-        if used >= self.spec.trials or self.spec.timeout_s:  # budget.timeout_s ends a study short, as asked
+        if self.spec.timeout_s:  # budget.timeout_s ends a study short, as asked
             return 0
+        if used >= self.spec.trials and (self.confirming or not stage_pending(self.study, self.spec)):
+            return 0
+        if used >= self.spec.trials:  # the budget is met but the fine-tuning stage is not done
+            print(f"[study {self.study.study_name}] the workers exited with the fine-tuning stage unfinished; run "
+                  "`make study` again to finish it", file=sys.stderr)
+            return max(codes.values(), key=abs) or 1
         # Every worker exited 0 with the budget unmet (a study stopped by its failure streak says so
         # itself): `make study` must not report success one configuration short.
         again = f"make evaluate NAME={self.spec.name}" if self.study.study_name != self.spec.name else "make study"

@@ -17,11 +17,13 @@ from search.study._confirm import (
 from search.study._fine_tune import (
     FINE_TUNE,
     FineTuneStage,
-    StagePruner,
     best_heads,
     fine_tuning,
+    placeholder,
     promote,
+    prune_in_stage,
     stage_lines,
+    stage_pending,
     stage_summary,
 )
 from search.study._retries import Reaper, fail_and_retry, fail_silent, lineage, reap_worker, retries_due
@@ -55,10 +57,12 @@ from search.study._study import (
 __all__ = [
     "FINE_TUNE",
     "FineTuneStage",
-    "StagePruner",
     "best_heads",
     "fine_tuning",
+    "placeholder",
     "promote",
+    "prune_in_stage",
+    "stage_pending",
     "stage_lines",
     "stage_summary",
     "BUDGET_STATES",

@@ -9,8 +9,9 @@ train the whole model (search/trial/_fine_tune.py). Being trials of the study, t
 dashboard, its best trial and `make evaluate`'s candidates: the best of either stage wins.
 
 What the stage keeps apart: the head budget counts head trials only (search.study.budget_used), and
-a fine-tuning trial is pruned against the other fine-tuning trials only (StagePruner): it starts
-from a trained head, so the head trials' first epochs are no yardstick for it.
+a fine-tuning trial is pruned against the other fine-tuning trials only (prune_in_stage, called by
+its training's callback, not the study's pruner, which Optuna's TPE reads for Hyperband's brackets):
+it starts from a trained head, so the head trials' first epochs are no yardstick for it.
 """
 
 from __future__ import annotations
@@ -39,6 +40,12 @@ def fine_tuning(trial: FrozenTrial | optuna.Trial) -> bool:
 
 def head_trials(trials: Iterable[FrozenTrial]) -> list[FrozenTrial]:
     return [t for t in trials if not fine_tuning(t)]
+
+
+def placeholder(trial: FrozenTrial) -> bool:
+    """A trial a worker asked for when another had taken the last queued fine-tuning trial: never
+    trained (pruned at once), counted nowhere."""
+    return fine_tuning(trial) and attrs.PROMOTED_FROM not in trial.user_attrs
 
 
 def best_heads(study: optuna.Study, k: int) -> list[FrozenTrial]:
@@ -78,11 +85,17 @@ def queued(study: optuna.Study) -> bool:
     return any(fine_tuning(t) for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)))
 
 
-def unfinished(study: optuna.Study) -> list[int]:
-    """Fine-tuning trials queued or running; and, before the promotion, every promoted-to-be head
-    is unfinished too: the runner reads this to say the stage is not done."""
+def queued_or_running(study: optuna.Study) -> list[int]:
+    """Fine-tuning trials queued or running."""
     return [t.number for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
             if fine_tuning(t)]
+
+
+def stage_pending(study: optuna.Study, spec: StudySpec) -> bool:
+    """Whether a study with `fine_tune:` still has its stage to run: not promoted yet, or fine-tuning
+    trials queued or running (a worker starting now has work; the runner must not call it done)."""
+    return spec.fine_tune is not None and (attrs.FINE_TUNE_PROMOTED not in study.user_attrs
+                                           or bool(queued_or_running(study)))
 
 
 def stage_summary(study: optuna.Study) -> dict[str, Any] | None:
@@ -144,17 +157,11 @@ class _StageView:
         return getattr(self._study, name)
 
 
-class StagePruner(optuna.pruners.BasePruner):
-    """The study's pruner for head trials; for a fine-tuning trial, the median rule among the
-    fine-tuning trials only, from the second epoch and once two of them finished (a stage of top_k
-    trials is too small for the study's hyperband brackets)."""
+# Optuna's median rule, from the second epoch and once two fine-tuning trials finished: a stage of
+# top_k trials is too small for the study's hyperband brackets.
+STAGE_PRUNER = optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
 
-    def __init__(self, heads: optuna.pruners.BasePruner,
-                 fine_tune: optuna.pruners.BasePruner | None = None) -> None:
-        self.heads = heads
-        self.fine_tune = fine_tune or optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
 
-    def prune(self, study: optuna.Study, trial: FrozenTrial) -> bool:
-        if fine_tuning(trial):
-            return self.fine_tune.prune(_StageView(study), trial)  # type: ignore[arg-type]
-        return self.heads.prune(study, trial)
+def prune_in_stage(study: optuna.Study, trial: FrozenTrial) -> bool:
+    """Whether a fine-tuning trial (its epochs reported) is pruned, among the fine-tuning trials only."""
+    return STAGE_PRUNER.prune(_StageView(study), trial)  # type: ignore[arg-type]

@@ -13,7 +13,7 @@ from optuna.trial import TrialState
 
 from search.errors import OUTSIDE_CAUSES, StudyMismatchError
 from search.spec import StudySpec
-from search.study._fine_tune import head_trials
+from search.study._fine_tune import head_trials, placeholder
 from search.study._retries import retried
 from search.study._store import ResilientStorage, resilient, storage_of
 from storage import attrs, close_storage, open_storage
@@ -128,7 +128,7 @@ class StudyCounts:
 
 
 def counts(study: optuna.Study) -> StudyCounts:
-    trials = study.get_trials(deepcopy=False)
+    trials = [t for t in study.get_trials(deepcopy=False) if not placeholder(t)]  # never trained, never counted
     by_state = {s: sum(t.state == s for t in trials) for s in TrialState}
     best = None
     if len(study.directions) == 1 and by_state[TrialState.COMPLETE]:

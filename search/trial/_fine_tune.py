@@ -20,12 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
+import optuna
 
 from data import Splits
 from data.preprocessing import normalization_layer, training_model
 from models import base_blocks
 from search.errors import FailReason, TrialFailure
 from search.spec import StudySpec, TrialConfig
+from search.study import fresh_trial, prune_in_stage
 from search.trial._features import base_params, ensure_base, frozen_base, search_subset
 from search.trial._train import FitOptions, ModelBuilder, TrainResult, train
 
@@ -45,8 +48,8 @@ def unfreeze_last(base: keras.Model, blocks: Sequence[str], n: int) -> None:
     if start is None:
         raise TrialFailure(FailReason.BUILD, f"the base has no layer {first!r} (fine_tune.blocks names each block "
                                              f"by its first layer); its layers: {', '.join(names)}")
-    base.trainable = True  # each layer's flag set too: Keras does not carry the model's down to its layers
-    for i, layer in enumerate(base.layers):
+    base.trainable = True
+    for i, layer in enumerate(base.layers):  # each layer's flag set, whatever an earlier call left
         layer.trainable = i >= start
 
 
@@ -74,20 +77,40 @@ def _find_head(model: keras.Model) -> keras.Model | None:
     return None
 
 
+class StagePruning(keras.callbacks.Callback):
+    """Optuna's KerasPruningCallback for a fine-tuning trial: each epoch's metric reported, then the
+    stage's median rule asked (search.study.prune_in_stage) instead of the study's pruner; with
+    `prune` False (a study with `pruner: none`) only reported."""
+
+    def __init__(self, trial: optuna.Trial, metric: str, *, prune: bool = True) -> None:
+        super().__init__()
+        self.trial, self.metric, self.prune = trial, metric, prune
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        value = (logs or {}).get(self.metric)
+        if value is None:
+            return
+        self.trial.report(float(value), step=epoch)
+        if self.prune and prune_in_stage(self.trial.study, fresh_trial(self.trial)):
+            raise optuna.TrialPruned(f"trial was pruned at epoch {epoch}: below the fine-tuning trials' median")
+
+
 @dataclass(frozen=True)
 class FineTuning:
     """What a process that runs fine-tuning trials holds: the images the heads' features came from
-    (the search's stratified subset, or all of them for `make evaluate`) and the cached base."""
+    (the search's stratified subset, or all of them for `make evaluate`), the cached base, and the
+    training images the features were normalised with (a zscore's statistics are all of theirs)."""
 
     spec: StudySpec
     images: Splits
     weights: Path
+    stats: np.ndarray
 
     @classmethod
     def for_study(cls, spec: StudySpec, image_splits: Splits, *, search: bool = True, stop=None,
                   artifacts: Path | None = None, store_url: str | None = None) -> FineTuning:
         weights = ensure_base(spec, image_splits, stop, artifacts=artifacts, store_url=store_url)  # cached by now
-        return cls(spec, search_subset(spec, image_splits) if search else image_splits, weights)
+        return cls(spec, search_subset(spec, image_splits) if search else image_splits, weights, image_splits.x_train)
 
     def blocks(self) -> tuple[str, ...]:
         return self.spec.fine_tune.blocks or base_blocks(base_params(self.spec, self.images))
@@ -101,22 +124,22 @@ class FineTuning:
                                            lr_schedule="constant", warmup_epochs=0.0)
         options = dataclasses.replace(fit, max_epochs=ft.epochs, patience=min(fit.patience, ft.epochs))
         unfreeze, blocks = int(knobs["unfreeze_blocks"]), self.blocks()
-        spec, weights = self.spec, self.weights
+        spec, weights, stats = self.spec, self.weights, self.stats
 
         def make(config: TrialConfig, splits: Splits, seed: int) -> keras.Model:
             base = frozen_base(spec, splits, weights)
             unfreeze_last(base, blocks, unfreeze)
             inputs = keras.Input(splits.input_shape, name="images")
             arch = keras.Model(inputs, head(base(inputs, training=False)), name="fine_tuned")
-            return training_model(arch, normalization=normalization_layer(spec.normalization, splits.x_train),
+            return training_model(arch, normalization=normalization_layer(spec.normalization, stats),
                                   augment=config.augment, seed=seed)
 
         return dataclasses.replace(cfg, train=train_params), options, make
 
     def train(self, cfg: TrialConfig, knobs: dict[str, Any], features: Splits, make_head: ModelBuilder,
               fit: FitOptions, *, seed: int, label: str) -> tuple[TrainResult, TrainResult, keras.Model]:
-        """Both fits, nothing pruned nor checkpointed (`make evaluate`): the head's result, the whole
-        model's and the fine-tuned model (uint8 pixels in)."""
+        """Both fits with one seed, nothing pruned nor checkpointed (`make evaluate`): the head's result,
+        the whole model's and the fine-tuned model (uint8 pixels in)."""
         head_result, model = train(cfg, features, fit, seed=seed, label=f"{label} head", make_model=make_head)
         ft_cfg, ft_fit, make = self.plan(cfg, knobs, trained_head(model), fit)
         result, tuned = train(ft_cfg, self.images, ft_fit, seed=seed, label=f"{label} fine-tune", make_model=make)

@@ -36,7 +36,7 @@ from search.spec import (
 from search.study import fine_tuning, fresh_trial, store_seconds, wanted
 from search.trial._checkpoints import Checkpoints, ResumableBackup, StopRequest
 from search.trial._constraints import ConstraintWatch, Infeasible, record_constraints
-from search.trial._fine_tune import FineTuning, trained_head
+from search.trial._fine_tune import FineTuning, StagePruning, trained_head
 from search.trial._pareto_pruning import FirstObjectivePruning
 from search.trial._timing import PhaseCallback, TrialTimer, timed_builder
 from search.trial._train import FitOptions, ModelBuilder, TrainResult, image_model, release, train
@@ -140,11 +140,14 @@ class Objective:
         values = suggest(trial, self.spec)  # idempotent: a retry's kept params are reused
         knobs = suggest_fine_tune(trial, self.spec) if self._fine_tunes(trial) else {}
         cfg = trial_config(self.spec, values, input_shape=self.image_shape, num_classes=self.splits.num_classes)
-        # First: a model over max_params is not trained.
-        watch = ConstraintWatch({} if self.confirming else self.spec.constraints)
+        # First: a model over max_params is not trained. A fine-tuning trial (its head was feasible) is
+        # not held to limits set for heads: its model is the base and the head, on images.
+        watch = ConstraintWatch({} if self.confirming or knobs else self.spec.constraints)
         guard = TrialGuard(trial, self.stop, after_checkpoint=False)
         callbacks: list[keras.callbacks.Callback] = [watch, PhaseCallback(timer), guard]
-        if not self.confirming and self.spec.second_objective is None:
+        if knobs and not self.confirming:  # the median rule among the fine-tuning trials (search.study._fine_tune)
+            callbacks.append(StagePruning(trial, self.fit.metric, prune=self.spec.pruner != "none"))
+        elif not self.confirming and self.spec.second_objective is None:
             callbacks.append(KerasPruningCallback(trial, self.fit.metric))
         elif not self.confirming and self.spec.pruner == "median":
             options = {**PRUNERS["median"].defaults, **self.spec.pruner_options}
@@ -199,7 +202,10 @@ class Objective:
         if self.fine_tuning is None:
             raise RuntimeError("a fine-tuning trial reached a worker prepared without the study's fine_tune")
         head_callbacks = [PhaseCallback(timer), TrialGuard(trial, self.stop, after_checkpoint=True)]
-        head, model = self._fit(trial, cfg, head_callbacks, timer, label="head")
+        # The promoted trial's seed: its head trained again as it was (a confirmation keeps its own seed).
+        promoted = trial.user_attrs.get(attrs.PROMOTED_FROM)
+        seed = self.spec.seed + promoted if promoted is not None and not self.confirming else self.seed(trial)
+        head, model = self._fit(trial, cfg, head_callbacks, timer, label="head", seed=seed)
         record(trial, {attrs.FINE_TUNE_HEAD_VALUE: head.best_value})
         ft_cfg, ft_fit, make = self.fine_tuning.plan(cfg, knobs, trained_head(model), self.fit)
         callbacks.append(TrialGuard(trial, self.stop, after_checkpoint=True, checkpoint=backup))
@@ -223,9 +229,10 @@ class Objective:
 
     def _fit(self, trial: optuna.Trial, cfg: TrialConfig, callbacks: list[keras.callbacks.Callback], timer: TrialTimer,
              *, splits: Splits | None = None, fit: FitOptions | None = None, make_model: ModelBuilder | None = None,
-             label: str = "") -> tuple[TrainResult, keras.Model]:
+             label: str = "", seed: int | None = None) -> tuple[TrainResult, keras.Model]:
         try:
-            result, model = train(cfg, splits or self.splits, fit or self.fit, seed=self.seed(trial),
+            result, model = train(cfg, splits or self.splits, fit or self.fit,
+                                  seed=self.seed(trial) if seed is None else seed,
                                   label=f"[{self.worker}] trial {trial.number}{f' {label}' if label else ''}",
                                   callbacks=callbacks, make_model=timed_builder(make_model or self.make_model, timer))
         except TrialFailure as failure:

@@ -150,8 +150,8 @@ def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: 
         due = _due_in_time(study, due_since, limits.due_wait_s, label)
         if running == 0 and not due and _settled(study, spec, stop, min(limits.poll_s, 2.0),
                                                  lambda: _due_in_time(study, due_since, limits.due_wait_s, label)):
-            if stage is not None and stage.promote(study):
-                continue  # the fine-tuning trials it queued are asked for next
+            if stage is not None and (stage.promote(study) or stage.queued(study)):
+                continue  # the fine-tuning trials this or another worker queued are asked for next
             logger.info("%s: budget of %d trials met%s, exiting", label, spec.trials,
                         "" if stage is None else " and the fine-tuning stage done")
             return None

@@ -22,13 +22,13 @@ from search.settings import Settings
 from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_folds
 from search.study import (
     FineTuneStage,
-    StagePruner,
     budget_used,
     check_compatible,
     check_same_data,
     close_study,
     confirm_name,
     open_study,
+    stage_pending,
     stage_spec,
 )
 from search.trial import Checkpoints, FineTuning, FitOptions, ModelBuilder, Objective, freeze_setup, trial_builder
@@ -77,11 +77,9 @@ class WorkerSession:
         url = settings.store_url(storage_url)
         confirming = stage == "confirm"
         # The confirmation stage's trials are all queued with their parameters: nothing is sampled or pruned.
-        # A fine-tuning stage's trials are pruned among themselves (search.study._fine_tune).
-        pruner = optuna.pruners.NopPruner() if confirming else make_pruner(spec)
         study = open_study(confirm_name(name) if confirming else name, url, max_backoff=settings.store_max_backoff,
                            sampler=make_sampler(spec, worker_index=worker_index),
-                           pruner=StagePruner(pruner) if spec.fine_tune and not confirming else pruner)
+                           pruner=optuna.pruners.NopPruner() if confirming else make_pruner(spec))
         check_compatible(study, spec)
         if confirming:
             spec = stage_spec(spec, study)
@@ -98,6 +96,8 @@ class WorkerSession:
         running = self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         if budget_used(self.study) < self.spec.trials or running:
             return False  # running trials elsewhere may still need a retry: the loop waits for them
+        if not self.confirming and stage_pending(self.study, self.spec):
+            return False  # the fine-tuning stage is to be promoted, or has trials left
         logger.info("%s: study %s has used its budget of %d trials; nothing to do", self.label, self.name,
                     self.spec.trials)
         return True

@@ -46,7 +46,9 @@ def _study_env(tmp_path, store: str) -> dict[str, str]:
     studies = tmp_path / "studies"
     studies.mkdir()
     (studies / "ft.yaml").write_text(FINE_TUNE_STUDY.format(data=data))
-    return {"STUDIES_DIR": str(studies), "ARTIFACTS_DIR": str(tmp_path / "artifacts"), "STORAGE": store}
+    # A worker whose budget is met looks for work every HEARTBEAT_INTERVAL: 1 s, as these trials take seconds.
+    return {"STUDIES_DIR": str(studies), "ARTIFACTS_DIR": str(tmp_path / "artifacts"), "STORAGE": store,
+            "HEARTBEAT_INTERVAL": "1"}
 
 
 def test_a_fine_tune_study_promotes_its_best_heads_once_and_evaluates_the_best_of_either_stage(tmp_path, store):
@@ -62,6 +64,8 @@ def test_a_fine_tune_study_promotes_its_best_heads_once_and_evaluates_the_best_o
     best_two = sorted(heads, key=lambda t: (-t.value, t.number))[:2]
     assert sorted(t.user_attrs["promoted_from"] for t in tuned) == sorted(t.number for t in best_two)
     assert min(t.number for t in tuned) > max(t.number for t in heads)  # after the head budget was met
+    # Both workers fine-tune: the one that did not promote waits for the queued trials, it does not leave.
+    assert {t.user_attrs["worker"].split("@")[0] for t in tuned} == {"w0", "w1"}, [t.user_attrs for t in tuned]
     for t in tuned:
         head = study.trials[t.user_attrs["promoted_from"]]
         assert t.state.name in ("COMPLETE", "PRUNED"), t.user_attrs
@@ -82,6 +86,9 @@ def test_a_fine_tune_study_promotes_its_best_heads_once_and_evaluates_the_best_o
     assert f"fine-tuning stage: heads {best_two[0].number}, {best_two[1].number} promoted" in shown, shown
     if not store.startswith("journal://"):
         return  # one evaluation is enough: it reads the study as any store gives it
+    again = run_cli("run", "ft", "--workers", "1", "--poll", "0.5", env=env)  # both stages done: nothing to do
+    assert again.returncode == 0 and "nothing to do" in again.stderr, again.stderr[-2000:]
+    assert len(optuna.load_study(study_name="ft", storage=open_storage(store)).trials) == len(study.trials)
     evaluate = run_cli("evaluate", "ft", "--top-k", "5", env=env)
     assert evaluate.returncode == 0, evaluate.stderr[-3000:]
     record = optuna.load_study(study_name="ft", storage=open_storage(store)).user_attrs["final_evaluation"]

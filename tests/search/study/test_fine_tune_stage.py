@@ -14,14 +14,17 @@ from optuna.trial import TrialState, create_trial
 from search import parse_spec
 from search.study import (
     FineTuneStage,
-    StagePruner,
     best_heads,
     budget_used,
     counts,
+    placeholder,
     promote,
+    prune_in_stage,
     stage_lines,
+    stage_pending,
     stage_summary,
 )
+from search.study._store import fresh_trial
 from storage import attrs
 
 SPEC = parse_spec((REPO / "search/studies/fc_head.yaml").read_text() + "fine_tune: {top_k: 2, epochs: 3}\n",
@@ -98,8 +101,9 @@ def _tuned(study: optuna.Study, curve: list[float], state=TrialState.COMPLETE) -
 @pytest.mark.parametrize("heads_at_step_1, reported, pruned", [(0.2, 0.75, True), (0.95, 0.9, False)])
 def test_a_fine_tuning_trial_is_pruned_against_the_other_fine_tuning_trials_only(heads_at_step_1, reported, pruned):
     """The median of the fine-tuning trials (0.855 at the second epoch) decides, not that of every
-    trial, which the five heads would hold at 0.2 (nothing pruned) or at 0.95 (everything pruned)."""
-    study = optuna.create_study(direction="maximize", pruner=StagePruner(optuna.pruners.NopPruner()))
+    trial, which the five heads would hold at 0.2 (nothing pruned) or at 0.95 (everything pruned).
+    The study's own pruner is left alone: Optuna's TPE reads it (Hyperband's brackets)."""
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.HyperbandPruner())
     for _ in range(5):
         study.add_trial(create_trial(params={"learning_rate": 1e-3}, distributions={"learning_rate": LR},
                                      value=heads_at_step_1, intermediate_values={0: 0.1, 1: heads_at_step_1}))
@@ -108,18 +112,29 @@ def test_a_fine_tuning_trial_is_pruned_against_the_other_fine_tuning_trials_only
     study.enqueue_trial({"learning_rate": 1e-3}, user_attrs={attrs.STAGE: "fine_tune", attrs.PROMOTED_FROM: 0})
     trial = study.ask()
     trial.report(0.10, 0)
-    assert not trial.should_prune()  # the first epoch is the stage's warm-up
+    assert not prune_in_stage(study, fresh_trial(trial))  # the first epoch is the stage's warm-up
     trial.report(reported, 1)
-    assert bool(trial.should_prune()) is pruned
+    assert bool(prune_in_stage(study, fresh_trial(trial))) is pruned
 
 
-def test_head_trials_keep_the_studys_own_pruner():
-    study = optuna.create_study(direction="maximize",
-                                pruner=StagePruner(optuna.pruners.ThresholdPruner(lower=0.5)))
-    _tuned(study, [0.1, 0.1])
-    trial = study.ask()
-    trial.report(0.4, 0)
-    assert trial.should_prune()  # the head's pruner (here: under 0.5), not the stage's median rule
+def test_a_worker_asking_too_late_leaves_a_placeholder_that_nothing_counts():
+    study = _study((0.5, 1e-3), (0.7, 2e-3))
+    promote(study, SPEC)
+    assert stage_pending(study, SPEC)
+    for _ in range(2):
+        study.tell(study.ask(), 0.8)
+    assert not stage_pending(study, SPEC)  # promoted, nothing queued or running
+    late = study.ask()  # nothing queued: Optuna samples a new trial, which the loop marks and prunes
+    late.set_user_attr(attrs.STAGE, "fine_tune")
+    study.tell(late, state=TrialState.PRUNED)
+    assert placeholder(study.trials[-1]) and not any(placeholder(t) for t in study.trials[:-1])
+    c = counts(study)
+    assert (c.n_complete, c.n_pruned, c.budget) == (4, 0, 4 + 2) and budget_used(study) == 2
+
+
+def test_a_study_without_fine_tune_has_no_stage_pending():
+    assert not stage_pending(_study((0.5, 1e-3)), parse_spec(
+        (REPO / "search/studies/fc_head.yaml").read_text(), name="fc_head"))
 
 
 def test_status_shows_each_promoted_head_and_its_fine_tuning():

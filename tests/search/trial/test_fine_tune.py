@@ -13,7 +13,7 @@ from helpers.synthetic import FEATURE_STUDY, easy_splits
 
 from search import TrialFailure, make_pruner, make_sampler, parse_spec
 from search.spec import trial_config
-from search.study import StagePruner, promote
+from search.study import promote
 from search.trial import FineTuning, FitOptions, train
 from search.trial._features import trial_builder
 from search.trial._fine_tune import trained_head, unfreeze_last
@@ -87,8 +87,7 @@ def test_a_block_that_is_not_there_fails_the_trial_as_a_build_failure(blocks, n,
 
 def test_a_promoted_trial_trains_its_head_then_the_whole_model_and_reports_only_that(prepared):
     splits, features, make_model, fine = prepared
-    study = optuna.create_study(direction="maximize", sampler=make_sampler(SPEC),
-                                pruner=StagePruner(make_pruner(SPEC)))
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(SPEC), pruner=make_pruner(SPEC))
     objective = Objective(SPEC, features, make_model=make_model, image_shape=splits.input_shape, fine_tuning=fine)
     study.optimize(objective, n_trials=2, catch=(TrialFailure,))
     heads = list(study.trials)
@@ -102,7 +101,9 @@ def test_a_promoted_trial_trains_its_head_then_the_whole_model_and_reports_only_
         assert sorted(t.intermediate_values) == [0, 1]  # fine_tune.epochs: the head's fit reports nothing
         assert t.value == pytest.approx(max(t.intermediate_values.values()))
         assert t.params["fine_tune_unfreeze_blocks"] == 1 and 1e-5 <= t.params["fine_tune_learning_rate"] <= 1e-3
-        assert 0.0 <= t.user_attrs[attrs.FINE_TUNE_HEAD_VALUE] <= 1.0
+        # Its head trained again with the promoted trial's seed: as it was when it was promoted.
+        promoted = study.trials[t.user_attrs[attrs.PROMOTED_FROM]]
+        assert t.user_attrs[attrs.FINE_TUNE_HEAD_VALUE] == pytest.approx(promoted.value, abs=0.02)
         assert t.user_attrs[attrs.N_PARAMS] > t.user_attrs[attrs.FINE_TUNE_TRAINABLE] > 0
         assert t.user_attrs[attrs.N_PARAMS] > study.trials[t.user_attrs[attrs.PROMOTED_FROM]].user_attrs[attrs.N_PARAMS]
 
