@@ -21,9 +21,9 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from benchmarks.machine import publish, quiet_tensorflow
+from benchmarks.runs import add_run_args, finished_rows, save_row, scratch, seeded_studies
 
 
 def _cli(*args: str, env: dict[str, str]) -> tuple[float, str]:
@@ -49,36 +49,13 @@ def _brief(record: dict) -> dict:
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.confirm")
-    parser.add_argument("--data-dir", default="../shared/datasets")
-    parser.add_argument("--seeds", type=int, default=3)
-    parser.add_argument("--trials", type=int, default=None, help="the search's budget (default: fc_head's, 100)")
+    add_run_args(parser, workdir="artifacts/bench-confirm", seeds=3)
     parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--workdir", default="artifacts/bench-confirm")
-    parser.add_argument("--output", default="BENCHMARKS.md")
-    parser.add_argument("--rows", default=None, help=(
-        "a JSON-lines file of finished seeds: each seed's row is appended as it ends, and a seed already "
-        "there is not run again (an interrupted run goes on where it stopped)"))
     args = parser.parse_args(argv)
-    work = Path(args.workdir).resolve()
-    (work / "studies").mkdir(parents=True, exist_ok=True)
-    journal = work / "studies.journal"  # a fresh store each run (the base and feature cache under artifacts/ stay)
-    journal.unlink(missing_ok=True)
-    root = Path(__file__).resolve().parents[1]
-    base = (root / "search" / "studies" / "fc_head.yaml").read_text()
-    env = {**os.environ, "DATA_DIR": str(Path(args.data_dir).resolve()), "STUDIES_DIR": str(work / "studies"),
-           "STORAGE": f"journal://{journal}", "ARTIFACTS_DIR": str(work / "artifacts"),
-           "PYTHONPATH": str(root)}
+    work, _, env = scratch(args)
     common = ["--profile", "quick", "--dataset", "cifar10", *(["--trials", str(args.trials)] if args.trials else [])]
-    rows_file = Path(args.rows) if args.rows else None
-    done = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()] \
-        if rows_file is not None and rows_file.is_file() else []
-    rows = [r for r in done if r["seed"] < args.seeds]
-    for seed in range(args.seeds):
-        if any(r["seed"] == seed for r in rows):
-            continue
-        name = f"fc_head_confirm_s{seed}"
-        (work / "studies" / f"{name}.yaml").write_text(base.replace("sampler: tpe", f"sampler: {{name: tpe, seed: {seed}}}"))
+    rows = finished_rows(args)
+    for seed, name in seeded_studies(args, work, "fc_head", "fc_head_confirm", rows):
         search_s, _ = _cli("run", name, "--workers", str(args.workers), *common, env=env)
         top1_s, _ = _cli("evaluate", name, *common, "--top-k", "1", env=env)
         top1 = _record(name, env)["final_evaluation"]
@@ -88,10 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         best = next(c for c in topk["candidates"] if c["trial"] == topk["search_best_trial"])
         rows.append({"seed": seed, "search_s": search_s, "top1": top1, "top1_s": top1_s, "topk": topk,
                      "topk_s": topk_s, "over_rating": best["over_rating"]})
-        if rows_file is not None:
-            with rows_file.open("a") as f:
-                f.write(json.dumps({k: rows[-1][k] for k in ("seed", "search_s", "top1_s", "topk_s", "over_rating")}
-                                   | {"top1": _brief(top1), "topk": _brief(topk)}) + "\n")
+        save_row(args, {k: rows[-1][k] for k in ("seed", "search_s", "top1_s", "topk_s", "over_rating")}
+                 | {"top1": _brief(top1), "topk": _brief(topk)})
         print(json.dumps(rows[-1]["topk"]["candidates"]), flush=True)
         print(f"seed {seed}: search {search_s:.0f} s; top-1 trial {top1['trial']} test {top1['test_accuracy']:.4f} "
               f"({top1_s:.0f} s); top-{args.top_k} pick trial {topk['trial']} test {topk['test_accuracy']:.4f} "

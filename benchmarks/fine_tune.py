@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 from benchmarks.machine import publish, quiet_tensorflow
+from benchmarks.runs import add_run_args, finished_rows, save_row, scratch, seeded_studies
 
 
 def _run(name: str, args: list[str], env: dict[str, str]) -> float:
@@ -59,40 +60,16 @@ def _stages(name: str, journal: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     quiet_tensorflow()
     parser = argparse.ArgumentParser(prog="python -m benchmarks.fine_tune")
-    parser.add_argument("--data-dir", default="../shared/datasets")
-    parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--trials", type=int, default=None, help="the head search's budget (default: fc_head's, 100)")
-    parser.add_argument("--workers", type=int, default=2)
-    parser.add_argument("--workdir", default="artifacts/bench-finetune")
-    parser.add_argument("--output", default="BENCHMARKS.md")
-    parser.add_argument("--rows", default=None, help=(
-        "a JSON-lines file of finished seeds: each seed's row is appended as it ends, and a seed already "
-        "there is not run again (an interrupted run goes on where it stopped)"))
+    add_run_args(parser, workdir="artifacts/bench-finetune", seeds=2)
     args = parser.parse_args(argv)
-    work = Path(args.workdir).resolve()
-    (work / "studies").mkdir(parents=True, exist_ok=True)
-    journal = work / "studies.journal"  # a fresh store each run (the base and feature cache under artifacts/ stay)
-    journal.unlink(missing_ok=True)
-    root = Path(__file__).resolve().parents[1]
-    base = (root / "search" / "studies" / "fc_head_ft.yaml").read_text()
-    env = {**os.environ, "DATA_DIR": str(Path(args.data_dir).resolve()), "STUDIES_DIR": str(work / "studies"),
-           "STORAGE": f"journal://{journal}", "ARTIFACTS_DIR": str(work / "artifacts"), "PYTHONPATH": str(root)}
+    work, journal, env = scratch(args)
     common = ["--profile", "quick", "--dataset", "cifar10", "--workers", str(args.workers), "--poll", "1",
               *(["--trials", str(args.trials)] if args.trials else [])]
-    rows_file = Path(args.rows) if args.rows else None
-    done = [json.loads(line) for line in rows_file.read_text().splitlines() if line.strip()] \
-        if rows_file is not None and rows_file.is_file() else []
-    rows = [r for r in done if r["seed"] < args.seeds]
-    for seed in range(args.seeds):
-        if any(r["seed"] == seed for r in rows):
-            continue
-        name = f"fc_head_ft_s{seed}"
-        (work / "studies" / f"{name}.yaml").write_text(base.replace("sampler: tpe", f"sampler: {{name: tpe, seed: {seed}}}"))
+    rows = finished_rows(args)
+    for seed, name in seeded_studies(args, work, "fc_head_ft", "fc_head_ft", rows):
         run_s = _run(name, common, env)
         rows.append({"seed": seed, "run_s": run_s, **_stages(name, journal)})
-        if rows_file is not None:
-            with rows_file.open("a") as f:
-                f.write(json.dumps(rows[-1]) + "\n")
+        save_row(args, rows[-1])
         print(json.dumps(rows[-1]), flush=True)
     rows.sort(key=lambda r: r["seed"])
     lines = [f"fc_head_ft, quick profile, CIFAR-10 ({args.trials or 100} head trials, then the 5 best heads "
