@@ -152,6 +152,18 @@ HEADLINES: tuple[Headline, ...] = (
      "template": "fc_head quick: test accuracy of the top-1 pick {top1}, of the top-{k} confirmed {topk} ({delta}); "
                  "confirming took {wall} against {one} ({ratio})",
      "fixed_goal": "the confirmed pick tests at least as well as the top-1"},
+    {"name": "bench-recipe", "title": r"^bench-recipe:",
+     "figure": r"^simple_cnn [^\n]*?, (?P<epochs>\d+) epochs each.*?^  modern - seed: (?P<delta>[+-][\d.]+) best "
+               r"validation accuracy \(mean of seeds\) at (?P<ratio>[\d.]+x) the time an epoch",
+     "template": "simple_cnn, full CIFAR-10, {epochs} epochs: cosine + warm-up + label smoothing + RandAugment "
+                 "{delta} best validation accuracy against seed 001's recipe, at {ratio} the time an epoch",
+     "fixed_goal": "a measured trade, no target"},
+    {"name": "bench-finetune", "title": r"^bench-finetune:",
+     "figure": r"^  mean: head search alone (?P<head>[\d.]+) in (?P<head_s>\d+ s); \+ fine-tuning (?P<all>[\d.]+) in "
+               r"(?P<all_s>\d+ s) \((?P<delta>[+-][\d.]+) best validation accuracy at (?P<ratio>[\d.]+x) the wall time\)",
+     "template": "fc_head_ft quick: head search alone {head} in {head_s}; + fine-tuning its 5 best {all} in {all_s} "
+                 "({delta} at {ratio} the wall time)",
+     "fixed_goal": "fine-tuning adds accuracy for its time"},
     {"name": "fc_head, 100 trials on the CPU (by hand)", "title": r"^fc_head, 100",
      "figure": r"^trial time, first start to last finish[^\n]*?:\s+(?P<time>[\d.]+ min) for (?P<trials>\d+) trials"
                r".*?^peak resident memory, largest process[^\n]*?= (?P<rss>[\d.]+ GiB)"

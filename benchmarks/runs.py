@@ -10,7 +10,10 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+
+
+def _root() -> Path:
+    return Path(__file__).resolve().parents[1]
 
 
 def add_run_args(parser: argparse.ArgumentParser, *, workdir: str, seeds: int) -> None:
@@ -33,7 +36,7 @@ def scratch(args: argparse.Namespace) -> tuple[Path, Path, dict[str, str]]:
     journal = work / "studies.journal"
     journal.unlink(missing_ok=True)
     env = {**os.environ, "DATA_DIR": str(Path(args.data_dir).resolve()), "STUDIES_DIR": str(work / "studies"),
-           "STORAGE": f"journal://{journal}", "ARTIFACTS_DIR": str(work / "artifacts"), "PYTHONPATH": str(ROOT)}
+           "STORAGE": f"journal://{journal}", "ARTIFACTS_DIR": str(work / "artifacts"), "PYTHONPATH": str(_root())}
     return work, journal, env
 
 
@@ -54,7 +57,7 @@ def seeded_studies(args: argparse.Namespace, work: Path, study_file: str, prefix
                    rows: list[dict]) -> Iterator[tuple[int, str]]:
     """(seed, study name) for each seed not in `rows`: the shipped study file with its TPE sampler
     seeded, written to the work folder's studies as `<prefix>_s<seed>`."""
-    text = (ROOT / "search" / "studies" / f"{study_file}.yaml").read_text()
+    text = (_root() / "search" / "studies" / f"{study_file}.yaml").read_text()
     for seed in range(args.seeds):
         if any(r["seed"] == seed for r in rows):
             continue
