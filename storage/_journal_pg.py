@@ -17,7 +17,8 @@ file and Redis backends, not a SQL one. This is that backend:
   commits, all in one round trip; the lock serialises appends, so a log is visible only after every
   log numbered before it (a reader that sees id N also sees ids below N) and numbers have no gaps;
 - a reader returns only a gap-free run from the number asked for, as a second guard;
-- every append carries a batch id: when the connection breaks while the append is in flight, the
+- every append carries a batch id, and writes nothing when that batch is in the table already (looked
+  for under the append lock): when the connection breaks while the append is in flight, the
   backend reconnects and looks for that batch before writing it again, so a database restart never
   duplicates an operation (a duplicated "create trial" would be a phantom trial); likewise the read
   that follows an append waits through an outage (JOURNAL_SETTLE_DEADLINE, 120 s) rather than fail
@@ -90,12 +91,16 @@ CREATE TABLE IF NOT EXISTS {SNAPSHOT_TABLE} (
 # The lock is keyed on the table, so journals in different schemas (search_path) do not wait on
 # each other. One round trip: in autocommit mode PostgreSQL runs a multi-statement query as one transaction,
 # each statement with a fresh snapshot, so MAX(id) is read after the lock is held.
+# The batch is looked for under the same lock, so the append is idempotent there: a session the client
+# gave up on (a client-side disconnect) may still be waiting on the lock when the client, settling,
+# appends the batch again on a new connection; whichever takes the lock second writes nothing.
 _APPEND = f"""
 SELECT pg_advisory_xact_lock('{TABLE}'::regclass::oid::bigint);
 INSERT INTO {TABLE} (id, batch, log)
 SELECT next.base + u.ord - 1, %(batch)s, u.log
 FROM (SELECT COALESCE(MAX(id), -1) + 1 AS base FROM {TABLE}) AS next,
-     unnest(%(logs)s::text[]) WITH ORDINALITY AS u(log, ord);
+     unnest(%(logs)s::text[]) WITH ORDINALITY AS u(log, ord)
+WHERE NOT EXISTS (SELECT 1 FROM {TABLE} WHERE batch = %(batch)s);
 """  # nosec B608
 _READ = f"SELECT id, log FROM {TABLE} WHERE id >= %(n)s ORDER BY id"  # nosec B608
 _BATCH_LANDED = f"SELECT count(*) FROM {TABLE} WHERE batch = %(batch)s"  # nosec B608

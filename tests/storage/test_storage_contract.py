@@ -372,6 +372,43 @@ def test_journal_append_that_committed_as_its_connection_died_is_not_written_twi
     assert len(optuna.load_study(study_name="landed", storage=open_storage(journal_pg_url)).trials) == 1
 
 
+def test_a_batch_appended_again_while_its_first_session_waits_on_the_lock_is_written_once(journal_pg_url):
+    """Issue (faults a real store brings): the batch-id check ran outside the append lock, so a session
+    the client had given up on (a client-side disconnect), still waiting on the lock on the server,
+    wrote the operation a second time after the client's settle had found nothing and appended it."""
+    import threading
+
+    import sqlalchemy
+
+    from storage import _journal_pg
+
+    optuna.create_study(study_name="twice", storage=open_storage(journal_pg_url, create_schema=True))
+    before = len(_journal_rows(journal_pg_url))
+    url = journal_pg_url.removeprefix(JOURNAL_PG_PREFIX)
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    params = {"batch": str(uuid.uuid4()), "logs": ['{"op_code": 0, "worker_id": "x"}']}
+    try:
+        with engine.connect() as holder:  # someone else's append holds the lock
+            holder = holder.execution_options(isolation_level="READ COMMITTED")
+            holder.exec_driver_sql("BEGIN")
+            holder.exec_driver_sql("SELECT pg_advisory_xact_lock('cnn_search_journal'::regclass::oid::bigint)")
+            first = threading.Thread(target=lambda: _run(engine, _journal_pg._APPEND, params))
+            first.start()  # the session the client gave up on: it waits on the lock
+            time.sleep(0.5)
+            holder.exec_driver_sql("COMMIT")
+            first.join(10)
+        _run(engine, _journal_pg._APPEND, params)  # the client's settle: the same batch, again
+        batches = [b for _, b in _journal_rows(journal_pg_url)[before:]]
+        assert batches == [params["batch"]]  # written once
+    finally:
+        engine.dispose()
+
+
+def _run(engine, sql: str, params: dict) -> None:
+    with engine.connect() as conn:
+        conn.exec_driver_sql(sql, params)
+
+
 def test_journal_append_cut_off_before_its_commit_is_written_once_on_a_new_connection(journal_pg_url):
     import threading
 
