@@ -26,7 +26,15 @@ from search.study._fine_tune import (
     stage_pending,
     stage_summary,
 )
-from search.study._retries import Reaper, fail_and_retry, fail_silent, lineage, reap_worker, retries_due
+from search.study._retries import (
+    Reaper,
+    fail_and_retry,
+    fail_silent,
+    lineage,
+    queue_due_retry,
+    reap_worker,
+    retries_due,
+)
 from search.study._store import (
     ResilientStorage,
     fresh_trial,
@@ -90,6 +98,7 @@ __all__ = [
     "lineage",
     "load_existing",
     "open_study",
+    "queue_due_retry",
     "reap_worker",
     "resilient",
     "restart_from_epoch",

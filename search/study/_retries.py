@@ -98,6 +98,18 @@ def retried(trials: list[FrozenTrial]) -> set[int]:
     return {n for t in trials for n in t.system_attrs.get(attrs.RETRY_HISTORY, ())}
 
 
+def queue_due_retry(study: optuna.Study, number: int) -> bool:
+    """Queue the retry a failed trial is due when the process that failed it died before queuing it;
+    False if it has one by now. The caller holds the study's lock across workers (two queuing it at
+    once would run the configuration twice)."""
+    trials = study.get_trials(deepcopy=False)
+    frozen = trials[number]
+    if frozen.state != TrialState.FAIL or not frozen.system_attrs.get(attrs.RETRY_DUE) or number in retried(trials):
+        return False
+    _queue_retry(study, storage_of(study).get_trial(trial_id(frozen)))
+    return True
+
+
 def retries_due(study: optuna.Study) -> list[int]:
     """Failed trials whose retry is due but not queued yet: failing a trial and queuing its retry are
     two store calls, and a worker that left in between (its budget met, nothing RUNNING) would

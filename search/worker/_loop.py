@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import socket
@@ -24,6 +25,7 @@ from search.study import (
     failure_streak,
     fine_tuning,
     fresh_trial,
+    queue_due_retry,
     retries_due,
     stop_study,
     stopped_because,
@@ -35,6 +37,7 @@ from storage import attrs
 logger = logging.getLogger("search.worker")
 DEFAULTS = Settings.model_fields  # the defaults are written once, in Settings
 TrialObjective = Callable[[optuna.Trial], float | tuple[float, float]]
+StudyLock = Callable[[], contextlib.AbstractContextManager[object]]  # held across every worker of the study
 
 
 class LoopBudget(Protocol):
@@ -90,9 +93,11 @@ class TrialEnd:
 
 def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, stop: StopFlag, background: Background, label: str,
              limits: LoopLimits = LoopLimits(), after_trial: Callable[[optuna.Study, int], object] | None = None,
-             stage: FineTuneStage | None = None) -> str | None:
+             stage: FineTuneStage | None = None, lock: StudyLock | None = None) -> str | None:
     """Ask, train, tell until the study's budget is met and no counted trial can need a retry; with
     `stage` (a study's `fine_tune:`), then promote its best heads and run the fine-tuning trials.
+    `lock` (the study's lock across workers): a retry due that its failing process died before
+    queuing is queued here, under it, after the grace period; without one it counts as failed.
 
     Optuna's study.optimize has no budget shared across workers and treats every exception alike;
     this is the same ask/tell with the budget check of MaxTrialsCallback (running trials counted)
@@ -101,7 +106,7 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     baseline = None  # memory once this process has finished a trial (the backend warmed up)
     try:
-        while (wanted := _trial_to_run(study, spec, stop, label, limits, deadline, stage)) is not None:
+        while (wanted := _trial_to_run(study, spec, stop, label, limits, deadline, stage, lock)) is not None:
             trial = study.ask()
             if wanted == FINE_TUNE and not fine_tuning(trial):
                 _not_queued(study, trial, label)
@@ -130,7 +135,8 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
 
 
 def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: str, limits: LoopLimits,
-                  deadline: float | None, stage: FineTuneStage | None = None) -> str | None:
+                  deadline: float | None, stage: FineTuneStage | None = None,
+                  lock: StudyLock | None = None) -> str | None:
     """Which trial to ask for next ("search", or FINE_TUNE for a queued fine-tuning trial), or None to
     exit. With the budget met, a worker waits while trials it counts are RUNNING elsewhere (one may die
     and be retried) or a failed one's retry is due but not queued yet: nobody else may be left to run
@@ -147,9 +153,9 @@ def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: 
         if stage is not None and stage.queued(study):
             return FINE_TUNE
         running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
-        due = _due_in_time(study, due_since, limits.due_wait_s, label)
+        due = _due_in_time(study, due_since, limits.due_wait_s, label, lock)
         if running == 0 and not due and _settled(study, spec, stop, min(limits.poll_s, 2.0),
-                                                 lambda: _due_in_time(study, due_since, limits.due_wait_s, label)):
+                                                 lambda: _due_in_time(study, due_since, limits.due_wait_s, label, lock)):
             if stage is not None and (stage.promote(study) or stage.queued(study)):
                 continue  # the fine-tuning trials this or another worker queued are asked for next
             logger.info("%s: budget of %d trials met%s, exiting", label, spec.trials,
@@ -173,15 +179,24 @@ def _not_queued(study: optuna.Study, trial: optuna.Trial, label: str) -> None:
     logger.info("%s: trial %d %s", label, trial.number, why)
 
 
-def _due_in_time(study: optuna.Study, since: dict[int, float], wait_s: float, label: str) -> list[int]:
+def _due_in_time(study: optuna.Study, since: dict[int, float], wait_s: float, label: str,
+                 lock: StudyLock | None = None) -> list[int]:
     """The retries due but not queued that are still worth waiting for: one due for longer than
     `wait_s` (the grace period) will not come, as the process that failed its trial died before
-    queuing it. That trial then counts against the budget, as a failure not retried does."""
+    queuing it. With the study's lock this worker then queues it itself (and waits for it as queued);
+    without, that trial counts against the budget, as a failure not retried does."""
     now, waiting = time.monotonic(), []
     for number in retries_due(study):
         first = since.setdefault(number, now)
         if now - first <= wait_s:
             waiting.append(number)
+        elif lock is not None:
+            with lock():
+                queued = queue_due_retry(study, number)
+            if queued:
+                logger.warning("%s: trial %d failed with a retry due that was not queued in %.0fs (the process that "
+                               "failed it died in between): queued it", label, number, wait_s)
+            waiting.append(number)  # queued now (by this worker or another): the loop asks for it
         elif first != -1.0:
             logger.warning("%s: trial %d failed with a retry due that was never queued in %.0fs (the process "
                            "that failed it died in between); it counts as a failed trial", label, number, wait_s)

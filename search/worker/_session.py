@@ -8,6 +8,7 @@ setting arrives as one Settings object.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 from pathlib import Path
 
@@ -145,14 +146,18 @@ class WorkerSession:
         if s.gc_freeze:
             freeze_setup()
         tracked = None if self.confirming else tracker(self.name, self.spec.mlflow, s)  # evaluate logs the pick
-        stage = None if self.confirming or self.spec.fine_tune is None else FineTuneStage(self.spec, self._promotion_lock)
+        stage = None if self.confirming or self.spec.fine_tune is None else FineTuneStage(
+            self.spec, functools.partial(self._study_lock, "fine_tune"))
         with Background(self.study, Liveness.from_settings(s)) as background:
             return run_loop(self.study, self.spec, objective, self.stop, background, self.label,
-                            LoopLimits.from_settings(s), after_trial=tracked and tracked.trial_finished, stage=stage)
+                            LoopLimits.from_settings(s), after_trial=tracked and tracked.trial_finished, stage=stage,
+                            lock=functools.partial(self._study_lock, "retries"))
 
-    def _promotion_lock(self):
-        """One worker of the study's (on any machine) promotes its heads: the store's advisory lock on
-        PostgreSQL, else a file lock beside the study's checkpoints (storage.build_lock)."""
-        folder = self.artifacts / "locks" / f"fine_tune-{self.name}-{self.study.user_attrs.get(attrs.STUDY_UID)}"
+    def _study_lock(self, kind: str):
+        """One worker of the study's (on any machine) at a time, to promote its heads or queue a retry
+        its failing process did not: the store's advisory lock on PostgreSQL, else a file lock in the
+        artifact folder every worker shares (storage.build_lock)."""
+        study = self.study.study_name
+        folder = self.artifacts / "locks" / f"{kind}-{study}-{self.study.user_attrs.get(attrs.STUDY_UID)}"
         folder.parent.mkdir(parents=True, exist_ok=True)
-        return build_lock(self.storage_url, "fine_tune", folder.name, folder)
+        return build_lock(self.storage_url, kind, folder.name, folder)

@@ -173,6 +173,30 @@ def test_a_retry_due_that_never_comes_is_waited_for_a_grace_period_then_counted_
     assert f"trial {frozen.number} failed with a retry due that was never queued" in caplog.text
 
 
+def test_a_retry_due_that_never_comes_is_queued_under_the_study_lock_and_run(caplog):
+    """Issue (faults a real store brings): a FAIL whose retry was never queued (its reaper died
+    between the two store calls) left the study one configuration short. A worker holding the
+    study's lock queues it after the grace period, once, and runs it."""
+    import contextlib
+
+    study, spec = _study(trials=1)
+    frozen = _failed_with_retry_due(study)  # and its reaper died: no retry will be queued
+    held = []
+
+    @contextlib.contextmanager
+    def lock():
+        held.append(1)
+        yield
+
+    run_loop(study, spec, lambda t: float(t.suggest_int("x", 0, 3)), StopFlag(), Background(study, Liveness()), "w0",
+             LoopLimits(poll_s=0.05, due_wait_s=0.5), lock=lock)
+    trials = study.trials
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE] and held == [1]
+    assert trials[1].system_attrs["failed_trial"] == frozen.number and trials[1].params == frozen.params
+    assert f"trial {frozen.number} failed with a retry due that was not queued in 0s" in caplog.text
+    assert retries_due(study) == []
+
+
 def test_a_stop_request_ends_the_wait():
     study, spec = _study(trials=1)
     study.ask()  # running elsewhere, forever
