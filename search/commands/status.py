@@ -6,6 +6,7 @@ import argparse
 import json
 
 import optuna
+from optuna.trial import TrialState
 
 from search._cli import add_study_args
 from search.commands._confirmation import confirmation_lines, evaluation_summary
@@ -48,7 +49,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"  {describe(url)}; {c.n_waiting} waiting (enqueued)")
     if c.best_params:
         print("  best params: " + ", ".join(f"{k}={v}" for k, v in c.best_params.items()))
-    failed = [t for t in study.get_trials(deepcopy=False) if t.user_attrs.get(attrs.FAIL_REASON)]
+    # FAIL trials only: a reaper that lost the race to a tell leaves its reason on a COMPLETE trial.
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.user_attrs.get(attrs.FAIL_REASON)]
     for t in failed[-5:]:
         print(f"  trial {t.number} failed ({t.user_attrs[attrs.FAIL_REASON]}): "
               f"{t.user_attrs.get(attrs.FAIL_MESSAGE, '')}")

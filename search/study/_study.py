@@ -33,13 +33,14 @@ def create_study(spec: StudySpec, storage: optuna.storages.BaseStorage, *,
                                 load_if_exists=True)
     if attrs.STUDY_SPACE_HASH not in study.user_attrs:
         # A unique id per study instance: a study deleted and made again under the same name must
-        # never pick up the old one's checkpoints.
-        study.set_user_attr(attrs.STUDY_UID, uuid.uuid4().hex[:12])
-        study.set_user_attr(attrs.STUDY_SPACE_HASH, spec.space_hash())
+        # never pick up the old one's checkpoints (kept if a create cut short set it already).
+        if attrs.STUDY_UID not in study.user_attrs:
+            study.set_user_attr(attrs.STUDY_UID, uuid.uuid4().hex[:12])
         study.set_user_attr(attrs.STUDY_SPEC, spec.hashed_fields())
         study.set_user_attr(attrs.STUDY_DESCRIPTION, spec.description)
-        for params in spec.warm_start:
+        for params in spec.warm_start:  # skip_if_exists: a create cut short and run again queues each once
             study.enqueue_trial(params, user_attrs={attrs.WARM_START: True}, skip_if_exists=True)
+        study.set_user_attr(attrs.STUDY_SPACE_HASH, spec.space_hash())  # last: the mark that the study is made
         logger.info("created study %s (%d warm-start trials enqueued)", spec.name, len(spec.warm_start))
     else:
         check_compatible(study, spec)
@@ -91,10 +92,12 @@ def load_existing(name: str, storage: optuna.storages.BaseStorage, **kwargs: Any
         ) from None
 
 
-def open_study(name: str, url: str, *, max_backoff: float | None = None, **kwargs: Any) -> optuna.Study:
+def open_study(name: str, url: str, *, max_backoff: float | None = None, settle_deadline: float | None = None,
+               **kwargs: Any) -> optuna.Study:
     """Study `name` in the store at `url` (it must exist); with `max_backoff`, behind the resilient store
-    that waits out outages (workers), else plain (commands, which report a store error at once)."""
-    storage = open_storage(url)
+    that waits out outages (workers), else plain (commands, which report a store error at once).
+    settle_deadline: JOURNAL_SETTLE_DEADLINE, for a PostgreSQL journal store (default 120 s)."""
+    storage = open_storage(url) if settle_deadline is None else open_storage(url, settle_deadline=settle_deadline)
     if max_backoff is not None:
         storage = resilient(storage, max_backoff=max_backoff)
     return load_existing(name, storage, **kwargs)
@@ -174,7 +177,9 @@ def failure_streak(study: optuna.Study, limit: int) -> str | None:
     since = int(study.user_attrs.get(attrs.STUDY_STREAK_FROM, 0))
     done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED,
                                                                  TrialState.FAIL)) if t.number >= since]
-    done = [t for t in done if t.user_attrs.get(attrs.FAIL_REASON) not in OUTSIDE_CAUSES]
+    # Outside causes are not the trials' own; a COMPLETE or PRUNED trial counts whatever reason a reaper
+    # that lost the race to its tell left on it.
+    done = [t for t in done if t.state != TrialState.FAIL or t.user_attrs.get(attrs.FAIL_REASON) not in OUTSIDE_CAUSES]
     last = sorted(done, key=lambda t: (t.datetime_complete is None, t.datetime_complete, t.number))[-limit:]
     reasons = {t.user_attrs.get(attrs.FAIL_REASON) for t in last}
     if len(last) < limit or any(t.state != TrialState.FAIL for t in last) or len(reasons) != 1:

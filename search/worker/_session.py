@@ -79,6 +79,7 @@ class WorkerSession:
         confirming = stage == "confirm"
         # The confirmation stage's trials are all queued with their parameters: nothing is sampled or pruned.
         study = open_study(confirm_name(name) if confirming else name, url, max_backoff=settings.store_max_backoff,
+                           settle_deadline=settings.journal_settle_deadline,
                            sampler=make_sampler(spec, worker_index=worker_index),
                            pruner=optuna.pruners.NopPruner() if confirming else make_pruner(spec))
         check_compatible(study, spec)

@@ -135,6 +135,23 @@ def _reap_for(study, seconds: float, *, grace: float = 1.0, max_stale_retries: i
     return reaped
 
 
+def test_a_create_cut_short_before_its_warm_starts_is_completed_by_the_next(tmp_path, monkeypatch):
+    """Issue (faults a real store brings): the study was marked made (its space hash) before its warm
+    starts were queued, so a create that died in between lost them for good."""
+    spec = parse_spec(SPEC, name=_name())
+    storage = open_storage(f"journal://{tmp_path / 'studies.journal'}")
+    real = optuna.Study.enqueue_trial
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", lambda *a, **k: (_ for _ in ()).throw(OSError("killed")))
+    with pytest.raises(OSError):
+        create_study(spec, storage)
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", real)
+    study = create_study(spec, storage)  # `make study` again
+    assert attrs.STUDY_SPACE_HASH in study.user_attrs
+    assert [t.params or t.system_attrs["fixed_params"] for t in study.trials] == [dict(w) for w in spec.warm_start]
+    create_study(spec, storage)
+    assert len(study.trials) == len(spec.warm_start) == 1  # queued once, however often create runs
+
+
 def test_reaper_fails_a_silent_trial_and_queues_one_retry(store):
     study = _no_warm_start(store)
     trial = _run_next(study)  # never beats
@@ -383,10 +400,15 @@ def test_a_batch_appended_again_while_its_first_session_waits_on_the_lock_is_wri
     from storage import _journal_pg
 
     optuna.create_study(study_name="twice", storage=open_storage(journal_pg_url, create_schema=True))
-    before = len(_journal_rows(journal_pg_url))
     url = journal_pg_url.removeprefix(JOURNAL_PG_PREFIX)
-    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
-    params = {"batch": str(uuid.uuid4()), "logs": ['{"op_code": 0, "worker_id": "x"}']}
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")  # the journal's schema (search_path)
+
+    def batches() -> list[str]:  # read as rows: the log below is no operation Optuna could replay
+        with engine.connect() as conn:
+            return [b for (b,) in conn.exec_driver_sql("SELECT batch::text FROM cnn_search_journal ORDER BY id")]
+
+    before = len(batches())
+    params = {"batch": str(uuid.uuid4()), "logs": ['{"a log": "of this test"}']}
     try:
         with engine.connect() as holder:  # someone else's append holds the lock
             holder = holder.execution_options(isolation_level="READ COMMITTED")
@@ -398,8 +420,7 @@ def test_a_batch_appended_again_while_its_first_session_waits_on_the_lock_is_wri
             holder.exec_driver_sql("COMMIT")
             first.join(10)
         _run(engine, _journal_pg._APPEND, params)  # the client's settle: the same batch, again
-        batches = [b for _, b in _journal_rows(journal_pg_url)[before:]]
-        assert batches == [params["batch"]]  # written once
+        assert batches()[before:] == [params["batch"]]  # written once
     finally:
         engine.dispose()
 

@@ -106,6 +106,12 @@ def test_a_streak_needs_one_reason_of_the_trials_own():
     trial = study.ask()
     study.tell(trial, 0.5)
     assert failure_streak(study, 2) is None  # a success breaks the streak
+    for reason in ("nan", "stale", "nan"):  # a reaper that lost the race to the tell left "stale" on a success
+        trial = study.ask()
+        trial.set_user_attr(attrs.FAIL_REASON, reason)
+        study.tell(trial, *((0.5,) if reason == "stale" else ()), state=TrialState.COMPLETE if reason == "stale"
+                   else TrialState.FAIL)
+    assert failure_streak(study, 2) is None  # nan, success, nan: the success breaks it, whatever it carries
     stop_study(study, "test")
     assert study.user_attrs[attrs.STUDY_STOPPED] == "test"
 
