@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> int:
              f"0-{args.seeds - 1}; wall times from the first trial's start (the base, trained once, apart):"]
     for r in rows:
         tuned = "; ".join(f"head {t['from']} {t['head_value']:.4f} -> "
-                          f"{'pruned' if t['value'] is None else format(t['value'], '.4f')} "
+                          f"{'' if t['state'] == 'COMPLETE' else t['state'].lower() + ' at '}"
+                          f"{'-' if t['value'] is None else format(t['value'], '.4f')} "
                           f"({t['unfreeze']} block(s), lr {t['lr']:.1e})" for t in r["tuned"])
         lines.append(f"  seed {r['seed']}: head search alone best {r['head_best']:.4f} in {r['head_s']:.0f} s; "
                      f"+ fine-tuning best {r['all_best']:.4f} in {r['all_s']:.0f} s (the run: {r['run_s']:.0f} s)")

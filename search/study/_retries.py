@@ -128,9 +128,9 @@ class Reaper:
     workers and reapers do not matter, and a trial with no heartbeat yet is judged from when this
     reaper first saw it. An outage is never judged as death: a store call that failed, or took more
     than grace/2 (the resilient store waited one out), or a pass more than `grace` after the last one
-    (this process was stalled) forgets every observation, and the trials then get `settle` seconds
-    (the longest backoff of a worker's store calls, STORE_MAX_BACKOFF: its heartbeat may still be
-    waiting to retry) on top of a whole grace period of contact to beat again. Kubernetes' node
+    (this process was stalled) forgets every observation, and the trials then get a whole grace
+    period of contact to beat again; after the store was out, `settle` seconds more (the longest
+    backoff of a worker's store calls, STORE_MAX_BACKOFF: its heartbeat may still be waiting to retry). Kubernetes' node
     controller judges node heartbeats the same way, by when it saw them change."""
 
     def __init__(self, grace: float, max_stale_retries: int = 1, *, settle: float = 0.0,
@@ -145,12 +145,14 @@ class Reaper:
         try:
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         except BaseException:
-            self.forget("a store call failed", self.clock())
+            self.forget("a store call failed", self.clock(), outage=True)
             raise
         now = self.clock()
         gap = None if self._last_pass is None else started - self._last_pass
-        if now - started > self.grace / 2 or (gap is not None and gap > self.grace):
-            self.forget(f"out of contact with the store for {max(now - started, gap or 0.0):.0f}s", now)
+        if now - started > self.grace / 2:
+            self.forget(f"a store call took {now - started:.0f}s", now, outage=True)
+        elif gap is not None and gap > self.grace:
+            self.forget(f"this reaper did not look for {gap:.0f}s", now, outage=False)
         self._last_pass = now
         reaped = []
         self.seen = {t.number: self.seen.get(t.number, (None, now)) for t in running}
@@ -167,11 +169,13 @@ class Reaper:
                 reaped.append(trial.number)
         return reaped
 
-    def forget(self, why: str, now: float) -> None:
-        """Judge nothing observed before `now`: every trial starts a new grace period after `settle`."""
+    def forget(self, why: str, now: float, *, outage: bool) -> None:
+        """Judge nothing observed before `now`: every trial starts a new grace period, after `settle`
+        when the store was out (the workers' heartbeats may still be waiting in their backoff)."""
         if self.seen:
             logger.info("reaper: %s; every running trial gets a new grace period", why)
-        self.seen, self._last_pass, self._hold_until = {}, None, now + self.settle
+        self.seen, self._last_pass = {}, None
+        self._hold_until = now + (self.settle if outage else 0.0)
 
 
 def reap_worker(study: optuna.Study, worker: str, exit_code: int, *, max_stale_retries: int = 1) -> list[int]:
