@@ -163,7 +163,7 @@ HEADLINES: tuple[Headline, ...] = (
                r"(?P<all_s>\d+ s) \((?P<delta>[+-][\d.]+) best validation accuracy at (?P<ratio>[\d.]+x) the wall time\)",
      "template": "fc_head_ft quick: head search alone {head} in {head_s}; + fine-tuning its 5 best {all} in {all_s} "
                  "({delta} at {ratio} the wall time)",
-     "fixed_goal": "fine-tuning adds accuracy for its time"},
+     "fixed_goal": "a measured trade, no target"},
     {"name": "fc_head, 100 trials on the CPU (by hand)", "title": r"^fc_head, 100",
      "figure": r"^trial time, first start to last finish[^\n]*?:\s+(?P<time>[\d.]+ min) for (?P<trials>\d+) trials"
                r".*?^peak resident memory, largest process[^\n]*?= (?P<rss>[\d.]+ GiB)"
