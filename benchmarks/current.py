@@ -160,7 +160,8 @@ HEADLINES: tuple[Headline, ...] = (
      "fixed_goal": "a measured trade, no target"},
     {"name": "bench-finetune", "title": r"^bench-finetune:",
      "figure": r"^  mean: head search alone (?P<head>[\d.]+) in (?P<head_s>\d+ s); \+ fine-tuning (?P<all>[\d.]+) in "
-               r"(?P<all_s>\d+ s) \((?P<delta>[+-][\d.]+) best validation accuracy at (?P<ratio>[\d.]+x) the wall time\)",
+               r"(?P<all_s>\d+ s) \((?P<delta>[+-][\d.]+) best validation accuracy at (?P<ratio>[\d.]+x) the "
+               r"wall time\)",
      "template": "fc_head_ft quick: head search alone {head} in {head_s}; + fine-tuning its 5 best {all} in {all_s} "
                  "({delta} at {ratio} the wall time)",
      "fixed_goal": "a measured trade, no target"},

@@ -84,7 +84,8 @@ def main(argv: list[str] | None = None) -> int:
                      f"+ fine-tuning best {r['all_best']:.4f} in {r['all_s']:.0f} s (the run: {r['run_s']:.0f} s)")
         lines.append(f"    {tuned}")
     mean = statistics.mean
-    lines.append(f"  mean: head search alone {mean(r['head_best'] for r in rows):.4f} in {mean(r['head_s'] for r in rows):.0f} s;"
+    lines.append(f"  mean: head search alone {mean(r['head_best'] for r in rows):.4f} in "
+                 f"{mean(r['head_s'] for r in rows):.0f} s;"
                  f" + fine-tuning {mean(r['all_best'] for r in rows):.4f} in {mean(r['all_s'] for r in rows):.0f} s "
                  f"({mean(r['all_best'] - r['head_best'] for r in rows):+.4f} best validation accuracy at "
                  f"{mean(r['all_s'] / r['head_s'] for r in rows):.2f}x the wall time)")

@@ -98,7 +98,8 @@ def main(argv: list[str] | None = None) -> int:
     for name, label in labels.items():
         r = runs[name]
         lines.append(f"  {label}: best validation accuracy {', '.join(f'{x.best:.4f}' for x in r)} "
-                     f"(mean {statistics.mean(x.best for x in r):.4f}); {statistics.mean(x.epoch_seconds for x in r):.1f} "
+                     f"(mean {statistics.mean(x.best for x in r):.4f}); "
+                     f"{statistics.mean(x.epoch_seconds for x in r):.1f} "
                      f"s an epoch")
     delta = statistics.mean(m.best - s.best for m, s in zip(runs["modern"], runs["seed"]))
     cost = statistics.mean(x.epoch_seconds for x in runs["modern"]) / statistics.mean(

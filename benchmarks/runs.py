@@ -11,7 +11,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-
 def _root() -> Path:
     return Path(__file__).resolve().parents[1]
 
@@ -62,5 +61,6 @@ def seeded_studies(args: argparse.Namespace, work: Path, study_file: str, prefix
         if any(r["seed"] == seed for r in rows):
             continue
         name = f"{prefix}_s{seed}"
-        (work / "studies" / f"{name}.yaml").write_text(text.replace("sampler: tpe", f"sampler: {{name: tpe, seed: {seed}}}"))
+        seeded = text.replace("sampler: tpe", f"sampler: {{name: tpe, seed: {seed}}}")
+        (work / "studies" / f"{name}.yaml").write_text(seeded)
         yield seed, name

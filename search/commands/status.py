@@ -50,7 +50,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if c.best_params:
         print("  best params: " + ", ".join(f"{k}={v}" for k, v in c.best_params.items()))
     # FAIL trials only: a reaper that lost the race to a tell leaves its reason on a COMPLETE trial.
-    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)) if t.user_attrs.get(attrs.FAIL_REASON)]
+    failed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.FAIL,))
+              if t.user_attrs.get(attrs.FAIL_REASON)]
     for t in failed[-5:]:
         print(f"  trial {t.number} failed ({t.user_attrs[attrs.FAIL_REASON]}): "
               f"{t.user_attrs.get(attrs.FAIL_MESSAGE, '')}")

@@ -130,8 +130,8 @@ class Reaper:
     than grace/2 (the resilient store waited one out), or a pass more than `grace` after the last one
     (this process was stalled) forgets every observation, and the trials then get a whole grace
     period of contact to beat again; after the store was out, `settle` seconds more (the longest
-    backoff of a worker's store calls, STORE_MAX_BACKOFF: its heartbeat may still be waiting to retry). Kubernetes' node
-    controller judges node heartbeats the same way, by when it saw them change."""
+    backoff of a worker's store calls, STORE_MAX_BACKOFF: its heartbeat may still be waiting to
+    retry). Kubernetes' node controller judges node heartbeats the same way, by when it saw them change."""
 
     def __init__(self, grace: float, max_stale_retries: int = 1, *, settle: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:

@@ -36,7 +36,7 @@ class Liveness:
     interval: float = DEFAULTS["heartbeat_interval"].default
     grace: float = DEFAULTS["grace_period"].default
     max_stale_retries: int = DEFAULTS["max_stale_retries"].default
-    settle: float = 0.0  # after an outage, extra seconds before a trial is judged (STORE_MAX_BACKOFF: search.study.Reaper)
+    settle: float = 0.0  # after an outage, seconds more before a trial is judged (STORE_MAX_BACKOFF)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Liveness:
