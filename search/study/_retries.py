@@ -131,7 +131,9 @@ class Reaper:
     (this process was stalled) forgets every observation, and the trials then get a whole grace
     period of contact to beat again; after the store was out, `settle` seconds more (the longest
     backoff of a worker's store calls, STORE_MAX_BACKOFF: its heartbeat may still be waiting to
-    retry). Kubernetes' node controller judges node heartbeats the same way, by when it saw them change."""
+    retry). Kubernetes' node controller judges node heartbeats the same way, by when it saw them change.
+    When every running trial (two or more) is silent at once, the store is suspected before the
+    workers: they are failed only after a second grace period."""
 
     def __init__(self, grace: float, max_stale_retries: int = 1, *, settle: float = 0.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
@@ -154,18 +156,28 @@ class Reaper:
         elif gap is not None and gap > self.grace:
             self.forget(f"this reaper did not look for {gap:.0f}s", now, outage=False)
         self._last_pass = now
-        reaped = []
         self.seen = {t.number: self.seen.get(t.number, (None, now)) for t in running}
+        silent: list[tuple[FrozenTrial, float]] = []  # (trial, seconds silent that count)
         for trial in running:
             beat, since = self.seen[trial.number]
             token = trial.system_attrs.get(attrs.HEARTBEAT)
             if token != beat:
                 self.seen[trial.number] = (token, now)
-                continue
-            silent = now - max(since, self._hold_until)
-            if silent > self.grace and fail_silent(
-                    study, trial, f"no heartbeat for {now - since:.0f}s (grace {self.grace:.0f}s)",
-                    max_stale_retries=self.max_stale_retries):
+            elif now - max(since, self._hold_until) > self.grace:
+                silent.append((trial, now - max(since, self._hold_until)))
+        limit = self.grace
+        if len(silent) >= 2 and len(silent) == len(running):
+            # Every running trial silent at once: the store's write path (or the way to it) is the
+            # likelier cause than every worker dying together; they get one more grace period.
+            limit = 2 * self.grace
+            if any(quiet <= limit for _, quiet in silent):
+                logger.warning("reaper: all %d running trials went silent at once: suspecting the store, not the "
+                               "workers; waiting another grace period (%.0fs) before failing them", len(silent),
+                               self.grace)
+        reaped = []
+        for trial, quiet in silent:
+            message = f"no heartbeat for {now - self.seen[trial.number][1]:.0f}s (grace {self.grace:.0f}s)"
+            if quiet > limit and fail_silent(study, trial, message, max_stale_retries=self.max_stale_retries):
                 reaped.append(trial.number)
         return reaped
 

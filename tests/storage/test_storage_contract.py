@@ -237,6 +237,20 @@ def test_a_reaper_never_judges_across_its_own_outage(store):
     assert patient(study) == [] and second.number in patient.seen
 
 
+def test_every_running_trial_silent_at_once_is_given_a_second_grace_period(store, caplog):
+    """Issue (faults a real store brings): if every RUNNING trial looks dead at once, suspect the
+    store, not the workers. One silent trial beside a live one is failed after the grace period; two
+    silent with nothing else running, after two."""
+    study = _no_warm_start(store)
+    first, second = _run_next(study), _run_next(study)
+    reaper = Reaper(1.0, clock=_Clock())
+    assert _reap_for(study, 1.5, reaper=reaper) == []
+    assert "all 2 running trials went silent at once: suspecting the store" in caplog.text
+    assert sorted(_reap_for(study, 0.75, reaper=reaper)) == [first.number, second.number]
+    live, dead = _run_next(study), _run_next(study)  # the two retries: one beats, one does not
+    assert _reap_for(study, 1.5, beating=[live]) == [dead.number]
+
+
 def test_a_retry_does_not_inherit_its_original_s_heartbeat(store):
     study = _no_warm_start(store)
     trial = _run_next(study)
