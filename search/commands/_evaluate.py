@@ -32,7 +32,15 @@ from data import Splits, final_evaluation
 from search._tracking import MlflowTracker, tracker
 from search.settings import Settings
 from search.spec import StudySpec, TrialConfig, load_data, minimized, split_fine_tune, study_splits, trial_config
-from search.study import check_same_data, confirmation_study, confirmations_of, enqueue_confirmations, unfinished
+from search.study import (
+    check_same_data,
+    confirmation_study,
+    confirmations_of,
+    enqueue_confirmations,
+    one_per_params,
+    ranked,
+    unfinished,
+)
 from search.trial import (
     BalancedAccuracy,
     FineTuning,
@@ -142,21 +150,7 @@ def candidates(study: optuna.Study, k: int) -> list[optuna.trial.FrozenTrial]:
     """The k best trials by the study's value (its first objective; feasible ones when constrained),
     one per distinct params: a configuration run twice (a warm start, a retry) is confirmed once."""
     best = best_trial(study)
-    if k <= 1:
-        return [best]
-    minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
-    done = [t for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-            if t.values is not None and all(v <= 0.0 for v in t.constraints.values())]  # feasible, as Optuna's best
-    ranked = sorted(done, key=lambda t: (t.values[0] if minimize else -t.values[0], t.number))
-    picked, seen = [], set()
-    for trial in [best, *ranked]:
-        key = json.dumps(trial.params, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            picked.append(trial)
-        if len(picked) == k:
-            break
-    return picked
+    return [best] if k <= 1 else one_per_params([best, *ranked(study)], k)
 
 
 @dataclass

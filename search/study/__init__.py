@@ -17,6 +17,7 @@ from search.study._confirm import (
 from search.study._fine_tune import (
     FINE_TUNE,
     FineTuneStage,
+    StudyLock,
     best_heads,
     fine_tuning,
     placeholder,
@@ -26,6 +27,7 @@ from search.study._fine_tune import (
     stage_pending,
     stage_summary,
 )
+from search.study._ranking import one_per_params, params_key, ranked
 from search.study._retries import (
     Reaper,
     fail_and_retry,
@@ -65,8 +67,11 @@ from search.study._study import (
 __all__ = [
     "FINE_TUNE",
     "FineTuneStage",
+    "StudyLock",
     "best_heads",
     "fine_tuning",
+    "one_per_params",
+    "params_key",
     "placeholder",
     "promote",
     "prune_in_stage",
@@ -99,6 +104,7 @@ __all__ = [
     "load_existing",
     "open_study",
     "queue_due_retry",
+    "ranked",
     "reap_worker",
     "resilient",
     "restart_from_epoch",

@@ -13,7 +13,6 @@ queued one that is not among them (an evaluate interrupted, then run with a smal
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import uuid
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.spec import StudySpec
+from search.study._ranking import params_key
 from search.study._retries import retried
 from search.study._store import storage_of
 from search.study._study import resume
@@ -105,11 +105,11 @@ def unfinished(confirm: optuna.Study) -> list[int]:
 def confirmations_of(confirm: optuna.Study, trial: FrozenTrial, seeds: Sequence[int]) -> list[FrozenTrial] | None:
     """The completed confirmations of search trial `trial` (of its very parameters), one per seed in
     order; None when a seed has none (its lineage failed for good)."""
-    key = json.dumps(trial.params, sort_keys=True, default=str)
+    key = params_key(trial.params)
     done = {t.user_attrs.get(attrs.CONFIRM_SEED): t
             for t in confirm.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
             if t.user_attrs.get(attrs.CONFIRMS) == trial.number
-            and json.dumps(t.params or t.system_attrs.get(attrs.FIXED_PARAMS), sort_keys=True, default=str) == key}
+            and params_key(t.params or t.system_attrs.get(attrs.FIXED_PARAMS)) == key}
     return [done[s] for s in seeds] if all(s in done for s in seeds) else None
 
 

@@ -17,7 +17,6 @@ it starts from a trained head, so the head trials' first epochs are no yardstick
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -26,10 +25,12 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from search.spec import StudySpec
+from search.study._ranking import one_per_params, ranked
 from storage import attrs
 
 logger = logging.getLogger(__name__)
 FINE_TUNE = "fine_tune"  # attrs.STAGE of a fine-tuning trial
+StudyLock = Callable[[], contextlib.AbstractContextManager[Any]]  # held across every worker of the study
 
 
 def fine_tuning(trial: FrozenTrial | optuna.Trial) -> bool:
@@ -51,16 +52,7 @@ def placeholder(trial: FrozenTrial) -> bool:
 def best_heads(study: optuna.Study, k: int) -> list[FrozenTrial]:
     """The k best complete, feasible head trials by the study's value, one per distinct params (a
     configuration run twice, a warm start or a retry, is promoted once); the better-numbered first."""
-    minimize = study.directions[0] == optuna.study.StudyDirection.MINIMIZE
-    done = [t for t in head_trials(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
-            if t.values is not None and all(v <= 0.0 for v in t.constraints.values())]
-    picked, seen = [], set()
-    for trial in sorted(done, key=lambda t: (t.values[0] if minimize else -t.values[0], t.number)):
-        key = json.dumps(trial.params, sort_keys=True, default=str)
-        if key not in seen:
-            seen.add(key)
-            picked.append(trial)
-    return picked[:k]
+    return one_per_params(ranked(study, head_trials(study.get_trials(deepcopy=False))), k)
 
 
 def promote(study: optuna.Study, spec: StudySpec) -> list[int]:
@@ -129,7 +121,7 @@ class FineTuneStage:
     """What a worker's loop does with the stage: promote once the head search is settled (under
     `lock`, a lock across every worker of the study), and say whether a fine-tuning trial is queued."""
 
-    def __init__(self, spec: StudySpec, lock: Callable[[], contextlib.AbstractContextManager[Any]]) -> None:
+    def __init__(self, spec: StudySpec, lock: StudyLock) -> None:
         self.spec, self.lock = spec, lock
 
     def promote(self, study: optuna.Study) -> bool:

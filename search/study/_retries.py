@@ -161,10 +161,11 @@ class Reaper:
         for trial in running:
             beat, since = self.seen[trial.number]
             token = trial.system_attrs.get(attrs.HEARTBEAT)
+            quiet = now - max(since, self._hold_until)
             if token != beat:
                 self.seen[trial.number] = (token, now)
-            elif now - max(since, self._hold_until) > self.grace:
-                silent.append((trial, now - max(since, self._hold_until)))
+            elif quiet > self.grace:
+                silent.append((trial, quiet))
         limit = self.grace
         if len(silent) >= 2 and len(silent) == len(running):
             # Every running trial silent at once: the store's write path (or the way to it) is the

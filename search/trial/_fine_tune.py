@@ -56,17 +56,14 @@ def unfreeze_last(base: keras.Model, blocks: Sequence[str], n: int) -> None:
 def trained_head(model: keras.Model) -> keras.Model:
     """The head inside what a head trial trains: the model itself on cached features, or its 'head'
     sub-model behind the frozen base (a study that augments)."""
-    if model.name == "head":
-        return model
-    for layer in model.layers:
-        if isinstance(layer, keras.Model):
-            found = layer if layer.name == "head" else _find_head(layer)
-            if found is not None:
-                return found
-    raise RuntimeError(f"no head model inside {model.name}")
+    found = model if model.name == "head" else _find_head(model)
+    if found is None:
+        raise RuntimeError(f"no head model inside {model.name}")
+    return found
 
 
 def _find_head(model: keras.Model) -> keras.Model | None:
+    """The sub-model named 'head', however deep, or None."""
     for layer in model.layers:
         if isinstance(layer, keras.Model):
             if layer.name == "head":

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import socket
@@ -20,6 +19,7 @@ from search.settings import Settings
 from search.study import (
     FINE_TUNE,
     FineTuneStage,
+    StudyLock,
     budget_used,
     fail_and_retry,
     failure_streak,
@@ -37,7 +37,6 @@ from storage import attrs
 logger = logging.getLogger("search.worker")
 DEFAULTS = Settings.model_fields  # the defaults are written once, in Settings
 TrialObjective = Callable[[optuna.Trial], float | tuple[float, float]]
-StudyLock = Callable[[], contextlib.AbstractContextManager[object]]  # held across every worker of the study
 
 
 class LoopBudget(Protocol):
