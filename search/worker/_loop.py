@@ -95,7 +95,8 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
              stage: FineTuneStage | None = None, lock: StudyLock | None = None) -> str | None:
     """Ask, train, tell until the study's budget is met and no counted trial can need a retry; with
     `stage` (a study's `fine_tune:`), then promote its best heads and run the fine-tuning trials.
-    `lock` (the study's lock across workers): a retry due that its failing process died before
+    `lock` (the study's lock across workers): the budget check and the ask are taken under it, so
+    workers together run exactly the budget; a retry due that its failing process died before
     queuing is queued here, under it, after the grace period; without one it counts as failed.
 
     Optuna's study.optimize has no budget shared across workers and treats every exception alike;
@@ -106,7 +107,9 @@ def run_loop(study: optuna.Study, spec: LoopBudget, objective: TrialObjective, s
     baseline = None  # memory once this process has finished a trial (the backend warmed up)
     try:
         while (wanted := _trial_to_run(study, spec, stop, label, limits, deadline, stage, lock)) is not None:
-            trial = study.ask()
+            trial = _ask(study, spec, wanted, lock)
+            if trial is None:
+                continue  # another worker took the budget's last trial in between
             if wanted == FINE_TUNE and not fine_tuning(trial):
                 _not_queued(study, trial, label)
                 continue
@@ -166,6 +169,17 @@ def _trial_to_run(study: optuna.Study, spec: LoopBudget, stop: StopFlag, label: 
             waiting_logged = True
         stop.event.wait(limits.poll_s)
     return None
+
+
+def _ask(study: optuna.Study, spec: LoopBudget, wanted: str, lock: StudyLock | None) -> optuna.Trial | None:
+    """Ask for the next trial, or None when the budget was met in between. With the study's lock the
+    budget check and the ask are one step for all workers, so the budget is exact; without one (two
+    store calls) workers asking at once near the end may overshoot it by up to their number - 1, as
+    Optuna's MaxTrialsCallback does."""
+    if lock is None or wanted == FINE_TUNE:  # the fine-tuning stage's queue bounds its own trials
+        return study.ask()
+    with lock():
+        return study.ask() if budget_used(study) < spec.trials else None
 
 
 def _not_queued(study: optuna.Study, trial: optuna.Trial, label: str) -> None:

@@ -155,8 +155,8 @@ class WorkerSession:
                             lock=functools.partial(self._study_lock, "retries"))
 
     def _study_lock(self, kind: str):
-        """One worker of the study's (on any machine) at a time, to promote its heads or queue a retry
-        its failing process did not: the store's advisory lock on PostgreSQL, else a file lock in the
+        """One worker of the study's (on any machine) at a time, to promote its heads, to ask for a
+        trial within the budget or to queue a retry its failing process did not: the store's advisory lock on PostgreSQL, else a file lock in the
         artifact folder every worker shares (storage.build_lock)."""
         study = self.study.study_name
         folder = self.artifacts / "locks" / f"{kind}-{study}-{self.study.user_attrs.get(attrs.STUDY_UID)}"

@@ -197,10 +197,33 @@ def test_a_retry_due_that_never_comes_is_queued_under_the_study_lock_and_run(cap
     run_loop(study, spec, lambda t: float(t.suggest_int("x", 0, 3)), StopFlag(), Background(study, Liveness()), "w0",
              LoopLimits(poll_s=0.05, due_wait_s=0.5), lock=lock)
     trials = study.trials
-    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE] and held == [1]
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.COMPLETE]
+    assert held == [1, 1]  # once to queue the retry, once to ask for it within the budget
     assert trials[1].system_attrs["failed_trial"] == frozen.number and trials[1].params == frozen.params
     assert f"trial {frozen.number} failed with a retry due that was not queued in 0s" in caplog.text
     assert retries_due(study) == []
+
+
+def test_with_the_study_lock_the_budget_is_exact_when_another_worker_asks_in_between():
+    """CI saw 4/3 finished with two workers: both found 2 of 3 used, both asked. Under the study's
+    lock the check is made again with the ask, so the worker that comes second runs nothing."""
+    import contextlib
+
+    study, spec = _study(trials=1)
+    calls = []
+
+    @contextlib.contextmanager
+    def lock():
+        if not calls:  # another worker got the lock first and took the budget's last trial
+            other = study.ask()
+            study.tell(other, 0.5)
+        calls.append(1)
+        yield
+
+    run_loop(study, spec, lambda t: 1.0, StopFlag(), Background(study, Liveness()), "w0",
+             LoopLimits(poll_s=0.05), lock=lock)
+    assert [t.state for t in study.trials] == [TrialState.COMPLETE] and study.trials[0].value == 0.5
+    assert calls == [1]
 
 
 def test_a_stop_request_ends_the_wait():
