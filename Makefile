@@ -33,7 +33,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto bench-confirm bench-recipe bench-finetune up down clean require-name
+.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto bench-confirm bench-recipe bench-finetune proxy-secrets up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -141,6 +141,9 @@ bench-current: $(STAMP) ## rewrite BENCHMARKS.md's current-figures table from it
 	$(PY) -m benchmarks.current
 
 COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+
+proxy-secrets: ## the storage proxy's CA, certificate, key and token into OUT (default: the proxy overlay's ignored secrets/)
+	sh deploy/proxy-secrets.sh $(or $(OUT),deploy/kubernetes/overlays/proxy/secrets)
 
 up: require-name ## one GPU box: PostgreSQL, study creation, WORKERS GPU workers and the dashboard (docker compose)
 	@test -f .env || { echo "copy .env.example to .env first"; exit 2; }

@@ -49,7 +49,7 @@ def open_storage(url: str | None = None, *, create_schema: bool = False,
             return storage
         except sqlalchemy_errors() as exc:
             raise unavailable(url, exc) from None
-    if scheme == "grpc":  # Optuna's gRPC storage proxy (python -m search proxy) holds the connections
+    if scheme in ("grpc", "grpcs"):  # Optuna's gRPC storage proxy (python -m search proxy) holds the connections
         from storage._grpc import open_grpc
 
         return open_grpc(url)
@@ -59,7 +59,7 @@ def open_storage(url: str | None = None, *, create_schema: bool = False,
         return open_rdb(url, create_schema=create_schema)
     raise StorageConfigError(
         f"unsupported store URL {redact(url)!r}; use journal+postgresql+psycopg2://user:password@host:5432/db "
-        "(the service's store), postgresql+psycopg2://... (Optuna's RDB tables), journal:///path/to/file.journal, or leave STORAGE empty for the embedded store"
+        "(the service's store), postgresql+psycopg2://... (Optuna's RDB tables), journal:///path/to/file.journal, grpcs://host:13000?ca_file=...&token_file=... (the storage proxy), or leave STORAGE empty for the embedded store"
     )
 
 

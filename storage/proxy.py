@@ -1,9 +1,11 @@
 """Optuna's gRPC storage proxy in front of the RDB store.
 
-    python -m search proxy --host 0.0.0.0 --port 13000 [--storage postgresql+psycopg2://user@host/db]
+    python -m search proxy --host 0.0.0.0 --port 13000 --tls-cert F --tls-key F --token-file F \
+        [--storage postgresql+psycopg2://user@host/db]
 
 For more workers than the database should hold connections for: the proxy holds one pool of
-`--threads` connections and the workers (STORAGE=grpc://host:13000) hold none. It serves Optuna's
+`--threads` connections and the workers (STORAGE=grpcs://host:13000?ca_file=...&token_file=...) hold
+none; off loopback it serves only with TLS and a token (storage._grpc). It serves Optuna's
 RDB layout only (Optuna's proxy cannot front a JournalStorage, optuna/optuna#6084). It never
 creates tables: the study must have been created first, directly on the database (`python -m
 search create NAME`, the create-study Job), as for workers.
@@ -12,14 +14,13 @@ search create NAME`, the create-study Job), as for workers.
 from __future__ import annotations
 
 import logging
-import warnings
-from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import optuna
 
 from storage._errors import StorageConfigError
-from storage._urls import JOURNAL_PG_PREFIX, journal_path, redact, unavailable
+from storage._grpc import ServerSecurity, make_server
+from storage._urls import JOURNAL_PG_PREFIX, PG_KEEPALIVES, journal_path, redact, unavailable
 
 logger = logging.getLogger("storage.proxy")
 APPLICATION_NAME = "cnn-search-proxy"  # how the proxy's sessions show in pg_stat_activity
@@ -48,7 +49,8 @@ def open_backend(url: str, *, threads: int) -> optuna.storages.BaseStorage:
     engine_kwargs: dict = {}
     if url.startswith("postgresql"):
         engine_kwargs = {"pool_pre_ping": True, "pool_recycle": 300, "pool_size": threads, "max_overflow": 0,
-                         "connect_args": {"connect_timeout": 10, "application_name": APPLICATION_NAME}}
+                         "connect_args": {"connect_timeout": 10, "application_name": APPLICATION_NAME,
+                                          **PG_KEEPALIVES}}
     _require_schema(url, engine_kwargs.get("connect_args", {}))
     try:
         rdb = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=True)
@@ -57,10 +59,13 @@ def open_backend(url: str, *, threads: int) -> optuna.storages.BaseStorage:
     return optuna.storages.get_storage(rdb)
 
 
-def serve(storage: optuna.storages.BaseStorage, *, host: str, port: int, threads: int) -> None:
-    """Serve until the process is stopped (SIGTERM ends it; workers' calls in flight then fail)."""
-    logger.info("storage proxy on %s:%d, %d threads", host, port, threads)
-    with warnings.catch_warnings():  # experimental in Optuna; we pin optuna==5.0.*
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        optuna.storages.run_grpc_proxy_server(storage, host=host, port=port,
-                                              thread_pool=ThreadPoolExecutor(max_workers=threads))
+def serve(storage: optuna.storages.BaseStorage, *, host: str, port: int, threads: int,
+          security: ServerSecurity = ServerSecurity()) -> None:
+    """Serve until the process is stopped (SIGTERM ends it; workers' calls in flight then fail).
+    Off loopback only with TLS and a token (storage._grpc.ServerSecurity)."""
+    server = make_server(storage, host=host, port=port, threads=threads, security=security)
+    server.start()
+    logger.info("storage proxy on %s:%d, %d threads, %s, %s", host, port, threads,
+                "TLS" if security.tls_cert else "plaintext (loopback)",
+                "token required" if security.token_file else "no token")
+    server.wait_for_termination()

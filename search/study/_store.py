@@ -52,6 +52,9 @@ def storage_errors() -> tuple[type[BaseException], ...]:
             ConnectionError, grpc.RpcError)
 
 
+REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)  # the proxy's token check
+
+
 class _Backoff:
     """1 s doubling to `max_wait`, each wait jittered by x0.5-1.5; one warning a minute at most."""
 
@@ -90,9 +93,15 @@ class ResilientStorage(BaseStorage):
         self._sleep = sleep
         self._errors = storage_errors()
 
+    def _transient(self, exc: BaseException) -> bool:
+        """An outage, not a refusal: the storage proxy refusing this client's token is not retried."""
+        if isinstance(exc, grpc.RpcError) and exc.code() in REFUSED:
+            return False
+        return isinstance(exc, self._errors)
+
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
         method = getattr(self.backend, name)
-        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception_type(self._errors), wait=self._backoff.wait,
+        retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(self._transient), wait=self._backoff.wait,
                                      before_sleep=self._backoff.log, sleep=self._sleep, reraise=True)
         started = time.perf_counter()
         try:

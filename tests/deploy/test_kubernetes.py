@@ -60,11 +60,15 @@ def _kustomize() -> list[str]:
 
 def _kustomize_build(tmp_path: Path, target: str) -> list[dict]:
     """What `kubectl apply -k deploy/kubernetes/TARGET` would send, built offline from a copy of the
-    folder with the placeholder password (the real password file is git-ignored and stays out)."""
+    folder with placeholder secrets (the real secret files are git-ignored and stay out)."""
     copy = tmp_path / "kubernetes"
     shutil.copytree(DEPLOY, copy, ignore=shutil.ignore_patterns("secrets"))
-    (copy / "base/secrets").mkdir()
-    (copy / "base/secrets/postgres_password").write_bytes(PLACEHOLDER_PASSWORD)
+    for kustomization in copy.rglob("kustomization.yaml"):  # every generated Secret's files, as placeholders
+        for gen in yaml.safe_load(kustomization.read_text()).get("secretGenerator", []):
+            for spec in gen["files"]:
+                path = kustomization.parent / spec.rpartition("=")[2]
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(PLACEHOLDER_PASSWORD)
     result = subprocess.run([*_kustomize(), str(copy / target)], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "HOME": str(tmp_path)})
     assert result.returncode == 0, result.stderr
@@ -230,15 +234,41 @@ def test_the_proxy_overlay_sends_only_the_workers_through_the_proxy(base):
     assert urlsplit(config["STORAGE"]).scheme == "postgresql+psycopg2"  # the RDB layout behind the proxy
     service = find(objects, "Service", "storage-proxy")
     proxy = container(find(objects, "Deployment", "storage-proxy"), "storage-proxy")
-    assert proxy["command"] == ["python", "-m", "search", "proxy", "--host", "0.0.0.0", "--port", "13000"]
+    assert proxy["command"][:8] == ["python", "-m", "search", "proxy", "--host", "0.0.0.0", "--port", "13000"]
+    flags = dict(zip(proxy["command"][8::2], proxy["command"][9::2]))
+    assert set(flags) == {"--tls-cert", "--tls-key", "--token-file"}  # off loopback: TLS and the token
+    deployment = find(objects, "Deployment", "storage-proxy")
+    assert _secret_files(deployment, proxy, flags.values()) == {
+        ("storage-proxy-tls", "tls.crt"), ("storage-proxy-tls", "tls.key"), ("storage-proxy-client", "token")}
     # The proxy is the overlay's own object, out of the base's `images:`: the overlay names the image too.
     assert proxy["image"] == container(find(objects, "Job", "workers"), "worker")["image"]
     assert service["spec"]["ports"][0]["port"] == 13000
     workers = find(objects, "Job", "workers")
+    from storage._grpc import parse_grpc_url
+
     for name in ("worker", "wait-for-study"):
-        assert {"name": "STORAGE", "value": "grpc://storage-proxy:13000"} in container(workers, name)["env"]
+        c = container(workers, name)
+        target = parse_grpc_url(next(e["value"] for e in c["env"] if e["name"] == "STORAGE"))
+        assert (target.host, target.port, target.tls) == ("storage-proxy", 13000, True)
+        # The CA and the token from the client Secret; never the proxy's key in a worker's pod.
+        assert _secret_files(workers, c, [str(target.ca_file), str(target.token_file)]) == {
+            ("storage-proxy-client", "ca.crt"), ("storage-proxy-client", "token")}
+        assert not any(v.get("secret", {}).get("secretName", "").startswith("storage-proxy-tls")
+                       for v in pod_spec(workers)["volumes"])
     for kind, name in (("Job", "create-study"), ("Deployment", "dashboard")):
         assert find(objects, kind, name) == find(base, kind, name)
+
+def _secret_files(obj: dict, c: dict, paths) -> set[tuple[str, str]]:
+    """(Secret, key) each path in container c reads, through its mounts of the pod's secret volumes
+    (generated names' hash suffix dropped)."""
+    volumes = {v["name"]: v["secret"]["secretName"].rsplit("-", 1)[0] for v in pod_spec(obj)["volumes"]
+               if "secret" in v}
+    found = set()
+    for path in paths:
+        folder, _, key = path.rpartition("/")
+        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == folder)
+        found.add((volumes[mount["name"]], key))
+    return found
 
 def test_the_proxy_refuses_a_journal_store_and_names_what_to_use(capsys):
     from search.__main__ import main
@@ -253,9 +283,11 @@ def test_grpc_urls_are_parsed_and_a_missing_proxy_is_a_clear_error():
     from storage import StorageConfigError, StorageUnavailableError
     from storage._grpc import open_grpc, parse_grpc_url
 
-    assert parse_grpc_url("grpc://storage-proxy:13000") == ("storage-proxy", 13000)
-    assert parse_grpc_url("grpc://proxy") == ("proxy", 13000)
-    for bad in ("grpc://u:p@proxy:1", "grpc://proxy:1/db", "grpc://proxy:x", "http://proxy:1"):
+    target = parse_grpc_url("grpcs://storage-proxy:13000?ca_file=/etc/ca.crt&token_file=/etc/token")
+    assert (target.host, target.port, target.tls) == ("storage-proxy", 13000, True)
+    assert parse_grpc_url("grpc://127.0.0.1").port == 13000
+    for bad in ("grpcs://u:p@proxy:1", "grpcs://proxy:1/db", "grpcs://proxy:x", "http://proxy:1",
+                "grpc://storage-proxy:13000"):
         with pytest.raises(StorageConfigError):
             parse_grpc_url(bad)
     started = time.monotonic()

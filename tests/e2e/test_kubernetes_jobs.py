@@ -93,13 +93,29 @@ def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, bas
     finally:
         stop(proc)
 
-def _start_proxy(command: list[str], env: dict, port: int, log: Path) -> subprocess.Popen:
+def _proxy_secrets(folder: Path) -> Path:
+    """What `make proxy-secrets` writes (a CA, the proxy's certificate and key, a token), for this machine."""
+    done = subprocess.run(["sh", str(REPO / "deploy/proxy-secrets.sh"), str(folder)], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return folder
+
+def _mounted(secrets: Path) -> dict[str, str]:
+    """The proxy's and workers' secret mounts (storage-proxy.yaml) mapped to the files on this machine."""
+    return {f"/etc/cnn-search/{mount}/{name}": str(secrets / name)
+            for mount, names in (("proxy-tls", ("tls.crt", "tls.key")), ("proxy", ("ca.crt", "token")))
+            for name in names}
+
+def _proxy_url(port: int, secrets: Path) -> str:
+    return f"grpcs://127.0.0.1:{port}?ca_file={secrets / 'ca.crt'}&token_file={secrets / 'token'}"
+
+def _start_proxy(command: list[str], env: dict, port: int, log: Path, secrets: Path) -> subprocess.Popen:
     from storage._grpc import open_grpc
 
-    command = [{"0.0.0.0": "127.0.0.1", "13000": str(port)}.get(part, part) for part in command]
+    command = [{"0.0.0.0": "127.0.0.1", "13000": str(port), **_mounted(secrets)}.get(part, part) for part in command]
     proc = subprocess.Popen(command, env=env, cwd=log.parent, stdout=open(log, "w"), stderr=subprocess.STDOUT)
     try:
-        open_grpc(f"grpc://127.0.0.1:{port}", timeout=60).close()
+        open_grpc(_proxy_url(port, secrets), timeout=60).close()
     except Exception:
         stop(proc)
         raise AssertionError(f"the proxy did not start: {log.read_text()[-2000:]}") from None
@@ -116,12 +132,16 @@ def test_a_worker_container_runs_through_the_storage_proxy(tmp_path, fresh_db, s
     port = free_port()
     command, env = local_command(objects, container(find(objects, "Deployment", "storage-proxy"), "storage-proxy"),
                           **job_env)
-    proxy = _start_proxy(command, env, port, tmp_path / "proxy.log")
+    secrets = _proxy_secrets(tmp_path / "proxy-secrets")
+    proxy = _start_proxy(command, env, port, tmp_path / "proxy.log", secrets)
     try:
         worker = container(find(objects, "Job", "workers"), "worker")
         in_cluster = next(e["value"] for e in worker["env"] if e["name"] == "STORAGE")
-        assert in_cluster == "grpc://storage-proxy:13000"
-        command, env = local_command(objects, worker, **{**job_env, "STORAGE": f"grpc://127.0.0.1:{port}"})
+        assert in_cluster == ("grpcs://storage-proxy:13000?ca_file=/etc/cnn-search/proxy/ca.crt"
+                              "&token_file=/etc/cnn-search/proxy/token")
+        assert {m["mountPath"] for m in worker["volumeMounts"]} >= {"/etc/cnn-search/proxy"}
+        assert "/etc/cnn-search/proxy-tls" not in {m["mountPath"] for m in worker["volumeMounts"]}  # not the key
+        command, env = local_command(objects, worker, **{**job_env, "STORAGE": _proxy_url(port, secrets)})
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
     finally:
@@ -130,8 +150,8 @@ def test_a_worker_container_runs_through_the_storage_proxy(tmp_path, fresh_db, s
 
 def test_eight_workers_through_the_proxy_one_sigkilled_mid_trial(tmp_path, fresh_db):
     """Its trial is reaped (grace 5 s) and retried with the same parameters; every lineage ends in
-    one finished trial and nothing stays RUNNING. The budget is met and overshot by at most
-    workers - 1 (the budget check and the ask are two store calls; README, Reliability row 15)."""
+    one finished trial and nothing stays RUNNING. The budget is met and, as these trivial workers take
+    no study lock (two store calls, as Optuna's MaxTrialsCallback), overshot by at most workers - 1."""
     from search.study._retries import lineage
     from search.study._study import budget_used
     from storage import close_storage, open_storage
@@ -140,12 +160,15 @@ def test_eight_workers_through_the_proxy_one_sigkilled_mid_trial(tmp_path, fresh
     direct = open_storage(fresh_db, create_schema=True)
     optuna.create_study(study_name=name, storage=direct)
     port = free_port()
-    proxy = _start_proxy([sys.executable, "-m", "search", "proxy", "--port", "13000", "--storage", fresh_db],
-                         dict(os.environ), port, tmp_path / "proxy.log")
+    secrets = _proxy_secrets(tmp_path / "proxy-secrets")  # TLS and the token, as in the cluster
+    proxy = _start_proxy([sys.executable, "-m", "search", "proxy", "--port", "13000", "--storage", fresh_db,
+                          "--tls-cert", str(secrets / "tls.crt"), "--tls-key", str(secrets / "tls.key"),
+                          "--token-file", str(secrets / "token")], dict(os.environ), port, tmp_path / "proxy.log",
+                         secrets)
     env = {**os.environ, "HEARTBEAT_INTERVAL": "1", "GRACE_PERIOD": "5", "PYTHONUNBUFFERED": "1",
            "TRIAL_SECONDS": str(TRIAL_SECONDS)}
     logs = [tmp_path / f"w{i}.log" for i in range(n)]
-    workers = [subprocess.Popen([sys.executable, str(REPO / "tests/helpers/trivial_worker.py"), f"grpc://127.0.0.1:{port}", name, str(i), str(budget)],
+    workers = [subprocess.Popen([sys.executable, str(REPO / "tests/helpers/trivial_worker.py"), _proxy_url(port, secrets), name, str(i), str(budget)],
                                 env=env, cwd=tmp_path, stdout=open(logs[i], "w"), stderr=subprocess.STDOUT)
                for i in range(n)]
     pids = {w.pid: w for w in workers}

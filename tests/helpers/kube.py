@@ -37,15 +37,15 @@ def merge_patch(base, patch):
         return {**base, **{k: merge_patch(base[k], v) if k in base else v for k, v in patch.items()}}
     named = isinstance(base, list) and isinstance(patch, list) and all(
         isinstance(i, dict) and "name" in i for i in base + patch)
-    if named:
-        out = list(base)
+    if named:  # kustomize (kyaml) merges items by name and puts the patch's new items first
+        out, new = list(base), []
         for item in patch:
             at = next((n for n, b in enumerate(out) if b["name"] == item["name"]), None)
             if at is None:
-                out.append(item)
+                new.append(item)
             else:
                 out[at] = merge_patch(out[at], item)
-        return out
+        return new + out
     return patch
 
 def rename_secrets(node, renames: dict[str, str]):

@@ -567,6 +567,10 @@ def test_every_postgresql_connection_has_keepalives_and_a_user_timeout(postgres_
     journal = open_storage(journal_pg_url, create_schema=True)  # a JournalStorage over our backend
     rdb = open_rdb(postgres_url, create_schema=True)
     assert isinstance(journal._backend, PostgresJournalBackend)
-    for params in (dsn(rdb.engine), dsn(journal._backend._engine)):
+    from storage.proxy import open_backend
+
+    proxied = open_backend(postgres_url, threads=2)  # the storage proxy's pool (Optuna's cache over RDB)
+    for params in (dsn(rdb.engine), dsn(journal._backend._engine), dsn(proxied._backend.engine)):
         assert (params["keepalives"], params["keepalives_idle"], params["tcp_user_timeout"]) == ("1", "30", "60000")
     close_storage(journal)
+    proxied._backend.engine.dispose()
