@@ -14,12 +14,12 @@ from pathlib import Path
 import grpc
 import optuna
 import pytest
+from helpers.processes import free_port
+from helpers.relay import Relay
 
 from search.study._store import resilient
 from storage import StorageConfigError, StorageUnavailableError
 from storage._grpc import GrpcTarget, ProxyClient, ServerSecurity, make_server, open_grpc, parse_grpc_url
-from tests.helpers.processes import free_port
-from tests.helpers.relay import Relay
 
 REPO = Path(__file__).resolve().parents[2]
 
