@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     data_cache: Path = Field(Path(".cache/data"), description="decoded datasets, cached as uint8 arrays")
     data_offline: bool = Field(False, description="never download a dataset; fail naming what was looked for")
     studies_dir: Path = Field(STUDIES_DIR, description="folder of study files <name>.yaml")
+    dashboard_auth_file: Path | None = Field(None, description=(
+        "the dashboard asks for a user and password from this file (user:password lines; Kubernetes "
+        "mounts a Secret); unset: no login, so bind 127.0.0.1 only"))
     mlflow_tracking_uri: str = Field("", description=(
         "record each study and its trials in MLflow there (a study file's tracking.mlflow wins); empty: no MLflow"))
     # --- study overrides (what compose and Kubernetes pass) --------------------------------------

@@ -4,7 +4,15 @@ from storage._artifacts import artifact_root, artifact_store, cache_path, upload
 from storage._errors import StorageConfigError, StorageUnavailableError
 from storage._locks import advisory_key, advisory_lock, build_lock, file_lock, lock_database
 from storage._open import close_storage, describe, open_storage
-from storage._urls import JOURNAL_PG_PREFIX, check_study_name, journal_path, redact, resolve_url, with_search_path
+from storage._urls import (
+    JOURNAL_PG_PREFIX,
+    check_study_name,
+    is_loopback,
+    journal_path,
+    redact,
+    resolve_url,
+    with_search_path,
+)
 
 __all__ = [
     "JOURNAL_PG_PREFIX",
@@ -20,6 +28,7 @@ __all__ = [
     "close_storage",
     "describe",
     "file_lock",
+    "is_loopback",
     "journal_path",
     "lock_database",
     "open_storage",

@@ -29,7 +29,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hmac
-import ipaddress
 import logging
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +39,7 @@ import grpc
 import optuna
 
 from storage._errors import StorageConfigError, StorageUnavailableError
+from storage._urls import is_loopback
 
 logger = logging.getLogger("storage.proxy")
 GRPC_SCHEMES = ("grpc", "grpcs")
@@ -90,15 +90,6 @@ class GrpcTarget:
     def channel(self) -> grpc.Channel:
         """The channel every call of the client goes through: deadline and token on each call."""
         return grpc.intercept_channel(self.raw_channel(), _CallPolicy(self.timeout_s, self.token()))
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def parse_grpc_url(url: str) -> GrpcTarget:

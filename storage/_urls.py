@@ -4,6 +4,7 @@ Opening a store from a URL is storage._open's; this module imports only storage.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -24,6 +25,16 @@ _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
 STUDY_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener on host is reachable from this machine only (127.0.0.0/8, ::1, localhost)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def check_study_name(name: str) -> str:

@@ -3,12 +3,14 @@ a worker through the storage proxy, eight workers through the proxy with one SIG
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from datetime import datetime
@@ -22,6 +24,7 @@ from helpers.kube import (
     copy_study_files,
     find,
     local_command,
+    pod_spec,
     render,
     store_url_like,
 )
@@ -84,12 +87,25 @@ def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, bas
     assert _complete(url, name) == 2
     c = container(dashboard, "dashboard")
     port = free_port()
-    command, env = local_command(base, c, **job_env)
+    users = tmp_path / "dashboard_users"  # the Secret dashboard-users, mounted where DASHBOARD_AUTH_FILE says
+    users.write_text("admin:placeholder-password\n")
+    in_cluster = next(e["value"] for e in c["env"] if e["name"] == "DASHBOARD_AUTH_FILE")
+    mount = next(m for m in c["volumeMounts"] if in_cluster.startswith(m["mountPath"] + "/"))
+    volume = next(v for v in pod_spec(dashboard)["volumes"] if v["name"] == mount["name"])
+    assert volume["secret"]["secretName"].startswith("dashboard-users")
+    command, env = local_command(base, c, **{**job_env, "DASHBOARD_AUTH_FILE": str(users)})
     command = [{"0.0.0.0": "127.0.0.1", "8080": str(port)}.get(part, part) for part in command]
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        body = _answer(f"http://127.0.0.1:{port}{c['readinessProbe']['httpGet']['path']}", proc)
-        assert name in [s["study_name"] for s in json.loads(body)["study_summaries"]]
+        assert _answer(f"http://127.0.0.1:{port}{c['readinessProbe']['httpGet']['path']}", proc) == b"ok\n"
+        with pytest.raises(urllib.error.HTTPError) as refused:  # no login: 401, nothing of the store
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5)
+        assert refused.value.code == 401
+        login = base64.b64encode(b"admin:placeholder-password").decode()
+        request = urllib.request.Request(f"http://127.0.0.1:{port}/api/studies",
+                                         headers={"Authorization": f"Basic {login}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert name in [s["study_name"] for s in json.loads(response.read())["study_summaries"]]
     finally:
         stop(proc)
 
