@@ -91,11 +91,19 @@ test-tools:
 	  { [ "$$(id -u)" = 0 ] && apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
 	  || { echo "the tests need: $$missing (apt-get install $$missing)"; exit 1; }
 
+# checkov (a policy scanner for the Kubernetes manifests and the Dockerfile) in a virtual environment
+# of its own: its pins (boto3, networkx...) are not the service's.
+CHECKOV_VERSION := 3.3.30
+CHECKOV := .venv-tools/bin/checkov
+$(CHECKOV):
+	@test -x .venv-tools/bin/python || $(PYTHON) -m venv .venv-tools
+	.venv-tools/bin/python -m pip install --quiet checkov==$(CHECKOV_VERSION)
+
 # The suite in three runs: everything but tests/e2e on both cores (pytest-xdist, a test file per worker, so a
 # file's tests never race each other); the end-to-end studies on both cores too, a file per worker; then the
 # fault matrix one test at a time (tests/conftest.py's `serial`: it stops PostgreSQL, kills workers and
 # times heartbeats against a grace period, which a second test on the same cores would skew).
-test: $(STAMP) test-tools ## the import contract (pyproject.toml, [tool.importlinter]), then the whole test suite
+test: $(STAMP) test-tools $(CHECKOV) ## the import contract (pyproject.toml, [tool.importlinter]), then the whole test suite
 	$(VENV)/bin/lint-imports
 	$(PY) -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=10
 	$(PY) -m pytest -q -m "slow and not serial" -n 2 --dist loadfile --durations=10
@@ -104,7 +112,7 @@ test: $(STAMP) test-tools ## the import contract (pyproject.toml, [tool.importli
 test-faults: $(STAMP) ## only the fault matrix on PostgreSQL (README, "Reliability"); make test runs it too
 	$(PY) -m pytest -q tests/e2e/test_service.py tests/e2e/test_faults.py
 
-test-fast: $(STAMP) ## the inner-loop tier: no end-to-end studies, no PostgreSQL, no browser (no service needs to run)
+test-fast: $(STAMP) $(CHECKOV) ## the inner-loop tier: no end-to-end studies, no PostgreSQL, no browser (no service needs to run)
 	$(PY) -m pytest -q -m "not slow and not postgres and not browser"
 
 bench-data: $(STAMP) ## augmentation throughput vs ImageDataGenerator; appends to BENCHMARKS.md

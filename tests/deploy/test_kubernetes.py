@@ -308,3 +308,35 @@ def test_the_failure_policys_exit_code_is_the_workers_for_a_missing_study(tmp_pa
     result = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode in fail_job["onExitCodes"]["values"] and result.returncode == 2, result.stderr[-2000:]
     assert "does not exist" in result.stderr
+
+CHECKOV = REPO / ".venv-tools/bin/checkov"
+
+def test_checkov_passes_every_check_on_the_manifests_and_the_dockerfile_but_the_explained_skips(tmp_path):
+    """checkov (pinned, its own virtual environment: `make test-tools` or `make test`), offline, over
+    what kubectl would apply for the base and each overlay, and over the Dockerfile. A skip needs its
+    reason in deploy/checkov.yaml."""
+    if not CHECKOV.exists():
+        pytest.fail(f"checkov is needed: `make {CHECKOV.relative_to(REPO)}` (make test does it) installs "
+                    "checkov==3.3.30 into .venv-tools")
+    config = REPO / "deploy/checkov.yaml"
+    skips = [line for line in config.read_text().splitlines() if line.lstrip().startswith("- ")]
+    assert skips and all(re.match(r"\s+- CKV_\w+\s+#\s*\S.{30,}", line) for line in skips), skips
+    files = []
+    for target in TARGETS:
+        name = target.replace("/", "_")
+        rendered = tmp_path / f"{name}.yaml"
+        rendered.write_text(yaml.safe_dump_all(_kustomize_build(tmp_path / name, target)))
+        files += ["-f", str(rendered)]
+    run = subprocess.run([str(CHECKOV), *files, "-f", str(REPO / "Dockerfile"), "--framework", "kubernetes",
+                          "dockerfile", "--config-file", str(config), "--skip-download", "--quiet", "-o", "json"],
+                         capture_output=True, text=True, timeout=600, cwd=tmp_path,
+                         env={**os.environ, "BC_SKIP_MAPPING": "TRUE", "HOME": str(tmp_path)})
+    assert run.returncode in (0, 1), run.stderr[-3000:]  # 1: failed checks, listed below
+    import json
+
+    reports = json.loads(run.stdout)
+    reports = reports if isinstance(reports, list) else [reports]
+    assert {r["check_type"] for r in reports} == {"kubernetes", "dockerfile"}, run.stdout[:2000]
+    failed = [(f["check_id"], f["check_name"], f["resource"]) for r in reports for f in r["results"]["failed_checks"]]
+    assert failed == [], failed
+    assert sum(r["summary"]["passed"] for r in reports) > 500
