@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage import redact, resolve_url
+from storage import READER, WRITER, StorageConfigError, StoreRole, redact, resolve_url
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 
@@ -34,6 +34,15 @@ class Settings(BaseSettings):
     data_cache: Path = Field(Path(".cache/data"), description="decoded datasets, cached as uint8 arrays")
     data_offline: bool = Field(False, description="never download a dataset; fail naming what was looked for")
     studies_dir: Path = Field(STUDIES_DIR, description="folder of study files <name>.yaml")
+    store_worker_role: str = Field("", description=(
+        "the create step makes this PostgreSQL login role, which may only read and write the store's rows; "
+        "workers then connect as it (README, Reliability, row 13); empty: none"))
+    store_worker_password_file: Path | None = Field(None, description="the worker role's password (a secret file)")
+    store_dashboard_role: str = Field("", description=(
+        "the create step makes this role, which may only read the store (the dashboard's); empty: none"))
+    store_dashboard_password_file: Path | None = Field(None, description="the dashboard role's password")
+    store_dashboard_writes: bool = Field(False, description=(
+        "grant the dashboard role the worker's writes (notes, telling trials from the dashboard)"))
     dashboard_auth_file: Path | None = Field(None, description=(
         "the dashboard asks for a user and password from this file (user:password lines; Kubernetes "
         "mounts a Secret); unset: no login, so bind 127.0.0.1 only"))
@@ -97,6 +106,19 @@ class Settings(BaseSettings):
         """The store to open: `url` (a --storage flag), else STORAGE, else the embedded journal;
         a password-less URL takes its password from STORAGE_PASSWORD_FILE."""
         return resolve_url(url or self.storage, password_file=self.storage_password_file)
+
+    def store_roles(self) -> list[tuple[str, StoreRole]]:
+        """The least-privilege roles the create step makes, named by the setting that asks for each."""
+        roles = []
+        for what, name, password, access in (
+                ("STORE_WORKER_ROLE", self.store_worker_role, self.store_worker_password_file, WRITER),
+                ("STORE_DASHBOARD_ROLE", self.store_dashboard_role, self.store_dashboard_password_file,
+                 WRITER if self.store_dashboard_writes else READER)):
+            if name:
+                if password is None:
+                    raise StorageConfigError(f"{what}={name} needs its password file: set {what[:-4]}PASSWORD_FILE")
+                roles.append((what, StoreRole(name, password, access)))
+        return roles
 
     def child_env(self, **extra: str) -> dict[str, str]:
         """The environment for a worker process this one starts: this one's, plus `extra`."""

@@ -4,6 +4,7 @@ from storage._artifacts import artifact_root, artifact_store, cache_path, upload
 from storage._errors import StorageConfigError, StorageUnavailableError
 from storage._locks import advisory_key, advisory_lock, build_lock, file_lock, lock_database
 from storage._open import close_storage, describe, open_storage
+from storage._roles import READER, WRITER, StoreRole, check_roles, ensure_roles
 from storage._urls import (
     JOURNAL_PG_PREFIX,
     check_study_name,
@@ -15,6 +16,11 @@ from storage._urls import (
 )
 
 __all__ = [
+    "READER",
+    "WRITER",
+    "StoreRole",
+    "check_roles",
+    "ensure_roles",
     "JOURNAL_PG_PREFIX",
     "StorageConfigError",
     "StorageUnavailableError",

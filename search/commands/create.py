@@ -14,7 +14,7 @@ from search.errors import StudySpecError
 from search.settings import Settings
 from search.spec import StudySpec, check_builders, load_data, load_spec, trial_config
 from search.study import create_study
-from storage import describe, open_storage
+from storage import check_roles, describe, ensure_roles, open_storage
 
 HELP = "create the study (idempotent) and enqueue warm starts"
 
@@ -46,9 +46,13 @@ def create(args: argparse.Namespace, settings: Settings, spec: StudySpec | None 
 
         check_extras(spec, spec.representative_knobs())
     url = settings.store_url(args.storage)
+    roles = settings.store_roles()
+    check_roles(url, roles)  # a bad role setting fails here too, before the store is touched
     described = (data.description if data is not None
                  else dataset_spec(spec.dataset, label_mode=spec.label_mode).describe())
     study = create_study(spec, open_storage(url, create_schema=True), dataset_description=described)
+    if roles:
+        print(f"store roles: {', '.join(ensure_roles(url, roles))}")
     tracked = tracker(spec.name, spec.mlflow, settings)
     if tracked is not None and tracked.safely("creating the study's run", tracked.parent, study) is not None:
         print(f"study {spec.name}: trials are recorded in MLflow at {tracked.uri} (experiment cnn-search)")

@@ -18,7 +18,7 @@ import sqlalchemy
 from helpers.processes import REPO
 from optuna.trial import TrialState
 
-from storage import JOURNAL_PG_PREFIX, close_storage, open_storage
+from storage import JOURNAL_PG_PREFIX, WRITER, StoreRole, close_storage, ensure_roles, open_storage
 from storage._rdb import APPLICATION_NAME, MAX_OVERFLOW, POOL_SIZE
 
 WORKER = REPO / "tests" / "helpers" / "trivial_worker.py"
@@ -124,22 +124,14 @@ def test_workers_run_with_a_role_that_may_only_read_and_write_rows(layout, scrat
     storage = open_storage(prefix + owner_url, create_schema=True)  # the one-shot create step, as the owner
     optuna.create_study(study_name=name, storage=storage, direction="minimize")
     close_storage(storage)
-    # The journal layout only ever appends and reads its log.
-    rights = "select, insert" if layout == "journal" else "select, insert, update, delete"
     tables = ("cnn_search_journal",) if layout == "journal" else ("trials", "trial_values")
 
     role = f"cnn_worker_{uuid.uuid4().hex[:6]}"
     roles.append(role)
-    owner = sqlalchemy.create_engine(owner_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
-    with owner.connect() as conn:
-        for statement in (f'create role "{role}" login',
-                          f'grant connect on database "{url.database}" to "{role}"',
-                          'revoke create on schema public from public',
-                          f'grant usage on schema public to "{role}"',
-                          f'grant {rights} on all tables in schema public to "{role}"',
-                          f'grant usage, select on all sequences in schema public to "{role}"'):
-            conn.execute(sqlalchemy.text(statement))
-    owner.dispose()
+    (tmp_path / "worker_password").write_text("placeholder\n")  # trust auth here: kept, not checked
+    # What the create step does with STORE_WORKER_ROLE set (storage._roles); the journal layout: the
+    # log only appended and read, snapshots written.
+    ensure_roles(prefix + owner_url, [("STORE_WORKER_ROLE", StoreRole(role, tmp_path / "worker_password", WRITER))])
     worker_url = url.set(username=role).render_as_string(hide_password=False)
 
     # The role really is DML-only: it can neither create, alter nor drop.
