@@ -155,7 +155,7 @@ proxy-secrets: ## the storage proxy's CA, certificate, key and token into OUT (d
 
 up: require-name ## one GPU box: PostgreSQL, study creation, WORKERS GPU workers and the dashboard (docker compose)
 	@test -f .env || { echo "copy .env.example to .env first"; exit 2; }
-	@test -s secrets/postgres_password || { echo "put the database password in secrets/postgres_password (e.g. openssl rand -hex 24)"; exit 2; }
+	@for f in postgres_password worker_password dashboard_password; do test -s secrets/$$f || { echo "put a password in secrets/$$f (e.g. openssl rand -hex 24 > secrets/$$f): the owner's, the workers' role's, the dashboard role's"; exit 2; }; done
 	STUDY=$(NAME) $(COMPOSE) up -d --build --scale worker=$(WORKERS)
 
 down: ## stop the compose services (volumes are kept)

@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     storage: str = Field("", description="store URL; empty: the embedded journal file studies.journal")
     storage_password_file: Path | None = Field(
         None, description="file holding the store's password (a compose or Kubernetes secret)")
+    storage_user: str = Field("", description=(
+        "connect to a PostgreSQL store as this user instead of STORAGE's (a role the create step made: "
+        "STORE_WORKER_ROLE, STORE_DASHBOARD_ROLE); empty: STORAGE's"))
     artifacts_dir: Path = Field(Path("artifacts"), description="files shared by workers: checkpoints, caches, models")
     data_dir: Path | None = Field(None, description="folder holding the datasets (e.g. ../shared/datasets)")
     data_cache: Path = Field(Path(".cache/data"), description="decoded datasets, cached as uint8 arrays")
@@ -105,7 +108,7 @@ class Settings(BaseSettings):
     def store_url(self, url: str | None = None) -> str:
         """The store to open: `url` (a --storage flag), else STORAGE, else the embedded journal;
         a password-less URL takes its password from STORAGE_PASSWORD_FILE."""
-        return resolve_url(url or self.storage, password_file=self.storage_password_file)
+        return resolve_url(url or self.storage, password_file=self.storage_password_file, user=self.storage_user or None)
 
     def store_roles(self) -> list[tuple[str, StoreRole]]:
         """The least-privilege roles the create step makes, named by the setting that asks for each."""

@@ -48,17 +48,23 @@ def check_study_name(name: str) -> str:
     return name
 
 
-def resolve_url(url: str | None = None, *, password_file: str | os.PathLike | None = None) -> str:
+def resolve_url(url: str | None = None, *, password_file: str | os.PathLike | None = None,
+                user: str | None = None) -> str:
     """The URL, else the embedded journal file in the working directory.
 
     A URL with a user but no password takes it from `password_file` (STORAGE_PASSWORD_FILE, a
     compose or Kubernetes secret), so no password sits in an environment variable, a command line
-    or a log.
+    or a log. `user` (STORAGE_USER) replaces a PostgreSQL URL's user, so one STORAGE serves the
+    create step (the owner) and the workers and the dashboard (their own roles, their own secrets).
     """
     if not url:
         return f"journal:///{Path(DEFAULT_JOURNAL).resolve()}".replace("////", "///")
     secret = password_file
     parts = urlsplit(url)
+    if user and parts.username and "postgresql" in parts.scheme:
+        host = parts.netloc.rpartition("@")[2]
+        parts = parts._replace(netloc=f"{quote(user, safe='')}@{host}")  # the owner's password, if any, goes too
+        url = parts.geturl()
     if secret and parts.username and parts.password is None:
         try:
             password = Path(secret).read_text().strip()

@@ -19,7 +19,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ["DATA_OFFLINE"] = "1"
 
 import pytest
-from helpers.kube import base, fresh_db  # noqa: F401 - fixtures shared by deploy/ and e2e/
+from helpers.kube import base, fresh_db, store_role_names  # noqa: F401 - fixtures shared by deploy/ and e2e/
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED_DATASETS = REPO.parent / "shared" / "datasets"

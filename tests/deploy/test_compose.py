@@ -30,11 +30,19 @@ def test_compose_file_is_valid_and_shaped_for_one_gpu_box(tmp_path):
     assert services["dashboard"]["ports"] == ["127.0.0.1:8080:8080/tcp"]
     from urllib.parse import urlsplit
 
-    for name in ("create-study", "worker", "dashboard"):
+    # Each service connects as its own role, with its own secret only (README, "Reliability", row 13).
+    for name, user, secret in (("create-study", None, "postgres_password"), ("worker", "cnn_worker", "worker_password"),
+                               ("dashboard", "cnn_dashboard", "dashboard_password")):
         env = services[name]["environment"]
         assert urlsplit(env["STORAGE"]).password is None, name  # the password comes from the secret file
         assert urlsplit(env["STORAGE"]).scheme == "journal+postgresql+psycopg2", name  # the service's layout
-        assert env["STORAGE_PASSWORD_FILE"] == "/run/secrets/postgres_password"
+        assert env.get("STORAGE_USER") == user and env["STORAGE_PASSWORD_FILE"] == f"/run/secrets/{secret}", name
+        mounted = {s["source"] for s in services[name]["secrets"]}
+        assert secret in mounted and (name == "create-study" or mounted == {secret}), (name, mounted)
+    create = services["create-study"]["environment"]
+    assert (create["STORE_WORKER_ROLE"], create["STORE_DASHBOARD_ROLE"]) == ("cnn_worker", "cnn_dashboard")
+    assert {s["source"] for s in services["create-study"]["secrets"]} == {
+        "postgres_password", "worker_password", "dashboard_password"}
 
 def test_required_variables_fail_loudly(tmp_path):
     exe = shutil.which("docker-compose") or pytest.fail("docker-compose missing")

@@ -161,28 +161,62 @@ _URL_PASSWORD = re.compile(r"[a-z0-9+.-]+://[^/\s:@'\"]+:[^/\s@'\"]+@", re.I)
 
 _PASSWORD_VALUE = re.compile(r"([\w.-]*password[\w.-]*)[ \t]*[:=][ \t]*([^\s#]+)", re.I)
 
+# Which Secret each password file comes from, per pod: the owner's only where the schema and the roles
+# are made (and in PostgreSQL itself); workers and the proxy the worker role's, the dashboard its own.
+_PASSWORD_SOURCES = {
+    "create-study": {"STORAGE_PASSWORD_FILE": "postgres-password", "STORE_WORKER_PASSWORD_FILE": "store-worker",
+                     "STORE_DASHBOARD_PASSWORD_FILE": "store-dashboard"},
+    "postgres": {"POSTGRES_PASSWORD_FILE": "postgres-password"},
+    "workers": {"STORAGE_PASSWORD_FILE": "store-worker"},
+    "storage-proxy": {"STORAGE_PASSWORD_FILE": "store-worker"},
+    "dashboard": {"STORAGE_PASSWORD_FILE": "store-dashboard"},
+}
+
+def _secret_of_file(objects: list[dict], obj: dict, c: dict, path: str, renames: dict[str, str]) -> str | None:
+    """The generated Secret (its name before the hash) whose key the file at path is in container c."""
+    folder, _, key = path.rpartition("/")
+    mount = next((m for m in c.get("volumeMounts", []) if m["mountPath"] == folder), None)
+    if mount is None:
+        return None
+    volume = next(v for v in pod_spec(obj)["volumes"] if v["name"] == mount["name"])
+    names = ([volume["secret"]["secretName"]] if "secret" in volume else
+             [src["secret"]["name"] for src in volume.get("projected", {}).get("sources", []) if "secret" in src])
+    original = {new: old for old, new in renames.items()}
+    found = [original[n] for n in names if key in find(objects, "Secret", n)["data"]]
+    assert len(found) <= 1, (c["name"], path, found)
+    return found[0] if found else None
+
 def test_the_password_only_travels_through_the_secret(base):
     for target in TARGETS:
         objects, renames = render(DEPLOY / target)
-        secret = renames["postgres-password"]
+        owner = renames["postgres-password"]
         config = find(objects, "ConfigMap", "cnn-search")["data"]
         for obj in objects:
             pod = pod_spec(obj)
             if pod is None:
                 continue
-            volumes = {v["name"]: v for v in pod.get("volumes", [])}
+            sources = _PASSWORD_SOURCES[obj["metadata"]["name"]]
             for c in containers(obj):
                 own = {e["name"]: e.get("value") for e in c.get("env", [])}
                 env = {**(config if c.get("envFrom") else {}), **own}
-                assert not [e for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})
-                            and e["valueFrom"]["secretKeyRef"]["name"] != secret]
+                assert not [e for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
                 if "STORAGE" in env and env["STORAGE"]:
                     assert urlsplit(env["STORAGE"]).password is None, (target, c["name"])
                 for name, value in env.items():
                     if "PASSWORD" in name.upper():
-                        assert name.endswith("_FILE") and value == "/run/secrets/postgres_password", (c["name"], name)
-                        mount = next(m for m in c["volumeMounts"] if m["mountPath"] == "/run/secrets")
-                        assert volumes[mount["name"]]["secret"]["secretName"] == secret, c["name"]
+                        assert name.endswith("_FILE") and value.startswith("/run/secrets/"), (c["name"], name)
+                        got = _secret_of_file(objects, obj, c, value, renames)
+                        # A password variable the pod's own work does not read (the ConfigMap's STORE_*
+                        # in a worker) points at no file there, or at one of the pod's own.
+                        wanted = sources[name] if name in sources else (None, *sources.values())
+                        assert got in ((wanted,) if isinstance(wanted, str) else wanted), (
+                            target, obj["metadata"]["name"], c["name"], name, got)
+            # The owner's password reaches no pod but create-study's and PostgreSQL's.
+            mounted = {v.get("secret", {}).get("secretName") for v in pod.get("volumes", [])} | {
+                src["secret"]["name"] for v in pod.get("volumes", []) for src in v.get("projected", {}).get("sources", [])
+                if "secret" in src}
+            assert (owner in mounted) == (obj["metadata"]["name"] in ("create-study", "postgres")), (target, obj["kind"],
+                                                                                                   obj["metadata"]["name"])
     for path in DEPLOY.rglob("*"):
         if path.is_file() and "secrets" not in path.relative_to(DEPLOY).parts:
             text = path.read_text()
@@ -214,8 +248,11 @@ def test_images_commands_and_variables_are_the_compose_files(base):
         compose_mounts = {v.split(":")[1]: v.endswith(":ro") for v in map(_compose_value, services[service]["volumes"])}
         assert {m["mountPath"]: m.get("readOnly", False) for m in c["volumeMounts"]
                 if m["mountPath"] in compose_mounts} == compose_mounts, service
-    for key, value in services["worker"]["environment"].items():
-        assert config[key] == _compose_value(str(value)), key
+    for service, kind, name in (("worker", "Job", "workers"), ("dashboard", "Deployment", "dashboard")):
+        c = container(find(base, kind, name), "worker" if service == "worker" else "dashboard")
+        pod_env = {**config, **{e["name"]: e["value"] for e in c.get("env", [])}}
+        for key, value in services[service]["environment"].items():
+            assert pod_env[key] == _compose_value(str(value)), (service, key)
     pg = container(find(base, "StatefulSet", "postgres"), "postgres")
     assert pg["image"] == services["postgres"]["image"]
     assert set(services["postgres"]["environment"]) <= {e["name"] for e in pg["env"]}
@@ -225,7 +262,7 @@ def test_the_packed_overlay_only_packs_three_workers_per_gpu(base):
     packed, _ = render(DEPLOY / "overlays/packed")
     worker = container(find(packed, "Job", "workers"), "worker")
     assert {"name": "WORKERS_PER_GPU", "value": "3"} in worker["env"]
-    del worker["env"]
+    worker["env"].remove({"name": "WORKERS_PER_GPU", "value": "3"})
     assert packed == base
 
 def test_the_proxy_overlay_sends_only_the_workers_through_the_proxy(base):

@@ -59,7 +59,8 @@ def _complete(url: str, name: str) -> int:
     finally:
         close_storage(storage)
 
-def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, base, shared_datasets, shared_cache):
+def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, base, shared_datasets, shared_cache,
+                                                         store_role_names):
     name = f"k8s_{uuid.uuid4().hex[:8]}"
     url = store_url_like(fresh_db, find(base, "ConfigMap", "cnn-search")["data"]["STORAGE"])
     job_env = {**_job_env(tmp_path, name, shared_datasets, shared_cache), "STORAGE": url}
@@ -67,21 +68,24 @@ def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, bas
         find(base, "Deployment", "dashboard")
     waits = []
     for obj in (workers, dashboard):  # started first: they wait for the study create-study makes
-        command, env = local_command(base, container(obj, "wait-for-study"), **job_env)
+        command, env = local_command(base, roles=store_role_names, c=container(obj, "wait-for-study"), **job_env)
         waits.append(subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                                       text=True))
     try:
-        command, env = local_command(base, container(create, "wait-for-database"), **job_env)
+        command, env = local_command(base, roles=store_role_names, c=container(create, "wait-for-database"), **job_env)
         assert subprocess.run(command, env=env, timeout=60).returncode == 0
-        command, env = local_command(base, container(create, "create-study"), **job_env)
+        command, env = local_command(base, roles=store_role_names, c=container(create, "create-study"), **job_env)
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
+        worker_role, dashboard_role = store_role_names.names["cnn_worker"], store_role_names.names["cnn_dashboard"]
+        assert f"store roles: {worker_role} (reads and writes rows), {dashboard_role} (reads)" in done.stdout
         for wait in waits:  # they were waiting for the study; now they finish
             assert wait.wait(timeout=90) == 0, wait.stderr.read()[-2000:]
     finally:
         for wait in waits:
             stop(wait)
-    command, env = local_command(base, container(workers, "worker"), **job_env)
+    command, env = local_command(base, roles=store_role_names, c=container(workers, "worker"), **job_env)
+    assert env["STORAGE_USER"] == worker_role  # the worker trains as its role, never as the owner
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     assert _complete(url, name) == 2
@@ -93,7 +97,7 @@ def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, bas
     mount = next(m for m in c["volumeMounts"] if in_cluster.startswith(m["mountPath"] + "/"))
     volume = next(v for v in pod_spec(dashboard)["volumes"] if v["name"] == mount["name"])
     assert volume["secret"]["secretName"].startswith("dashboard-users")
-    command, env = local_command(base, c, **{**job_env, "DASHBOARD_AUTH_FILE": str(users)})
+    command, env = local_command(base, roles=store_role_names, c=c, **{**job_env, "DASHBOARD_AUTH_FILE": str(users)})
     command = [{"0.0.0.0": "127.0.0.1", "8080": str(port)}.get(part, part) for part in command]
     proc = subprocess.Popen(command, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -137,16 +141,17 @@ def _start_proxy(command: list[str], env: dict, port: int, log: Path, secrets: P
         raise AssertionError(f"the proxy did not start: {log.read_text()[-2000:]}") from None
     return proc
 
-def test_a_worker_container_runs_through_the_storage_proxy(tmp_path, fresh_db, shared_datasets, shared_cache):
+def test_a_worker_container_runs_through_the_storage_proxy(tmp_path, fresh_db, shared_datasets, shared_cache,
+                                                          store_role_names):
     objects, _ = render(DEPLOY / "overlays/proxy")
     name = f"k8s_{uuid.uuid4().hex[:8]}"
     assert store_url_like(fresh_db, find(objects, "ConfigMap", "cnn-search")["data"]["STORAGE"]) == fresh_db  # RDB
     job_env = {**_job_env(tmp_path, name, shared_datasets, shared_cache), "STORAGE": fresh_db}
-    command, env = local_command(objects, container(find(objects, "Job", "create-study"), "create-study"), **job_env)
+    command, env = local_command(objects, roles=store_role_names, c=container(find(objects, "Job", "create-study"), "create-study"), **job_env)
     done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     port = free_port()
-    command, env = local_command(objects, container(find(objects, "Deployment", "storage-proxy"), "storage-proxy"),
+    command, env = local_command(objects, roles=store_role_names, c=container(find(objects, "Deployment", "storage-proxy"), "storage-proxy"),
                           **job_env)
     secrets = _proxy_secrets(tmp_path / "proxy-secrets")
     proxy = _start_proxy(command, env, port, tmp_path / "proxy.log", secrets)
@@ -157,7 +162,7 @@ def test_a_worker_container_runs_through_the_storage_proxy(tmp_path, fresh_db, s
                               "&token_file=/etc/cnn-search/proxy/token")
         assert {m["mountPath"] for m in worker["volumeMounts"]} >= {"/etc/cnn-search/proxy"}
         assert "/etc/cnn-search/proxy-tls" not in {m["mountPath"] for m in worker["volumeMounts"]}  # not the key
-        command, env = local_command(objects, worker, **{**job_env, "STORAGE": _proxy_url(port, secrets)})
+        command, env = local_command(objects, roles=store_role_names, c=worker, **{**job_env, "STORAGE": _proxy_url(port, secrets)})
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
         assert done.returncode == 0, done.stderr[-3000:]
     finally:

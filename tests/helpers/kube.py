@@ -5,6 +5,7 @@ compares the two on every target); fixtures for the base objects and a fresh dat
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import os
@@ -53,6 +54,8 @@ def rename_secrets(node, renames: dict[str, str]):
         out = {k: rename_secrets(v, renames) for k, v in node.items()}
         if out.get("secretName") in renames:
             out["secretName"] = renames[out["secretName"]]
+        if isinstance(out.get("secret"), dict) and out["secret"].get("name") in renames:  # a projected source
+            out["secret"] = {**out["secret"], "name": renames[out["secret"]["name"]]}
         for key in ("secretKeyRef", "secretRef"):
             if isinstance(out.get(key), dict) and out[key].get("name") in renames:
                 out[key] = {**out[key], "name": renames[out[key]["name"]]}
@@ -159,13 +162,32 @@ def fresh_db(postgres_url):
             conn.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
         admin.dispose()
 
-def local_command(objects: list[dict], c: dict, **overrides: str) -> tuple[list[str], dict[str, str]]:
+@pytest.fixture
+def store_role_names(tmp_path, postgres_url, fresh_db):
+    """The manifests' database roles under this test's own names (StoreRoles), dropped afterwards."""
+    yield from store_roles(tmp_path, postgres_url, fresh_db)
+
+ROLE_VARIABLES = ("STORAGE_USER", "STORE_WORKER_ROLE", "STORE_DASHBOARD_ROLE")
+
+def local_command(objects: list[dict], c: dict, roles: StoreRoles | None = None,
+                  **overrides: str) -> tuple[list[str], dict[str, str]]:
     """A container's command and environment on this machine: its ConfigMap and env (Kubernetes'
-    $(VAR) expanded), then `overrides`; `python` is this interpreter, found first on PATH."""
+    $(VAR) expanded), then `overrides`; `python` is this interpreter, found first on PATH. The
+    database roles the manifests name (cnn_worker, cnn_dashboard) become `roles`' (names of this
+    test's own, with password files here); without, every container connects as the owner."""
     env: dict[str, str] = {}
     for source in c.get("envFrom", []):
         env.update(find(objects, "ConfigMap", source["configMapRef"]["name"])["data"])
     env.update({e["name"]: e["value"] for e in c.get("env", []) if "value" in e})
+    for name in ROLE_VARIABLES:
+        if name in env:
+            if roles is None:
+                del env[name]
+            else:
+                env[name] = roles.names[env[name]]
+    for name in ("STORE_WORKER_PASSWORD_FILE", "STORE_DASHBOARD_PASSWORD_FILE"):
+        if name in env:
+            env[name] = str(roles.password_file) if roles is not None else env.pop(name)
     env.update(overrides)
     command = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m.group(1), m.group(0)), part) for part in c["command"]]
     command = [sys.executable if part == "python" else part for part in command]
@@ -173,6 +195,34 @@ def local_command(objects: list[dict], c: dict, **overrides: str) -> tuple[list[
             "CUDA_VISIBLE_DEVICES": "", "PYTHONUNBUFFERED": "1"}
     full.pop("STORAGE_PASSWORD_FILE", None)  # the local server trusts us; in the cluster it is the Secret's file
     return command, full
+
+@dataclasses.dataclass
+class StoreRoles:
+    """The manifests' database roles under names of a test's own (roles are the server's, not a
+    database's: tests running side by side must not share them), one password file for both."""
+
+    names: dict[str, str]
+    password_file: Path
+
+def store_roles(tmp_path: Path, postgres_url: str, database_url: str):
+    """A StoreRoles for a test, its roles dropped afterwards, their grants in `database_url` first
+    (a generator for a fixture)."""
+    import sqlalchemy
+
+    suffix = uuid.uuid4().hex[:8]
+    roles = StoreRoles({"cnn_worker": f"cnn_worker_{suffix}", "cnn_dashboard": f"cnn_dashboard_{suffix}"},
+                       tmp_path / "role_password")
+    roles.password_file.write_text("placeholder, not a password\n")  # the local server trusts us
+    try:
+        yield roles
+    finally:
+        for url, statement in ((database_url, "DROP OWNED BY {}"), (postgres_url, "DROP ROLE {}")):
+            admin = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
+            with admin.connect() as conn:
+                for role in roles.names.values():
+                    if conn.exec_driver_sql(f"SELECT 1 FROM pg_roles WHERE rolname = '{role}'").first():
+                        conn.exec_driver_sql(statement.format(f'"{role}"'))
+            admin.dispose()
 
 def copy_study_files(tmp_path: Path, name: str) -> Path:
     studies = tmp_path / "studies"

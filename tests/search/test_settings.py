@@ -50,3 +50,18 @@ def test_the_readme_table_is_the_declaration():
     readme = (REPO / "README.md").read_text()
     assert markdown_table() in readme, ("README.md's table of environment variables differs from "
                                         "search/settings.py; paste `python -m search config --markdown`")
+
+
+def test_storage_user_connects_as_a_role_with_its_own_password(tmp_path):
+    """One STORAGE (the owner's) for every pod; a worker or the dashboard connects as its role
+    (STORAGE_USER) with its role's password file, never the owner's password (README, row 13)."""
+    secret = tmp_path / "worker_password"
+    secret.write_text("p@ss/word\n")
+    settings = Settings(storage="journal+postgresql+psycopg2://optuna:owner-pw@db:5432/optuna?sslmode=verify-full",
+                        storage_user="cnn_worker", storage_password_file=secret)
+    assert settings.store_url() == ("journal+postgresql+psycopg2://cnn_worker:p%40ss%2Fword@db:5432/optuna"
+                                    "?sslmode=verify-full")
+    assert "owner-pw" not in settings.store_url()
+    for other in ("grpcs://storage-proxy:13000?ca_file=/ca", f"journal://{tmp_path / 's.journal'}"):
+        assert Settings(storage=other, storage_user="cnn_worker").store_url() == other  # no user to replace
+    assert Settings(storage="postgresql+psycopg2://optuna@db/x").store_url() == "postgresql+psycopg2://optuna@db/x"
