@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
 import logging
 from collections.abc import Callable, Iterable
@@ -67,9 +68,11 @@ class BasicAuth:
             user, sep, password = base64.b64decode(encoded.strip(), validate=True).partition(b":")
         except (binascii.Error, ValueError):
             return False
-        expected = self.users.get(user, b"")
-        # compare_digest on every request, known user or not, so timing does not tell users apart
-        return bool(sep) and hmac.compare_digest(password, expected) and bool(expected)
+        known = user in self.users
+        # Fixed-length digests compared on every request, known user or not, so timing tells neither
+        # the user names nor the length of a password.
+        expected = hashlib.sha256(self.users.get(user, b"\0unknown user")).digest()
+        return hmac.compare_digest(hashlib.sha256(password).digest(), expected) and known and bool(sep)
 
     def __call__(self, environ: dict, start_response: Callable[..., Any]) -> Iterable[bytes]:
         if environ.get("PATH_INFO") == HEALTH_PATH:

@@ -19,8 +19,9 @@ What Optuna's proxy does not do and this module adds (README, "Where we wrote ou
 
 Optuna's client and server build their channel and port in two small private functions
 (`create_insecure_channel`, `make_server`; optuna==5.0.* is pinned). The client here overrides the
-one method that builds the channel (`_setup`) and the server is `make_server` with credentials, an
-interceptor and options; the servicer and every RPC are Optuna's own. Optuna's storage contract,
+one method that builds the channel (`_setup`); the server is written as Optuna's `make_server` is
+(`grpc.server` + `add_StorageServiceServicer_to_server`) with credentials, an interceptor and
+options added; the servicer and every RPC are Optuna's own. Optuna's storage contract,
 run through this proxy (tests/storage/test_optuna_storage_contract.py), pins the rest.
 """
 
@@ -30,6 +31,7 @@ import collections
 import dataclasses
 import hmac
 import logging
+import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -193,8 +195,15 @@ def open_grpc(url: str, *, timeout: float = CONNECT_TIMEOUT_S) -> optuna.storage
     target.token()  # a missing or empty token file is a clear error now, not at the first call
     proxy = ProxyClient(target)
     try:
+        started = time.monotonic()
         proxy.wait_server_ready(timeout=timeout)
-        _probe(proxy, target)
+        # The probe on a channel of its own whose calls end within what is left of `timeout`.
+        left = max(timeout - (time.monotonic() - started), 1.0)
+        probe = ProxyClient(dataclasses.replace(target, timeout_s=min(target.timeout_s, left)))
+        try:
+            _probe(probe, target)
+        finally:
+            probe.close()
     except ConnectionError:
         proxy.close()
         tls = (f"; if it runs, check that {target.ca_file or 'the system CAs'} signed its certificate and that "

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import optuna
 
-from storage._errors import StorageUnavailableError
+from storage._errors import StorageConfigError, StorageUnavailableError
 from storage._urls import PG_KEEPALIVES, redact, unavailable
 
 # The connection budget: a worker's three threads (trials, heartbeat, reaper) share one pool of
@@ -27,9 +27,32 @@ def open_rdb(url: str, *, create_schema: bool = False) -> optuna.storages.RDBSto
     if not create_schema:
         _require_schema(url, engine_kwargs.get("connect_args", {}))
     try:
-        return optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create_schema)
+        storage = optuna.storages.RDBStorage(url, engine_kwargs=engine_kwargs, skip_table_creation=not create_schema)
     except Exception as exc:
         raise unavailable(url, exc) from None
+    if create_schema:
+        _add_one_retry_index(storage)
+    return storage
+
+
+# One retry per failed trial (attrs.RETRY_OF_TRIAL): a partial unique index on Optuna's table of trial
+# system attributes. Optuna writes a trial and its attributes in one transaction, so a second retry
+# of the same trial is refused whole (IntegrityError), never half-written. Indexes are not part of
+# Optuna's schema version; `optuna storage upgrade` leaves this one alone (it recreates no table on
+# PostgreSQL), and the create step makes it again if it is ever gone.
+def _add_one_retry_index(storage: optuna.storages.RDBStorage) -> None:
+    import sqlalchemy
+
+    from storage.attrs import ONE_RETRY_INDEX, RETRY_OF_TRIAL  # constants of ours: no quote in them to escape
+
+    try:
+        with storage.engine.begin() as conn:
+            conn.execute(sqlalchemy.text(f"CREATE UNIQUE INDEX IF NOT EXISTS {ONE_RETRY_INDEX} ON "
+                                         f"trial_system_attributes (value_json) WHERE key = '{RETRY_OF_TRIAL}'"))  # nosec B608
+    except sqlalchemy.exc.ProgrammingError as exc:  # e.g. "must be owner of table trial_system_attributes"
+        raise StorageConfigError(
+            f"the create step could not add the index {ONE_RETRY_INDEX} (one retry per failed trial) to "
+            f"trial_system_attributes: {str(exc.orig).splitlines()[0]}; run it as the owner of Optuna's tables") from None
 
 
 def _require_schema(url: str, connect_args: dict) -> None:

@@ -9,8 +9,11 @@ with the password from its own file, and grants each exactly what it needs on th
 | worker    | the log: SELECT, INSERT (never rewritten or erased); snapshots: SELECT, INSERT, UPDATE | every table: SELECT, INSERT, UPDATE, DELETE; sequences |
 | dashboard | SELECT on both tables (STORE_DASHBOARD_WRITES: the worker's grants) | SELECT on every table (writes: the worker's) |
 
-Neither may create, alter or drop anything; every run revokes what a role held on the tables before
-granting, so the grants are exactly these after any run (and a role made by hand is brought to them).
+Neither may create, alter or drop the store's tables, nor write Optuna's schema version; every run
+revokes what a role held on the schema's tables and sequences before granting, so those grants are
+exactly these after any run (and a role made by hand is brought to them). The password reaches the
+server only as a SCRAM verifier. (PostgreSQL's defaults for PUBLIC, such as temporary tables, are
+the database's and left alone.)
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from storage._urls import JOURNAL_PG_PREFIX, PG_KEEPALIVES, redact
 
 ROLE_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 WRITER, READER = "writer", "reader"
+VERSION_TABLES = ("version_info", "alembic_version")  # Optuna's RDB schema version (its migrations')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,15 +89,25 @@ def ensure_roles(store_url: str, roles: list[tuple[str, StoreRole]]) -> list[str
     try:
         raw.autocommit = False  # all of it or nothing
         cur = raw.cursor()
-        cur.execute("SELECT current_database(), current_schema()")
-        database, schema = cur.fetchone()
+        cur.execute("SELECT current_database(), current_schema(), current_user")
+        database, schema, owner = cur.fetchone()
+        for what, role in roles:
+            if role.name == owner:
+                raise StorageConfigError(f"{what}={role.name} is the store URL's own user (the owner, which makes the "
+                                         "tables); name another role, e.g. cnn_worker")
         for _, role in roles:
             who = sql.Identifier(role.name)
             cur.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role.name,))
             verb = "ALTER" if cur.fetchone() else "CREATE"
+            # The password leaves this process only as a SCRAM verifier computed here (libpq's
+            # PQencryptPasswordConn), so no server log or statement statistics can show it.
+            verifier = psycopg2.extensions.encrypt_password(passwords[role.name], role.name, raw.driver_connection,
+                                                             "scram-sha-256")
             cur.execute(sql.SQL(verb + " ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE PASSWORD {}").format(
-                who, sql.Literal(passwords[role.name])))
-            cur.execute(sql.SQL("REVOKE ALL ON ALL TABLES IN SCHEMA {} FROM {}").format(sql.Identifier(schema), who))
+                who, sql.Literal(verifier)))
+            for kind in ("TABLES", "SEQUENCES"):  # whatever a role held before: these grants, exactly, after
+                cur.execute(sql.SQL(f"REVOKE ALL ON ALL {kind} IN SCHEMA {{}} FROM {{}}").format(
+                    sql.Identifier(schema), who))
             cur.execute(sql.SQL("REVOKE CREATE ON SCHEMA {} FROM {}").format(sql.Identifier(schema), who))
             cur.execute(sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(database), who))
             cur.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), who))
@@ -104,6 +118,11 @@ def ensure_roles(store_url: str, roles: list[tuple[str, StoreRole]]) -> list[str
             if not journal and role.access == WRITER:
                 cur.execute(sql.SQL("GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
                     sql.Identifier(schema), who))
+                for table in VERSION_TABLES:  # Optuna's schema version: read, never written, by a worker
+                    cur.execute("SELECT to_regclass(%s)", (f"{schema}.{table}",))
+                    if cur.fetchone()[0] is not None:
+                        cur.execute(sql.SQL("REVOKE INSERT, UPDATE, DELETE ON {} FROM {}").format(
+                            sql.Identifier(schema, table), who))
             done.append(f"{role.name} ({'reads and writes rows' if role.access == WRITER else 'reads'})")
         raw.commit()
     except psycopg2.errors.InsufficientPrivilege as exc:

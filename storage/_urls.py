@@ -61,7 +61,7 @@ def resolve_url(url: str | None = None, *, password_file: str | os.PathLike | No
         return f"journal:///{Path(DEFAULT_JOURNAL).resolve()}".replace("////", "///")
     secret = password_file
     parts = urlsplit(url)
-    if user and parts.username and "postgresql" in parts.scheme:
+    if user and "postgresql" in parts.scheme:  # with or without a user in STORAGE
         host = parts.netloc.rpartition("@")[2]
         parts = parts._replace(netloc=f"{quote(user, safe='')}@{host}")  # the owner's password, if any, goes too
         url = parts.geturl()

@@ -69,6 +69,11 @@ STALE_FAILURES = "cnn_search:stale_failures"
 # waits for that retry rather than leave it stranded (search.study.retries_due).
 RETRY_DUE = "cnn_search:retry_due"
 RETRY_HISTORY = "retry_history"  # Optuna's RetryHeartbeatStaleTrialCallback writes it
+# On a retry: the storage id of the failed trial it retries. One retry per failed trial: on the RDB
+# layout a partial unique index over this key (storage._rdb) makes a second insert fail atomically,
+# so a queuing retried after a lost acknowledgement cannot run the configuration twice.
+RETRY_OF_TRIAL = "cnn_search:retry_of_trial"
+ONE_RETRY_INDEX = "cnn_search_one_retry_per_trial"  # that index's name, which its violation names
 
 # --- trial user attributes of warm starts imported from an old scikit-learn search (import-cv) ---
 # The old scores are never a trial's value: they were measured on CV folds, not on the study's split.

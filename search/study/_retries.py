@@ -23,7 +23,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import FailReason
-from search.study._store import storage_of, trial_id
+from search.study._store import is_duplicate, storage_of, trial_id
 from storage import attrs
 
 logger = logging.getLogger(__name__)
@@ -37,15 +37,26 @@ def _pinned_experimental() -> Iterator[None]:
         yield
 
 
-def _queue_retry(study: optuna.Study, failed: FrozenTrial) -> None:
+def _queue_retry(study: optuna.Study, failed: FrozenTrial) -> bool:
+    """Queue the failed trial's retry; False if it had one already (the store refused a second)."""
     # With the attributes just written. A copy: the journal and in-memory stores return their cached
     # trial, and Optuna's callback appends to the inherited retry_history list in place.
     fresh = copy.deepcopy(storage_of(study).get_trial(trial_id(failed)))
     # The retry inherits them all but the heartbeat (its own worker beats as it starts it: _last_beat)
-    # and the mark that a retry is due (this is it).
+    # and the mark that a retry is due (this is it); it names the trial it retries, once per store
+    # (attrs.RETRY_OF_TRIAL: a second insert fails on the RDB layout, even one the resilient store
+    # retried after the first committed and its acknowledgement was lost).
     fresh.system_attrs = {k: v for k, v in fresh.system_attrs.items() if k not in (attrs.HEARTBEAT, attrs.RETRY_DUE)}
-    with _pinned_experimental():
-        RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, fresh)
+    fresh.system_attrs[attrs.RETRY_OF_TRIAL] = trial_id(failed)
+    try:
+        with _pinned_experimental():
+            RetryHeartbeatStaleTrialCallback(max_retry=None, inherit_intermediate_values=True)(study, fresh)
+    except Exception as exc:
+        if not is_duplicate(exc):
+            raise
+        logger.info("trial %d: its retry was queued already (%s)", failed.number, type(exc).__name__)
+        return False
+    return True
 
 
 def lineage(trial: FrozenTrial) -> int:
@@ -106,8 +117,7 @@ def queue_due_retry(study: optuna.Study, number: int) -> bool:
     frozen = trials[number]
     if frozen.state != TrialState.FAIL or not frozen.system_attrs.get(attrs.RETRY_DUE) or number in retried(trials):
         return False
-    _queue_retry(study, storage_of(study).get_trial(trial_id(frozen)))
-    return True
+    return _queue_retry(study, storage_of(study).get_trial(trial_id(frozen)))
 
 
 def retries_due(study: optuna.Study) -> list[int]:

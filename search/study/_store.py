@@ -34,6 +34,7 @@ import tenacity
 from optuna.storages import BaseStorage
 
 from search.settings import Settings
+from storage import attrs
 
 logger = logging.getLogger(__name__)
 MAX_BACKOFF: float = Settings.model_fields["store_max_backoff"].default  # STORE_MAX_BACKOFF, written once in Settings
@@ -53,6 +54,20 @@ def storage_errors() -> tuple[type[BaseException], ...]:
 
 
 REFUSED = (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED)  # the proxy's token check
+
+
+def is_duplicate(exc: BaseException) -> bool:
+    """A retry the store refused as the failed trial's second (the one-retry index the create step
+    adds on the RDB layout, storage._rdb), directly or through the storage proxy, whose server reports
+    the database's error as UNKNOWN with its text. Any other constraint violation is no duplicate."""
+    if isinstance(exc, sqlalchemy.exc.IntegrityError):
+        text = str(exc)
+    elif isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.UNKNOWN:
+        text = exc.details() or ""
+    else:
+        return False
+    # PostgreSQL names the index; SQLite names the column (the index is the only unique one on it alone)
+    return attrs.ONE_RETRY_INDEX in text or "UNIQUE constraint failed: trial_system_attributes.value_json" in text
 
 
 class _Backoff:
@@ -95,7 +110,7 @@ class ResilientStorage(BaseStorage):
 
     def _transient(self, exc: BaseException) -> bool:
         """An outage, not a refusal: the storage proxy refusing this client's token is not retried."""
-        if isinstance(exc, grpc.RpcError) and exc.code() in REFUSED:
+        if isinstance(exc, grpc.RpcError) and exc.code() in REFUSED or is_duplicate(exc):
             return False
         return isinstance(exc, self._errors)
 

@@ -199,6 +199,8 @@ def test_the_password_only_travels_through_the_secret(base):
             for c in containers(obj):
                 own = {e["name"]: e.get("value") for e in c.get("env", [])}
                 env = {**(config if c.get("envFrom") else {}), **own}
+                if urlsplit(env.get("STORAGE") or "").scheme.startswith("grpc"):
+                    sources = {}  # through the storage proxy: no database password in the pod at all
                 assert not [e for e in c.get("env", []) if "secretKeyRef" in e.get("valueFrom", {})]
                 if "STORAGE" in env and env["STORAGE"]:
                     assert urlsplit(env["STORAGE"]).password is None, (target, c["name"])

@@ -33,16 +33,20 @@ KNOWN_FIELDS = {"apiVersion", "kind", "namespace", "resources", "secretGenerator
 CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole", "ClusterRoleBinding"}
 
 def merge_patch(base, patch):
-    """A strategic merge patch, as far as these manifests need one."""
+    """A strategic merge patch, as far as these manifests need one: lists of objects merged by their
+    key (volumeMounts by mountPath, the others by name), new items first, `$patch: delete` removing one."""
     if isinstance(base, dict) and isinstance(patch, dict):
         return {**base, **{k: merge_patch(base[k], v) if k in base else v for k, v in patch.items()}}
-    named = isinstance(base, list) and isinstance(patch, list) and all(
-        isinstance(i, dict) and "name" in i for i in base + patch)
-    if named:  # kustomize (kyaml) merges items by name and puts the patch's new items first
+    key = next((k for k in ("mountPath", "name") if isinstance(base, list) and isinstance(patch, list)
+                and all(isinstance(i, dict) and k in i for i in base + patch)), None)
+    if key is not None:
         out, new = list(base), []
         for item in patch:
-            at = next((n for n, b in enumerate(out) if b["name"] == item["name"]), None)
-            if at is None:
+            at = next((n for n, b in enumerate(out) if b[key] == item[key]), None)
+            if item.get("$patch") == "delete":
+                assert at is not None, f"$patch: delete of {item} matches nothing"
+                del out[at]
+            elif at is None:
                 new.append(item)
             else:
                 out[at] = merge_patch(out[at], item)

@@ -75,3 +75,20 @@ def test_verify_full_refuses_a_certificate_for_another_host_or_from_another_ca(t
                             sslrootcert=str(other / "ca.crt")), create_schema=True)
     # What verify-full protects against: sslmode=require connects to whatever answers.
     assert _ssl_in_use(pg.url(host="127.0.0.1", sslmode="require"))
+
+
+def test_a_process_that_loaded_tensorflow_still_connects_over_tls(tls_pg):
+    """psycopg2's SSL library loaded after TensorFlow's crashed the process (SIGSEGV) at its first TLS
+    connection: a worker (Keras loaded) reconnecting after a restart, a build lock. The storage
+    package loads psycopg2 first; a process that loaded TensorFlow before it is warned."""
+    import sys
+
+    pg, ca = tls_pg
+    url = pg.url("journal+postgresql+psycopg2", host="localhost", sslmode="verify-full", sslrootcert=str(ca))
+    code = ("import search, keras\nfrom storage import close_storage, open_storage\n"
+            f"close_storage(open_storage({url!r}, create_schema=True))\nprint('connected')")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode == 0 and "connected" in done.stdout, (done.returncode, done.stderr[-2000:])
+    done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-c", "import keras\nimport storage"],
+                          capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert done.returncode != 0 and "import search (or psycopg2) before keras" in done.stderr

@@ -1,0 +1,86 @@
+"""Committed, then raised (issue: faults a real store brings, "ambiguous commits"): a write that
+landed but whose acknowledgement was lost (the connection dropped after COMMIT) is retried by the
+resilient store. Queuing a failed trial's retry is the one write whose repeat would do harm (the
+configuration would run twice); on the RDB layout, directly and through the storage proxy, the
+second insert is refused whole by a unique index (storage._rdb) and recognised as "queued already".
+
+The journal layout's appends are made idempotent below this level (each batch carries an id the
+backend looks up before appending again: storage/test_storage_contract, README row 21d); a worker's
+`tell` that landed is recognised by the trial's state (search.worker._loop._tell)."""
+
+from __future__ import annotations
+
+import optuna
+import pytest
+import sqlalchemy
+from helpers.processes import free_port
+from optuna.trial import TrialState
+
+from search.errors import FailReason
+from search.study._retries import fail_and_retry, lineage
+from search.study._store import resilient
+from storage import close_storage, open_storage
+from storage._grpc import make_server, open_grpc
+from storage.attrs import ONE_RETRY_INDEX
+
+
+def _commit_then_raise(storage: optuna.storages.RDBStorage, method: str, times: int = 1) -> list[int]:
+    """Make `method` of this store do its write, then raise as a connection lost after COMMIT would."""
+    original, calls = getattr(storage, method), []
+
+    def flaky(*args, **kwargs):
+        result = original(*args, **kwargs)
+        if len(calls) < times:
+            calls.append(1)
+            raise sqlalchemy.exc.OperationalError(method, {}, Exception("server closed the connection after COMMIT"))
+        return result
+
+    setattr(storage, method, flaky)
+    return calls
+
+
+@pytest.fixture(params=["rdb", "proxy"])
+def layout(request, fresh_db):
+    """(the store a worker uses, the RDB store behind it whose create_new_trial is made ambiguous)."""
+    rdb = open_storage(fresh_db, create_schema=True)
+    if request.param == "rdb":
+        yield rdb, rdb
+    else:
+        port = free_port()
+        server = make_server(rdb, host="127.0.0.1", port=port, threads=4)
+        server.start()
+        client = open_grpc(f"grpc://127.0.0.1:{port}")
+        yield client, rdb
+        client.close()
+        server.stop(0).wait()
+    close_storage(rdb)
+
+
+def test_a_retry_queued_again_after_a_lost_acknowledgement_is_refused_and_runs_once(layout):
+    store, rdb = layout
+    study = optuna.create_study(study_name="ambiguous", storage=resilient(store, max_backoff=0.1))
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    # Optuna's RDB store writes a new trial in _create_new_trial (its cache and the proxy's servicer both
+    # come through there): the insert lands, then the "connection" drops.
+    calls = _commit_then_raise(rdb, "_create_new_trial")
+    fail_and_retry(study, trial.number, FailReason.INTERRUPTED, "SIGTERM")
+    assert calls == [1]  # the first insert landed, then "failed"; the store retried it
+    trials = study.get_trials(deepcopy=False)
+    assert [t.state for t in trials] == [TrialState.FAIL, TrialState.WAITING]  # one retry, not two
+    assert lineage(trials[1]) == 0 and trials[1].params == trials[0].params
+    # The retry runs; when it fails in turn, its own retry is queued (the key is per failed trial).
+    retry = study.ask()
+    assert retry.number == 1
+    fail_and_retry(study, retry.number, FailReason.INTERRUPTED, "SIGTERM again")
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.FAIL, TrialState.FAIL,
+                                                                   TrialState.WAITING]
+
+
+def test_the_create_step_makes_the_one_retry_index(fresh_db):
+    close_storage(open_storage(fresh_db, create_schema=True))
+    engine = sqlalchemy.create_engine(fresh_db, poolclass=sqlalchemy.pool.NullPool)
+    with engine.connect() as conn:
+        definition = conn.execute(sqlalchemy.text("select indexdef from pg_indexes where indexname = :n"),
+                                  {"n": ONE_RETRY_INDEX}).scalar_one()
+    engine.dispose()
+    assert "UNIQUE" in definition and "value_json" in definition and "cnn_search:retry_of_trial" in definition
