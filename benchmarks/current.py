@@ -165,6 +165,12 @@ HEADLINES: tuple[Headline, ...] = (
      "template": "fc_head_ft quick: head search alone {head} in {head_s}; + fine-tuning its 5 best {all} in {all_s} "
                  "({delta} at {ratio} the wall time)",
      "fixed_goal": "a measured trade, no target"},
+    {"name": "bench-outage", "title": r"^bench-outage:",
+     "figure": r"^  summary: (?P<reaped>\d+) trials reaped, (?P<given>\d+) lineages given up, budget met in "
+               r"(?P<met>\d+) of (?P<runs>\d+) runs \(longest outage (?P<longest>\d+ s)",
+     "template": "PostgreSQL stopped twice a run for 0.5x-5x the grace period (up to {longest}): {reaped} trials "
+                 "reaped, {given} lineages given up, budget met in {met} of {runs} runs",
+     "fixed_goal": "no trial reaped or lineage given up for an outage; every budget met"},
     {"name": "fc_head, 100 trials on the CPU (by hand)", "title": r"^fc_head, 100",
      "figure": r"^trial time, first start to last finish[^\n]*?:\s+(?P<time>[\d.]+ min) for (?P<trials>\d+) trials"
                r".*?^peak resident memory, largest process[^\n]*?= (?P<rss>[\d.]+ GiB)"

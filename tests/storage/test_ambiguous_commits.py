@@ -84,3 +84,20 @@ def test_the_create_step_makes_the_one_retry_index(fresh_db):
                                   {"n": ONE_RETRY_INDEX}).scalar_one()
     engine.dispose()
     assert "UNIQUE" in definition and "value_json" in definition and "cnn_search:retry_of_trial" in definition
+
+
+def test_a_result_told_again_after_a_lost_acknowledgement_is_kept(layout):
+    """The worker's tell landed, its acknowledgement was lost, the store told it again: the second
+    tell finds the trial finished. The worker recognises its own result (the state it told), keeps
+    it and goes on, rather than dropping it as a trial the reaper took over."""
+    from search.worker._loop import TrialEnd, _tell
+
+    store, rdb = layout
+    study = optuna.create_study(study_name="told", storage=resilient(store, max_backoff=0.1))
+    trial = study.ask()
+    trial.suggest_float("x", 0, 1)
+    calls = _commit_then_raise(rdb, "set_trial_state_values")
+    assert _tell(study, trial, TrialEnd(TrialState.COMPLETE, 0.75), "w0") is True
+    assert calls == [1]
+    [told] = study.get_trials(deepcopy=False)
+    assert (told.state, told.value) == (TrialState.COMPLETE, 0.75)
