@@ -152,12 +152,12 @@ class WorkerSession:
         with Background(self.study, Liveness.from_settings(s)) as background:
             return run_loop(self.study, self.spec, objective, self.stop, background, self.label,
                             LoopLimits.from_settings(s), after_trial=tracked and tracked.trial_finished, stage=stage,
-                            lock=functools.partial(self._study_lock, "retries"))
+                            lock=functools.partial(self._study_lock, "budget"))
 
     def _study_lock(self, kind: str):
         """One worker of the study's (on any machine) at a time, to promote its heads, to ask for a
-        trial within the budget or to queue a retry its failing process did not: the store's advisory lock on PostgreSQL, else a file lock in the
-        artifact folder every worker shares (storage.build_lock)."""
+        trial within the budget or to queue a retry its failing process did not: the store's advisory
+        lock on PostgreSQL, else a file lock in the artifact folder every worker shares (storage.build_lock)."""
         study = self.study.study_name
         folder = self.artifacts / "locks" / f"{kind}-{study}-{self.study.user_attrs.get(attrs.STUDY_UID)}"
         folder.parent.mkdir(parents=True, exist_ok=True)

@@ -28,7 +28,7 @@ from helpers.kube import (
     render,
     store_url_like,
 )
-from helpers.processes import REPO, free_port, stop
+from helpers.processes import REPO, free_port, stop, tls_secrets
 from optuna.trial import TrialState
 
 TRIAL_SECONDS = 2.0  # the proxy fault test's objective
@@ -113,13 +113,6 @@ def test_each_containers_command_runs_as_a_plain_process(tmp_path, fresh_db, bas
     finally:
         stop(proc)
 
-def _proxy_secrets(folder: Path) -> Path:
-    """What `make proxy-secrets` writes (a CA, the proxy's certificate and key, a token), for this machine."""
-    done = subprocess.run(["sh", str(REPO / "deploy/proxy-secrets.sh"), str(folder)], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return folder
-
 def _mounted(secrets: Path) -> dict[str, str]:
     """The proxy's and workers' secret mounts (storage-proxy.yaml) mapped to the files on this machine."""
     return {f"/etc/cnn-search/{mount}/{name}": str(secrets / name)
@@ -153,7 +146,7 @@ def test_a_worker_container_runs_through_the_storage_proxy(tmp_path, fresh_db, s
     port = free_port()
     command, env = local_command(objects, roles=store_role_names, c=container(find(objects, "Deployment", "storage-proxy"), "storage-proxy"),
                           **job_env)
-    secrets = _proxy_secrets(tmp_path / "proxy-secrets")
+    secrets = tls_secrets(tmp_path / "proxy-secrets")
     proxy = _start_proxy(command, env, port, tmp_path / "proxy.log", secrets)
     try:
         worker = container(find(objects, "Job", "workers"), "worker")
@@ -181,7 +174,7 @@ def test_eight_workers_through_the_proxy_one_sigkilled_mid_trial(tmp_path, fresh
     direct = open_storage(fresh_db, create_schema=True)
     optuna.create_study(study_name=name, storage=direct)
     port = free_port()
-    secrets = _proxy_secrets(tmp_path / "proxy-secrets")  # TLS and the token, as in the cluster
+    secrets = tls_secrets(tmp_path / "proxy-secrets")  # TLS and the token, as in the cluster
     proxy = _start_proxy([sys.executable, "-m", "search", "proxy", "--port", "13000", "--storage", fresh_db,
                           "--tls-cert", str(secrets / "tls.crt"), "--tls-key", str(secrets / "tls.key"),
                           "--token-file", str(secrets / "token")], dict(os.environ), port, tmp_path / "proxy.log",

@@ -32,3 +32,12 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def tls_secrets(folder: Path, *hosts: str) -> Path:
+    """What `make proxy-secrets` writes into folder (deploy/proxy-secrets.sh): a CA, a certificate it
+    signed for `hosts` (default: the storage proxy's names, localhost, 127.0.0.1) and its key, a token."""
+    done = subprocess.run(["sh", str(REPO / "deploy/proxy-secrets.sh"), str(folder), *hosts], capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return folder

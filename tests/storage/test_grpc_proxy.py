@@ -6,7 +6,6 @@ a connection that went half-open; each test here fails on that."""
 
 from __future__ import annotations
 
-import subprocess
 import threading
 import time
 from pathlib import Path
@@ -14,26 +13,17 @@ from pathlib import Path
 import grpc
 import optuna
 import pytest
-from helpers.processes import free_port
+from helpers.processes import free_port, tls_secrets
 from helpers.relay import Relay
 
 from search.study._store import resilient
 from storage import StorageConfigError, StorageUnavailableError
 from storage._grpc import GrpcTarget, ProxyClient, ServerSecurity, make_server, open_grpc, parse_grpc_url
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _secrets(folder: Path) -> Path:
-    done = subprocess.run(["sh", str(REPO / "deploy/proxy-secrets.sh"), str(folder)], capture_output=True, text=True,
-                          timeout=60)
-    assert done.returncode == 0, done.stderr
-    return folder
-
 
 @pytest.fixture(scope="module")
 def secrets(tmp_path_factory) -> Path:
-    return _secrets(tmp_path_factory.mktemp("proxy-secrets"))
+    return tls_secrets(tmp_path_factory.mktemp("proxy-secrets"))
 
 
 @pytest.fixture
@@ -86,7 +76,7 @@ def test_a_refused_token_is_not_retried_as_an_outage(tls_proxy, secrets, tmp_pat
 def test_plaintext_or_an_unknown_ca_never_reaches_the_tls_proxy(tls_proxy, secrets, tmp_path):
     with pytest.raises(StorageUnavailableError, match="use grpcs://"):
         open_grpc(f"grpc://127.0.0.1:{tls_proxy}", timeout=2)
-    other = _secrets(tmp_path / "other")  # a CA that did not sign the proxy's certificate
+    other = tls_secrets(tmp_path / "other")  # a CA that did not sign the proxy's certificate
     with pytest.raises(StorageUnavailableError, match=r"check that .*ca\.crt signed its certificate"):
         open_grpc(_url(tls_proxy, secrets, ca_file=str(other / "ca.crt")), timeout=2)
 

@@ -9,30 +9,21 @@ mode from the store URL."""
 from __future__ import annotations
 
 import subprocess
-from pathlib import Path
 
 import optuna
 import pytest
 import sqlalchemy
 from helpers.pg_server import PostgresServer
+from helpers.processes import REPO, tls_secrets
 
 from storage import StorageUnavailableError, close_storage, open_storage
 from storage._locks import build_lock
-
-REPO = Path(__file__).resolve().parents[2]
-
-
-def _ca_and_certificate(folder: Path, *hosts: str) -> Path:
-    done = subprocess.run(["sh", str(REPO / "deploy/proxy-secrets.sh"), str(folder), *hosts], capture_output=True,
-                          text=True, timeout=60)
-    assert done.returncode == 0, done.stderr
-    return folder
 
 
 @pytest.fixture(scope="module")
 def tls_pg(tmp_path_factory):
     """A server with TLS (a certificate for localhost, signed by its own CA); its CA file."""
-    secrets = _ca_and_certificate(tmp_path_factory.mktemp("pg-ca"), "localhost")
+    secrets = tls_secrets(tmp_path_factory.mktemp("pg-ca"), "localhost")
     with PostgresServer(ssl=(secrets / "tls.crt", secrets / "tls.key")) as pg:
         yield pg, secrets / "ca.crt"
 
@@ -69,7 +60,7 @@ def test_verify_full_refuses_a_certificate_for_another_host_or_from_another_ca(t
     with pytest.raises(StorageUnavailableError, match="(?i)does not match host name.*127.0.0.1|127.0.0.1.*does not match"):
         open_storage(pg.url("journal+postgresql+psycopg2", host="127.0.0.1", sslmode="verify-full",
                             sslrootcert=str(ca)), create_schema=True)
-    other = _ca_and_certificate(tmp_path / "other", "localhost")  # a CA that did not sign the server's certificate
+    other = tls_secrets(tmp_path / "other", "localhost")  # a CA that did not sign the server's certificate
     with pytest.raises(StorageUnavailableError, match="certificate verify failed"):
         open_storage(pg.url("journal+postgresql+psycopg2", host="localhost", sslmode="verify-full",
                             sslrootcert=str(other / "ca.crt")), create_schema=True)

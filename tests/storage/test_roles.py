@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import uuid
 
 import optuna
 import pytest
@@ -19,22 +18,13 @@ from storage import open_storage as _open
 
 
 @pytest.fixture
-def scratch(postgres_url, tmp_path):
-    """A fresh database, and two role names with password files; all dropped afterwards."""
-    admin = sqlalchemy.create_engine(postgres_url, isolation_level="AUTOCOMMIT", poolclass=sqlalchemy.pool.NullPool)
-    suffix = uuid.uuid4().hex[:8]
-    db = f"cnn_search_roles_{suffix}"
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'create database "{db}"'))
-    worker, dashboard = f"cnn_worker_{suffix}", f"cnn_dashboard_{suffix}"
+def scratch(fresh_db, store_role_names, tmp_path):
+    """A fresh database and two role names of this test's own, each with a password file
+    tmp_path/<name>; all dropped afterwards (helpers.kube's fresh_db and store_role_names)."""
+    worker, dashboard = store_role_names.names["cnn_worker"], store_role_names.names["cnn_dashboard"]
     for name in (worker, dashboard):
         (tmp_path / name).write_text(f"pw-{name}\n")
-    yield sqlalchemy.engine.make_url(postgres_url).set(database=db), worker, dashboard
-    with admin.connect() as conn:
-        conn.execute(sqlalchemy.text(f'drop database "{db}" with (force)'))
-        for role in (worker, dashboard):
-            conn.execute(sqlalchemy.text(f'drop role if exists "{role}"'))
-    admin.dispose()
+    return sqlalchemy.engine.make_url(fresh_db), worker, dashboard
 
 
 def _as(url, role: str) -> str:
