@@ -14,7 +14,7 @@ import sys
 
 from dashboards.auth import AuthFileError, BasicAuth, read_users
 from search.settings import Settings
-from storage import artifact_store, describe, is_loopback, open_storage
+from storage import Artifacts, artifact_store, describe, is_loopback, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -24,7 +24,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=None, help="store URL (default: $STORAGE, else the embedded journal)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8080)
-    parser.add_argument("--artifacts", default=None, help="artifact directory (default: $ARTIFACTS_DIR or ./artifacts)")
+    parser.add_argument("--artifacts", default=None, help=(
+        "artifact directory (default: $ARTIFACTS_DIR or ./artifacts; with $ARTIFACTS_URL, object storage)"))
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     import bottle
@@ -41,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
                        "set DASHBOARD_AUTH_FILE (Kubernetes does) unless only trusted hosts reach it", args.host)
     url = settings.store_url(args.storage)
     storage = open_storage(url, create_schema=False)
-    app = BasicAuth(wsgi(storage, artifact_store=artifact_store(args.artifacts or settings.artifacts_dir)), users)
+    artifacts = Artifacts.open(args.artifacts or settings.artifacts_dir, settings.artifacts_url,
+                               settings.artifacts_endpoint_url)
+    app = BasicAuth(wsgi(storage, artifact_store=artifact_store(artifacts)), users)
     print(f"optuna-dashboard for {describe(url)} at http://{args.host}:{args.port}/"
           f"{'' if users is None else f' (login: {len(users)} user(s) of DASHBOARD_AUTH_FILE)'}", flush=True)
     bottle.run(app, host=args.host, port=args.port, quiet=True)  # what optuna_dashboard.run_server runs

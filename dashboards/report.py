@@ -22,7 +22,7 @@ import optuna
 from dashboards import _draw, _html, _records, _standard
 from dashboards._html import Section
 from search.settings import Settings
-from storage import artifact_store, check_study_name, describe, open_storage
+from storage import Artifacts, artifact_store, check_study_name, describe, open_storage
 from storage.attrs import N_PARAMS, TRAIN_SECONDS
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ def find_baseline(storage: optuna.storages.BaseStorage, name: str) -> optuna.Stu
     return None
 
 
-def _evaluation_images(record: dict[str, Any], artifacts: Path | None = None) -> list[dict[str, Any]]:
+def _evaluation_images(record: dict[str, Any], artifacts: Artifacts | Path | None = None) -> list[dict[str, Any]]:
     artifact_id = record.get("evaluation_artifact_id")
     if not artifact_id:
         return []
@@ -111,7 +111,7 @@ def sections(study: optuna.Study, *, baseline: optuna.Study | None = None) -> li
             *_evaluation_sections(final)]
 
 
-def build_report(study: optuna.Study, *, baseline: optuna.Study | None = None, artifacts: Path | None = None) -> str:
+def build_report(study: optuna.Study, *, baseline: optuna.Study | None = None, artifacts: Artifacts | Path | None = None) -> str:
     final = _records.final_evaluation(study)
     return _html.page(
         study.study_name,
@@ -124,7 +124,7 @@ def build_report(study: optuna.Study, *, baseline: optuna.Study | None = None, a
 
 
 def write_report(study: optuna.Study, out_dir: str | Path = "reports", *,
-                 baseline: optuna.Study | None = None, artifacts: Path | None = None) -> Path:
+                 baseline: optuna.Study | None = None, artifacts: Artifacts | Path | None = None) -> Path:
     target = Path(out_dir) / study.study_name / "index.html"
     target.parent.mkdir(parents=True, exist_ok=True)
     target.write_text(build_report(study, baseline=baseline, artifacts=artifacts))
@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, KeyError) as exc:
         print(f"error: {exc}; studies are created by `make study NAME=...` ({describe(url)})", file=sys.stderr)
         return 2
-    path = write_report(study, args.out, baseline=find_baseline(storage, args.name), artifacts=settings.artifacts_dir)
+    path = write_report(study, args.out, baseline=find_baseline(storage, args.name), artifacts=settings.artifacts())
     print(f"report written to {path}")
     return 0
 

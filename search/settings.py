@@ -15,7 +15,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from storage import READER, WRITER, StorageConfigError, StoreRole, redact, resolve_url
+from storage import READER, WRITER, Artifacts, StorageConfigError, StoreRole, redact, resolve_url
 
 STUDIES_DIR = Path(__file__).parent / "studies"
 
@@ -32,7 +32,13 @@ class Settings(BaseSettings):
     storage_user: str = Field("", description=(
         "connect to a PostgreSQL store as this user instead of STORAGE's (a role the create step made: "
         "STORE_WORKER_ROLE, STORE_DASHBOARD_ROLE); empty: STORAGE's"))
-    artifacts_dir: Path = Field(Path("artifacts"), description="files shared by workers: checkpoints, caches, models")
+    artifacts_dir: Path = Field(Path("artifacts"), description=(
+        "files shared by workers: checkpoints, caches, models (with ARTIFACTS_URL: this machine's own copy)"))
+    artifacts_url: str = Field("", description=(
+        "s3://bucket/prefix: checkpoints, base and feature caches and final models in object storage, so "
+        "workers need no shared volume (credentials: boto3's usual places); empty: ARTIFACTS_DIR is shared"))
+    artifacts_endpoint_url: str = Field("", description=(
+        "an S3-compatible server for ARTIFACTS_URL (MinIO, Ceph, a cloud's own), e.g. http://minio:9000; empty: AWS"))
     data_dir: Path | None = Field(None, description="folder holding the datasets (e.g. ../shared/datasets)")
     data_cache: Path = Field(Path(".cache/data"), description="decoded datasets, cached as uint8 arrays")
     data_offline: bool = Field(False, description="never download a dataset; fail naming what was looked for")
@@ -109,6 +115,10 @@ class Settings(BaseSettings):
         """The store to open: `url` (a --storage flag), else STORAGE, else the embedded journal;
         a password-less URL takes its password from STORAGE_PASSWORD_FILE."""
         return resolve_url(url or self.storage, password_file=self.storage_password_file, user=self.storage_user or None)
+
+    def artifacts(self) -> Artifacts:
+        """ARTIFACTS_DIR, with ARTIFACTS_URL's object storage when set (its folder created)."""
+        return Artifacts.open(self.artifacts_dir, self.artifacts_url, self.artifacts_endpoint_url)
 
     def store_roles(self) -> list[tuple[str, StoreRole]]:
         """The least-privilege roles the create step makes, named by the setting that asks for each."""

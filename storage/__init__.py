@@ -16,9 +16,10 @@ try:
 except ImportError:  # a client of the embedded store or the storage proxy only
     pass
 
-from storage._artifacts import artifact_root, artifact_store, cache_path, upload
+from storage._artifacts import Artifacts, artifact_root, artifact_store, cache_path, upload
 from storage._errors import StorageConfigError, StorageUnavailableError
 from storage._locks import advisory_key, advisory_lock, build_lock, file_lock, lock_database
+from storage._objects import ObjectStore
 from storage._open import close_storage, describe, open_storage
 from storage._roles import READER, WRITER, StoreRole, check_roles, ensure_roles
 from storage._urls import (
@@ -32,6 +33,8 @@ from storage._urls import (
 )
 
 __all__ = [
+    "Artifacts",
+    "ObjectStore",
     "READER",
     "WRITER",
     "StoreRole",

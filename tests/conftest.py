@@ -27,7 +27,8 @@ DEFAULT_POSTGRES_URL = "postgresql+psycopg2://postgres@127.0.0.1:5432/test"
 
 
 E2E = Path(__file__).resolve().parent / "e2e"
-FAULT_FILES = {"test_service.py", "test_faults.py", "test_kubernetes_jobs.py", "test_build_across_machines.py"}
+FAULT_FILES = {"test_service.py", "test_faults.py", "test_kubernetes_jobs.py", "test_build_across_machines.py",
+               "test_object_store.py"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

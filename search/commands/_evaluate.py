@@ -54,7 +54,7 @@ from search.trial import (
     train,
     trial_builder,
 )
-from storage import artifact_root, attrs, upload
+from storage import Artifacts, attrs, upload
 
 logger = logging.getLogger(__name__)
 
@@ -108,7 +108,7 @@ def _evaluation_data(spec: StudySpec, settings: Settings, store_url: str | None 
     splits = study_splits(spec, dataset)
     if spec.feature_cache is None:
         return _EvaluationData(dataset, splits, splits, image_model(spec.normalization))
-    artifacts = artifact_root(settings.artifacts_dir)
+    artifacts = settings.artifacts()
     # All features, not the search subset.
     store_url = store_url or settings.store_url()  # a PostgreSQL store: builds are locked there, across machines
     train_splits, make_model = trial_builder(spec, splits, search=False, artifacts=artifacts, store_url=store_url)
@@ -225,7 +225,7 @@ def evaluate(spec: StudySpec, study: optuna.Study, settings: Settings, *, store_
         "val_metric_mean": statistics.mean(values), "val_metric_std": statistics.stdev(values),
         **metrics,
     }
-    _store(study, final, record, artifact_root(settings.artifacts_dir), tracker(spec.name, spec.mlflow, settings))
+    _store(study, final, record, settings.artifacts(), tracker(spec.name, spec.mlflow, settings))
     release()
     return record
 
@@ -297,7 +297,7 @@ def _png(image: np.ndarray) -> str:
     return base64.b64encode(buf.getvalue()).decode()
 
 
-def _store(study: optuna.Study, model: keras.Model, record: dict[str, Any], artifacts: Path,
+def _store(study: optuna.Study, model: keras.Model, record: dict[str, Any], artifacts: Artifacts,
            tracked: MlflowTracker | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model_path = Path(tmp) / f"{study.study_name}-final.keras"

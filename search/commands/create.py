@@ -48,6 +48,7 @@ def create(args: argparse.Namespace, settings: Settings, spec: StudySpec | None 
     url = settings.store_url(args.storage)
     roles = settings.store_roles()
     check_roles(url, roles)  # a bad role setting fails here too, before the store is touched
+    settings.artifacts().check(url)  # ARTIFACTS_URL: the bucket answers, and the store suits it
     described = (data.description if data is not None
                  else dataset_spec(spec.dataset, label_mode=spec.label_mode).describe())
     study = create_study(spec, open_storage(url, create_schema=True), dataset_description=described)

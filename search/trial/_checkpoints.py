@@ -5,6 +5,10 @@ trial (same lineage, same parameters) starts from a copy of its predecessor's ne
 A predecessor's worker that was paused, not dead, may still be writing its folder when it wakes up
 (it notices it lost its trial only at the next epoch end); a shared folder let that write clash
 with the retry's restore (CI: HDF5's lock refused the read, and the retry started over).
+
+With object storage (ARTIFACTS_URL) the folder is this machine's, and each checkpoint written is
+also uploaded to `<prefix>/checkpoints/<attempt folder>/` (the weights, then the epoch they are
+of): a retry on another machine downloads its predecessor's newest checkpoint from there.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ from search.errors import FATAL, TrialLost, WorkerStopping
 from search.settings import Settings
 from search.study import fresh_trial, lineage, restart_from_epoch
 from search.trial._timing import TrialTimer
-from storage import attrs
+from storage import ObjectStore, attrs
 
 
 class StopRequest(Protocol):
@@ -42,33 +46,68 @@ EVERY_S: float = Settings.model_fields["checkpoint_every_s"].default
 _KEEP = (WorkerStopping, TrialLost, optuna.exceptions.UpdateFinishedTrialError, *FATAL, SystemExit, KeyboardInterrupt)
 
 
-def forget(*folders: Path | None) -> None:
+# What a checkpoint is in object storage: Keras's BackupAndRestore files, the weights first. The
+# folder's .bkp copies guard a local write cut short; an upload is whole or absent, so none is kept.
+REMOTE_FILES = ("latest.weights.h5", "training_metadata.json")
+
+
+def forget(*folders: Path | None, remote: ObjectStore | None = None) -> None:
     for folder in folders:
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+            if remote is not None:
+                _quietly(remote.delete_under, folder.name)
 
 
-def adopt(folder: Path, earlier: list[Path], number: int) -> None:
+def _quietly(call: Callable, *args) -> None:
+    """A clean-up call to object storage: its failure leaves an orphaned checkpoint, not a failed trial."""
+    try:
+        call(*args)
+    except Exception as exc:  # noqa: BLE001 - botocore's errors and OSError alike
+        logger.warning("object storage clean-up %s%s failed: %s", getattr(call, "__name__", call), args, exc)
+
+
+def _copy_local(source: Path, folder: Path) -> bool:
+    try:
+        files = [f for f in source.iterdir() if f.is_file()]
+    except OSError:  # never written, or already dropped
+        return False
+    if not files:
+        return False
+    folder.mkdir(parents=True, exist_ok=True)
+    for f in files:
+        shutil.copyfile(f, folder / f.name)
+    return True
+
+
+def _copy_remote(remote: ObjectStore, source: Path, folder: Path) -> bool:
+    present = set(remote.names(source.name))
+    if f"{source.name}/{REMOTE_FILES[0]}" not in present:
+        return False
+    for name in REMOTE_FILES:
+        if f"{source.name}/{name}" in present:
+            remote.download(f"{source.name}/{name}", folder / name)
+    return True
+
+
+def adopt(folder: Path, earlier: list[Path], number: int, *, remote: ObjectStore | None = None) -> None:
     """Copy the newest checkpoint of the lineage (`earlier`, newest first) into this attempt's
-    folder, then drop the earlier folders. A copy cut short leaves files that ResumableBackup
-    cannot read: the retry then starts over, with a warning, as after a kill mid-write."""
+    folder, from this machine's folder or else from object storage, then drop the earlier folders.
+    A copy cut short leaves files that ResumableBackup cannot read: the retry then starts over,
+    with a warning, as after a kill mid-write."""
     for source in earlier:
         try:
-            files = [f for f in source.iterdir() if f.is_file()]
-        except OSError:  # never written, or already dropped
-            continue
-        if not files:
-            continue
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-            for f in files:
-                shutil.copyfile(f, folder / f.name)
-        except OSError as exc:
-            logger.warning("trial %d: could not copy the checkpoint in %s (%s); training from scratch",
-                           number, source, exc)
+            found = _copy_local(source, folder) or (remote is not None and _copy_remote(remote, source, folder))
+        except Exception as exc:  # noqa: BLE001 - OSError, or botocore's errors: start over, never fail
+            logger.warning("trial %d: could not copy the checkpoint of %s (%s); training from scratch",
+                           number, source.name, exc)
             forget(folder)
-        break
-    forget(*earlier)
+            break
+        if found:
+            logger.info("trial %d resumes from the checkpoint of %s%s", number, source.name,
+                        "" if remote is None else f" ({remote.url})")
+            break
+    forget(*earlier, remote=remote)
 
 
 class ResumableBackup(keras.callbacks.BackupAndRestore):
@@ -83,11 +122,12 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
     Restoring and writing are timed as the "checkpoint" phase of `timer`."""
 
     def __init__(self, folder: Path, trial: optuna.Trial, *, every_s: float = EVERY_S, stop: StopRequest | None = None,
-                 timer: TrialTimer | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 timer: TrialTimer | None = None, clock: Callable[[], float] = time.monotonic,
+                 remote: ObjectStore | None = None) -> None:
         if every_s < 0:
             raise ValueError(f"every_s cannot be negative but got {every_s}")
         super().__init__(str(folder), save_freq="epoch", double_checkpoint=True)
-        self.folder, self.trial, self.every_s, self.stop = folder, trial, every_s, stop
+        self.folder, self.trial, self.every_s, self.stop, self.remote = folder, trial, every_s, stop, remote
         self.timer, self.clock = timer or TrialTimer(), clock
         self.writes = 0
         self._written_epoch: int | None = None
@@ -104,6 +144,9 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             return
         with self.timer.phase("checkpoint"):
             super().on_epoch_end(epoch, logs)
+            if self.remote is not None:  # the weights, then the epoch they are of
+                for name in REMOTE_FILES:
+                    self.remote.upload(self.folder / name, f"{self.folder.name}/{name}")
         self._written_epoch, self._last_write = epoch, self.clock()
         self.writes += 1
 
@@ -139,8 +182,8 @@ class Checkpoints:
     """Where a study's attempts checkpoint, and what happens to a folder when an attempt ends."""
 
     def __init__(self, root: Path, study_name: str, *, every_s: float = EVERY_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
-        self.root, self.study_name, self.every_s, self.clock = root, study_name, every_s, clock
+                 clock: Callable[[], float] = time.monotonic, remote: ObjectStore | None = None) -> None:
+        self.root, self.study_name, self.every_s, self.clock, self.remote = root, study_name, every_s, clock, remote
 
     def _folder(self, uid: str, number: int) -> Path:
         return self.root / f"{self.study_name}-{uid}-{number}"
@@ -160,18 +203,19 @@ class Checkpoints:
             # fail_reason/fail_message are inherited from the failed original: cleared
             for key, value in ((attrs.RETRY_OF, origin), (attrs.FAIL_REASON, None), (attrs.FAIL_MESSAGE, None)):
                 trial.set_user_attr(key, value)
-            adopt(folder, earlier, trial.number)
+            adopt(folder, earlier, trial.number, remote=self.remote)
         try:
-            yield ResumableBackup(folder, trial, every_s=self.every_s, stop=stop, timer=timer, clock=self.clock)
+            yield ResumableBackup(folder, trial, every_s=self.every_s, stop=stop, timer=timer, clock=self.clock,
+                                  remote=self.remote)
         except _KEEP:
             raise
         except Exception as exc:
             lost = _lost(trial, exc)
             if lost is not None:
                 raise lost from exc
-            forget(folder, *earlier)
+            forget(folder, *earlier, remote=self.remote)
             raise
         except BaseException:
-            forget(folder, *earlier)
+            forget(folder, *earlier, remote=self.remote)
             raise
-        forget(folder, *earlier)
+        forget(folder, *earlier, remote=self.remote)

@@ -3,7 +3,8 @@ then every trial trains only the head on the cached features; no conv layer runs
 
 Keys: base weights by (preset, dataset, labels, seed, base training setup, training data);
 features by (sha256 of the base weights file, the split's fingerprint). A different base or
-dataset can never reuse features. Both live under the artifact directory shared by workers.
+dataset can never reuse features. Both live under the artifact directory shared by workers, or in
+object storage (ARTIFACTS_URL) with a copy on each worker's machine (storage.Artifacts).
 """
 
 from __future__ import annotations
@@ -34,9 +35,13 @@ from search.errors import WorkerStopping
 from search.spec import StudySpec, TrainParams, TrialConfig
 from search.trial._base_estimate import SlowBase, base_estimate
 from search.trial._train import FitOptions, ModelBuilder, image_model, release, train
-from storage import build_lock, cache_path
+from storage import Artifacts, build_lock
 
 logger = logging.getLogger(__name__)
+
+
+BASE_FILES = ("base.json", "base.weights.h5")  # the weights last: a base is finished when they exist
+FEATURE_FILES = ("x_train.npy", "x_val.npy", "meta.json")  # meta.json last
 
 
 @dataclass(frozen=True)
@@ -128,10 +133,11 @@ class _StopBetweenEpochs(keras.callbacks.Callback):
             raise WorkerStopping(f"stopped during the base's epoch {epoch + 1}; nothing was cached")
 
 
-def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path | None = None,
+def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Artifacts | Path | None = None,
                 store_url: str | None = None, slow: SlowBase | None = None) -> Path:
     """The base weights file: given in the study file, cached, or trained now (once).
     `stop` (the worker's StopFlag): a signal ends the training at the next epoch, caching nothing.
+    `artifacts`: the shared folder, or object storage with this machine's copy (storage.Artifacts).
     `store_url`: a PostgreSQL store serialises builders with an advisory lock (storage.build_lock).
     `slow`: when to warn that the training will take long (default: on a CPU, past 15 minutes)."""
     fc = spec.feature_cache
@@ -140,10 +146,11 @@ def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path |
         if not path.is_file():
             raise FileNotFoundError(f"feature_cache.base_weights {path} does not exist")
         return path
-    folder = cache_path("bases", base_key(spec, splits), artifacts)
-    target = folder / "base.weights.h5"
+    artifacts = Artifacts.of(artifacts)
+    folder = artifacts.cache("bases", base_key(spec, splits))
+    target = folder / BASE_FILES[-1]
     with build_lock(store_url, "bases", folder.name, folder):
-        if target.is_file():
+        if artifacts.fetch(folder, BASE_FILES):
             logger.info("reusing trained base %s", target)
             return target
         if folder.is_dir():
@@ -168,6 +175,9 @@ def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path |
         publish_file(folder / f".{tmp}.json", folder / "base.json")
         arch.save_weights(folder / f".{tmp}.weights.h5")
         publish_file(folder / f".{tmp}.weights.h5", target)  # last: a base is finished when this file exists
+        if not artifacts.publish(folder, BASE_FILES):
+            logger.warning("another worker published base %s first (its build lock was not shared): using its weights",
+                           folder.name)
         release()
         logger.info("base trained: val_accuracy %.4f in %.0fs", result.best_val_accuracy, result.train_seconds)
     return target
@@ -205,13 +215,14 @@ def extract(extractor: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.
     return out
 
 
-def ensure_features(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Path | None = None,
+def ensure_features(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Artifacts | Path | None = None,
                     store_url: str | None = None) -> FeatureCache:
+    artifacts = Artifacts.of(artifacts)
     weights = ensure_base(spec, splits, stop, artifacts=artifacts, store_url=store_url)
     key = hashlib.sha256(f"{_sha256(weights)}|{splits.fingerprint}|{spec.normalization}".encode()).hexdigest()[:20]
-    folder = cache_path("features", key, artifacts)
+    folder = artifacts.cache("features", key)
     with build_lock(store_url, "features", key, folder):
-        if not (folder / "meta.json").is_file():
+        if not artifacts.fetch(folder, FEATURE_FILES):
             logger.info("computing base features once for %d train and %d validation images",
                         len(splits.y_train), len(splits.y_val))
             folder.parent.mkdir(parents=True, exist_ok=True)
@@ -222,6 +233,8 @@ def ensure_features(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Pa
             np.save(tmp / "x_val.npy", extract(extractor, splits.x_val))
             (tmp / "meta.json").write_text(json.dumps({"weights": str(weights), "splits": splits.fingerprint}))
             publish_folder(tmp, folder, replace=True)
+            if not artifacts.publish(folder, FEATURE_FILES):
+                logger.warning("another worker published features %s first: using its copy", key)
             release()
         else:
             logger.info("reusing cached features %s", folder)
@@ -284,7 +297,7 @@ def search_subset(spec: StudySpec, features: Splits) -> Splits:
 
 
 def trial_builder(spec: StudySpec, splits: Splits, *, search: bool = True, stop=None,
-                  artifacts: Path | None = None, store_url: str | None = None) -> tuple[Splits, ModelBuilder]:
+                  artifacts: Artifacts | Path | None = None, store_url: str | None = None) -> tuple[Splits, ModelBuilder]:
     """What the workers of a feature-cache study train on, and how they build trial models.
     `search=False` (final evaluation): every cached training feature, whatever the study searched on.
     `store_url`: the study's store, which decides how one-time builds are locked (storage.build_lock)."""

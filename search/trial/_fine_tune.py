@@ -31,6 +31,7 @@ from search.spec import StudySpec, TrialConfig
 from search.study import fresh_trial, prune_in_stage
 from search.trial._features import base_params, ensure_base, frozen_base, search_subset
 from search.trial._train import FitOptions, ModelBuilder, TrainResult, train
+from storage import Artifacts
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class FineTuning:
 
     @classmethod
     def for_study(cls, spec: StudySpec, image_splits: Splits, *, search: bool = True, stop=None,
-                  artifacts: Path | None = None, store_url: str | None = None) -> FineTuning:
+                  artifacts: Artifacts | Path | None = None, store_url: str | None = None) -> FineTuning:
         weights = ensure_base(spec, image_splits, stop, artifacts=artifacts, store_url=store_url)  # cached by now
         return cls(spec, search_subset(spec, image_splits) if search else image_splits, weights, image_splits.x_train)
 

@@ -20,7 +20,6 @@ from search.errors import FATAL, FATAL_EXIT
 from search.settings import Settings
 from search.worker._loop import RECYCLE
 from search.worker._placement import place_worker
-from storage import artifact_root
 
 logger = logging.getLogger("search.worker")
 
@@ -31,8 +30,8 @@ def run_worker(name: str, settings: Settings, *, storage_url: str | None = None,
     code of a stop by a signal. prepare_only: train the base and cache its features (a feature-cache
     study), then exit; `python -m search run` does this once, with every CPU thread, before it
     starts workers that each get a share of the cores."""
-    artifacts = artifact_root(settings.artifacts_dir)
-    placement = place_worker(artifacts / "gpu-slots", per_gpu=settings.workers_per_gpu,
+    artifacts = settings.artifacts()
+    placement = place_worker(artifacts.root / "gpu-slots", per_gpu=settings.workers_per_gpu,
                              cuda_visible_devices=settings.cuda_visible_devices)
     # THE lazy boundary: settings (the backend's log level, set by settings_or_exit) -> placement
     # (CUDA_VISIBLE_DEVICES) -> Keras, which the session's module loads; nothing above loads a backend.

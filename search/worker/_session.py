@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-from pathlib import Path
 
 import keras
 import optuna
@@ -37,7 +36,7 @@ from search.worker._liveness import Background, Liveness
 from search.worker._loop import LoopLimits, run_loop, worker_label
 from search.worker._placement import Placement, cap_tensorflow_memory, limit_cpu_threads
 from search.worker._signals import StopFlag
-from storage import attrs, build_lock, describe
+from storage import Artifacts, attrs, build_lock, describe
 
 logger = logging.getLogger("search.worker")
 
@@ -52,7 +51,7 @@ class WorkerSession:
     spec: StudySpec
     study: optuna.Study
     placement: Placement
-    artifacts: Path
+    artifacts: Artifacts
     storage_url: str
     label: str
     stop: StopFlag
@@ -64,7 +63,7 @@ class WorkerSession:
     fine_tuning: FineTuning | None = None  # a study with `fine_tune:`: the images and base its fine-tuning trials train
 
     @classmethod
-    def open(cls, name: str, settings: Settings, placement: Placement, artifacts: Path, *,
+    def open(cls, name: str, settings: Settings, placement: Placement, artifacts: Artifacts, *,
              storage_url: str | None = None, worker_index: int = 0, stage: str = "search",
              **spec_overrides: object) -> WorkerSession:
         """Signals handled, the backend capped to its placement, the study opened behind the resilient
@@ -76,6 +75,7 @@ class WorkerSession:
         limit_cpu_threads(settings.worker_threads)
         spec = load_spec(name, studies_dir=settings.studies_dir, **spec_overrides)
         url = settings.store_url(storage_url)
+        artifacts.check(url)
         confirming = stage == "confirm"
         # The confirmation stage's trials are all queued with their parameters: nothing is sampled or pruned.
         study = open_study(confirm_name(name) if confirming else name, url, max_backoff=settings.store_max_backoff,
@@ -139,8 +139,9 @@ class WorkerSession:
     def loop(self) -> str | None:
         s = self.settings
         objective = Objective(self.spec, self.splits, fit=FitOptions.for_study(self.spec, steps=s.steps_per_execution),
-                              checkpoints=Checkpoints(self.artifacts / "checkpoints", self.spec.name,
-                                                      every_s=s.checkpoint_every_s),
+                              checkpoints=Checkpoints(self.artifacts.root / "checkpoints", self.spec.name,
+                                                      every_s=s.checkpoint_every_s,
+                                                      remote=self.artifacts.checkpoints()),
                               make_model=self.make_model, stop=self.stop, worker=self.label,
                               image_shape=self.image_shape, other_folds=self.other_folds, confirming=self.confirming,
                               fine_tuning=self.fine_tuning)
@@ -159,6 +160,6 @@ class WorkerSession:
         trial within the budget or to queue a retry its failing process did not: the store's advisory
         lock on PostgreSQL, else a file lock in the artifact folder every worker shares (storage.build_lock)."""
         study = self.study.study_name
-        folder = self.artifacts / "locks" / f"{kind}-{study}-{self.study.user_attrs.get(attrs.STUDY_UID)}"
+        folder = self.artifacts.root / "locks" / f"{kind}-{study}-{self.study.user_attrs.get(attrs.STUDY_UID)}"
         folder.parent.mkdir(parents=True, exist_ok=True)
         return build_lock(self.storage_url, kind, folder.name, folder)

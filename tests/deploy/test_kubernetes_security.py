@@ -6,6 +6,7 @@ fails here), and no image is named by a tag that moves (deploy/kubernetes/README
 from __future__ import annotations
 
 import copy
+import ipaddress
 import re
 from typing import NamedTuple
 
@@ -79,19 +80,24 @@ def test_pods_run_as_the_users_their_images_were_built_for(target):
 
 # Network flows: the rendered NetworkPolicies evaluated as a network plugin applies them, between
 # every pair of the rendered pods, a stranger in the namespace (a `kubectl run` pod: labels that no
-# policy names) and two pods elsewhere (the cluster DNS, and a pod in another namespace labelled as
-# our workers). ipBlock peers are not modelled, and the manifests have none.
+# policy names), two pods elsewhere (the cluster DNS, and a pod in another namespace labelled as
+# our workers) and two hosts outside the cluster, which only ipBlock peers name: an object store on
+# a public address, and the cloud's metadata service (whose credentials a pod must not reach).
 
 class _Pod(NamedTuple):
     name: str
     namespace: dict  # the namespace's labels
     labels: dict
     ports: dict  # container port name: number
+    address: str | None = None  # a host outside the cluster; pods' own addresses are not modelled
 
 
 _OUTSIDE = [_Pod("kube-dns", {"kubernetes.io/metadata.name": "kube-system"}, {"k8s-app": "kube-dns"}, {"dns": 53}),
             _Pod("elsewhere", {"kubernetes.io/metadata.name": "default"},
-                 {"app.kubernetes.io/name": "cnn-search", "app.kubernetes.io/component": "worker"}, {"https": 443})]
+                 {"app.kubernetes.io/name": "cnn-search", "app.kubernetes.io/component": "worker"}, {"https": 443}),
+            _Pod("object-store", {}, {}, {"https": 443}, "52.216.8.10"),
+            _Pod("metadata-service", {}, {}, {"http": 80, "https": 443}, "169.254.169.254"),
+            _Pod("private-host", {}, {}, {"https": 443}, "10.20.30.40")]
 
 
 def _selects(selector: dict, labels: dict) -> bool:
@@ -105,7 +111,12 @@ def _selects(selector: dict, labels: dict) -> bool:
 
 
 def _peer(peer: dict, pod: _Pod) -> bool:
-    assert "ipBlock" not in peer, "an ipBlock peer: extend _flows to model it"
+    if "ipBlock" in peer:  # hosts outside the cluster only (whether it matches pods is the plugin's choice)
+        block = peer["ipBlock"]
+        return pod.address is not None and ipaddress.ip_address(pod.address) in ipaddress.ip_network(block["cidr"]) \
+            and not any(ipaddress.ip_address(pod.address) in ipaddress.ip_network(e) for e in block.get("except", []))
+    if pod.address is not None:
+        return False
     if "namespaceSelector" in peer:
         in_namespace = _selects(peer["namespaceSelector"], pod.namespace)
     else:
@@ -125,7 +136,7 @@ def _port(ports: list[dict] | None, dst: _Pod, port: int, protocol: str) -> bool
 def _lets(policies: list[dict], direction: str, src: _Pod, dst: _Pod, port: int, protocol: str) -> bool:
     """Whether the policies isolating this end of src -> dst (Egress: src, Ingress: dst) let it through."""
     subject, peer = (src, dst) if direction == "Egress" else (dst, src)
-    if subject.namespace["kubernetes.io/metadata.name"] != "cnn-search":
+    if subject.namespace.get("kubernetes.io/metadata.name") != "cnn-search":
         return True  # another namespace's policies are not ours to model
     rules, peers = ("ingress", "from") if direction == "Ingress" else ("egress", "to")
     isolating = [p["spec"] for p in policies
@@ -170,6 +181,10 @@ def _needed(store_clients: set[str], *more: tuple[str, str, int, str]) -> set[tu
     # The workers reach the proxy only; PostgreSQL takes the proxy instead of them.
     ("overlays/proxy",
      _needed({"create-study", "dashboard", "storage-proxy"}, ("workers", "storage-proxy", 13000, "TCP"))),
+    # Artifacts in a bucket: the pods that read or write them reach it over HTTPS, nothing private.
+    ("overlays/object-store",
+     _needed({"create-study", "workers", "dashboard"},
+             *((pod, "object-store", 443, "TCP") for pod in ("create-study", "workers", "dashboard")))),
 ])
 def test_the_network_policies_allow_only_the_flows_the_service_needs(target, needed):
     objects, _ = render(DEPLOY / target)

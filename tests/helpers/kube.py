@@ -23,7 +23,7 @@ from helpers.processes import REPO
 DEPLOY = REPO / "deploy" / "kubernetes"
 
 # What `kubectl apply -k` is pointed at, under DEPLOY: the base and each overlay.
-TARGETS = ["base", "overlays/packed", "overlays/proxy"]
+TARGETS = ["base", "overlays/packed", "overlays/proxy", "overlays/object-store"]
 
 # The generated Secret's content in tests: the real password file is git-ignored and never here.
 PLACEHOLDER_PASSWORD = b"placeholder, not the password"
@@ -34,9 +34,11 @@ CLUSTER_SCOPED = {"Namespace", "PersistentVolume", "StorageClass", "ClusterRole"
 
 def merge_patch(base, patch):
     """A strategic merge patch, as far as these manifests need one: lists of objects merged by their
-    key (volumeMounts by mountPath, the others by name), new items first, `$patch: delete` removing one."""
+    key (volumeMounts by mountPath, the others by name), new items first, `$patch: delete` removing one,
+    a null value removing its key."""
     if isinstance(base, dict) and isinstance(patch, dict):
-        return {**base, **{k: merge_patch(base[k], v) if k in base else v for k, v in patch.items()}}
+        merged = {**base, **{k: merge_patch(base[k], v) if k in base else v for k, v in patch.items()}}
+        return {k: v for k, v in merged.items() if patch.get(k, ...) is not None}
     key = next((k for k in ("mountPath", "name") if isinstance(base, list) and isinstance(patch, list)
                 and all(isinstance(i, dict) and k in i for i in base + patch)), None)
     if key is not None:
@@ -126,6 +128,9 @@ def render(folder: Path, _visited: tuple[Path, ...] = ()) -> tuple[list[dict], d
         hits = [n for n, o in enumerate(objects)
                 if o["kind"] == target.get("kind", o["kind"]) and o["metadata"]["name"] == target.get("name")]
         assert len(hits) == 1, f"{patch}: matches {len(hits)} objects"
+        if body.get("$patch") == "delete":  # the whole object
+            del objects[hits[0]]
+            continue
         body = {key: v for key, v in body.items() if key not in ("apiVersion", "kind", "metadata")}
         objects[hits[0]] = merge_patch(objects[hits[0]], body)
     for obj in objects:
