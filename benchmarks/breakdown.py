@@ -4,7 +4,9 @@ saves, measured side by side in one run.
 --compare overheads (the default): a baseline with the per-trial overhead changes off
 (STEPS_PER_EXECUTION=1, GC_FREEZE=false), each change alone, and both (the defaults). --compare
 defaults: that baseline against the settings' defaults. --compare checkpoints: a checkpoint every
-epoch (CHECKPOINT_EVERY_S=0) against every 60 s. The settings a comparison varies are taken out of
+epoch (CHECKPOINT_EVERY_S=0) against every 60 s. --compare validation: the validation batch
+(VALIDATION_BATCH_SIZE=train, Keras's default, against auto) and the optimizer built before the first
+trace (BUILD_OPTIMIZER_FIRST), each alone and together. The settings a comparison varies are taken out of
 this process's environment, so the defaults are the declared ones.
 
 Each run is a real `python -m search run NAME --workers 1` (embedded journal store, heartbeats, the
@@ -42,7 +44,7 @@ from storage import attrs, open_storage
 
 STUDIES = Path(__file__).resolve().parent.parent / "search" / "studies"
 _OFF = {"STEPS_PER_EXECUTION": "1", "GC_FREEZE": "false"}
-VARIED = ("STEPS_PER_EXECUTION", "GC_FREEZE", "CHECKPOINT_EVERY_S")  # never inherited from this process's environment
+VARIED = ("STEPS_PER_EXECUTION", "GC_FREEZE", "CHECKPOINT_EVERY_S", "VALIDATION_BATCH_SIZE", "BUILD_OPTIMIZER_FIRST")  # never inherited from this process's environment
 # Per comparison: label -> the environment a run gets; the first setting is the baseline.
 COMPARISONS = {
     "overheads": {
@@ -53,10 +55,17 @@ COMPARISONS = {
     },
     "defaults": {"baseline": _OFF, "defaults": {}},
     "checkpoints": {"every epoch": {"CHECKPOINT_EVERY_S": "0"}, "every 60 s": {"CHECKPOINT_EVERY_S": "60"}},
+    "validation": {
+        "baseline": {"VALIDATION_BATCH_SIZE": "train", "BUILD_OPTIMIZER_FIRST": "false"},
+        "validation batch": {"VALIDATION_BATCH_SIZE": "auto", "BUILD_OPTIMIZER_FIRST": "false"},
+        "optimizer first": {"VALIDATION_BATCH_SIZE": "train", "BUILD_OPTIMIZER_FIRST": "true"},
+        "both": {},
+    },
 }
 TITLES = {"overheads": "steps per call and gc.freeze, each alone and together",
           "defaults": "the overhead changes off against today's defaults",
-          "checkpoints": "checkpoints every epoch vs every 60 s"}
+          "checkpoints": "checkpoints every epoch vs every 60 s",
+          "validation": "the validation batch and the optimizer built first, each alone and together"}
 
 
 @dataclasses.dataclass

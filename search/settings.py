@@ -75,6 +75,12 @@ class Settings(BaseSettings):
         "parameters whose epochs have at least 128 batches, else 1"))
     gc_freeze: bool = Field(True, description=(
         "gc.freeze() after a worker's set-up, so the collection after each trial walks only what trials made"))
+    validation_batch_size: Annotated[int, Field(ge=1)] | Literal["auto", "train"] = Field("auto", description=(
+        "validation batch size; train: the training batch size (Keras's default); auto: a model on feature "
+        "vectors (a head on cached features) validates on the whole validation set in one batch, held as a "
+        "tensor for the worker's life, and an image model at its training batch size"))
+    build_optimizer_first: bool = Field(True, description=(
+        "make a trial's optimizer variables right after compile, so TensorFlow traces the train step once, not twice"))
     journal_settle_deadline: float = Field(
         120.0, gt=0, description="seconds a journal read after an append waits through an outage")
     store_max_backoff: float = Field(30.0, gt=0, description="longest wait between retries of a store call")

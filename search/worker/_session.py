@@ -138,7 +138,9 @@ class WorkerSession:
 
     def loop(self) -> str | None:
         s = self.settings
-        objective = Objective(self.spec, self.splits, fit=FitOptions.for_study(self.spec, steps=s.steps_per_execution),
+        objective = Objective(self.spec, self.splits, fit=FitOptions.for_study(self.spec, steps=s.steps_per_execution,
+                                                                           validation_batch=s.validation_batch_size,
+                                                                           build_optimizer=s.build_optimizer_first),
                               checkpoints=Checkpoints(self.artifacts.root / "checkpoints", self.spec.name,
                                                       every_s=s.checkpoint_every_s,
                                                       remote=self.artifacts.checkpoints()),
