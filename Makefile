@@ -33,7 +33,7 @@ export DATA_DIR STORAGE
 STUDY_ARGS = $(if $(DATASET),--dataset $(DATASET)) $(if $(TRIALS),--trials $(TRIALS)) \
 	$(if $(EPOCHS),--epochs $(EPOCHS)) $(if $(PROFILE),--profile $(PROFILE))
 
-.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto bench-confirm bench-recipe bench-finetune bench-outage proxy-secrets up down clean require-name
+.PHONY: help venv study status evaluate refit report dashboard tensorboard test-tools worker workers models test test-faults test-fast bench-data bench-search bench-gpu bench-storage bench-decode bench-breakdown bench-current bench-pareto bench-confirm bench-recipe bench-finetune bench-outage bench-peers proxy-secrets up down clean require-name
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -147,6 +147,9 @@ bench-finetune: $(STAMP) ## fc_head_ft quick: the head search alone vs head sear
 
 bench-outage: $(STAMP) ## PostgreSQL stopped twice under a running study for 0.5x-5x the grace period: trials reaped, retries, lineages given up (stops this machine's cluster; root); appends to BENCHMARKS.md
 	$(PY) -m benchmarks.outage --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
+
+bench-peers: $(STAMP) ## this service vs a plain Optuna script vs Keras Tuner's Hyperband at the same wall-clock budget, fc_head quick and simple_cnn full data; appends to BENCHMARKS.md
+	$(PY) -m benchmarks.peers --data-dir $(or $(DATA_DIR),../shared/datasets) $(BENCH_ARGS)
 
 bench-current: $(STAMP) ## rewrite BENCHMARKS.md's current-figures table from its history (every bench target does this too)
 	$(PY) -m benchmarks.current

@@ -101,7 +101,31 @@ def gpu_figure(body: str) -> str | None:
     return f"{packed} packed: {pace['packed']} trials/min vs {pace['one_per_gpu']} with one worker per GPU{memory}"
 
 
+# bench-peers (benchmarks/peers.py), the project's headline, at the top of the table: fc_head against a
+# plain Optuna script; simple_cnn against Keras Tuner's Hyperband joins HEADLINES once that case has run.
+PEERS_FC_HEAD: Headline = {
+    "name": "bench-peers, fc_head", "title": r"^bench-peers:", "part": r"^fc_head: this service",
+    "figure": r"^fc_head: this service (?P<ours>[\d.]+) trials/min against plain Optuna's (?P<peer>[\d.]+) "
+              r"\((?P<ratio>[\d.]+x)\), best validation accuracy (?P<best>[\d.]+) against (?P<peer_best>[\d.]+) "
+              r"\((?P<delta>[+-][\d.]+)\) after (?P<budget>\d+ s), mean of (?P<seeds>\d+) seeds",
+    "template": "fc_head quick, {budget} a run: {ratio} plain Optuna's trials a minute ({ours} vs {peer}), best "
+                "validation accuracy {best} vs {peer_best} ({delta}); {seeds} seeds",
+    "goal": r"^fc_head: this service[^\n]*\(goal: ([^)\n]+)\)",
+}
+PEERS_SIMPLE_CNN: Headline = {
+    "name": "bench-peers, simple_cnn", "title": r"^bench-peers:", "part": r"^simple_cnn: this service",
+    "figure": r"^simple_cnn: this service's best validation accuracy (?P<best>[\d.]+) against Keras Tuner's "
+              r"Hyperband's (?P<peer>[\d.]+) \((?P<delta>[+-][\d.]+)\) after (?P<budget>\d+ s), mean of "
+              r"(?P<seeds>\d+) seeds",
+    "template": "simple_cnn, full CIFAR-10, {budget} a run: best validation accuracy {best} vs Keras Tuner's "
+                "Hyperband's {peer} ({delta}); {seeds} seeds",
+    "goal": r"^simple_cnn: this service[^\n]*\(goal: ([^)\n]+)\)",
+}
+PEERS_HEADLINES: tuple[Headline, ...] = (PEERS_FC_HEAD, PEERS_SIMPLE_CNN)
+
+
 HEADLINES: tuple[Headline, ...] = (
+    PEERS_FC_HEAD,
     {"name": "bench-data", "title": r"^bench-data:",
      "figure": r"^ +(?P<ours>our [^:\n]+?): .*?ratio \(ours / ImageDataGenerator\): (?P<ratio>[\d.]+x)",
      "template": "{ours} {ratio} ImageDataGenerator's images/s", "goal": GOAL},
