@@ -76,11 +76,13 @@ class Settings(BaseSettings):
     gc_freeze: bool = Field(True, description=(
         "gc.freeze() after a worker's set-up, so the collection after each trial walks only what trials made"))
     validation_batch_size: Annotated[int, Field(ge=1)] | Literal["auto", "train"] = Field("auto", description=(
-        "validation batch size; train: the training batch size (Keras's default); auto: a model on feature "
-        "vectors (a head on cached features) validates on the whole validation set in one batch, held as a "
-        "tensor for the worker's life, and an image model at its training batch size"))
+        "a worker's trials' validation batch; train: the training batch size (Keras's default); auto: a model "
+        "on feature vectors (a head on cached features) validates the whole validation set (at most 16,384 "
+        "rows and 256 MiB a batch) from tensors held for the worker's life, an image model at its training "
+        "batch size; the same results either way (evaluate and refit use auto)"))
     build_optimizer_first: bool = Field(True, description=(
-        "make a trial's optimizer variables right after compile, so TensorFlow traces the train step once, not twice"))
+        "make a trial's optimizer variables right after compile, so TensorFlow traces the train step once, not "
+        "twice; the same results either way (evaluate and refit always do)"))
     journal_settle_deadline: float = Field(
         120.0, gt=0, description="seconds a journal read after an append waits through an outage")
     store_max_backoff: float = Field(30.0, gt=0, description="longest wait between retries of a store call")
@@ -150,6 +152,7 @@ class Settings(BaseSettings):
         """The effective values, safe to print: the store's password never appears."""
         values = self.model_dump(mode="json")
         values["storage"] = redact(self.storage) if self.storage else ""
+        values["artifacts_endpoint_url"] = redact(self.artifacts_endpoint_url) if self.artifacts_endpoint_url else ""
         return values
 
 

@@ -90,13 +90,18 @@ class Artifacts:
 
     def fetch(self, folder: Path, names: Sequence[str]) -> bool:
         """Whether the finished entry `folder` is here: it was, or it was copied from object
-        storage now (its marker, `names[-1]`, last); False when no one has published it."""
-        if (folder / names[-1]).is_file():
-            return True
+        storage now (its marker, `names[-1]`, last); False when no one has published it. An entry
+        finished here but missing from object storage (its builder's upload failed) is uploaded now:
+        call it under the entry's build lock."""
         if self.remote is None:
-            return False
+            return (folder / names[-1]).is_file()
         where = self._remote_folder(folder)
-        if not self.remote.exists(f"{where}/{names[-1]}"):
+        published = self.remote.exists(f"{where}/{names[-1]}")
+        if (folder / names[-1]).is_file():
+            if not published:
+                self.publish(folder, names)
+            return True
+        if not published:
             return False
         for name in names:
             if not self.remote.download(f"{where}/{name}", folder / name):
@@ -110,13 +115,15 @@ class Artifacts:
         if self.remote is None:
             return True
         where = self._remote_folder(folder)
-        for name in names[:-1]:
-            self.remote.upload(folder / name, f"{where}/{name}")
-        if self.remote.upload(folder / names[-1], f"{where}/{names[-1]}", if_absent=True):
-            return True
+        if not self.remote.exists(f"{where}/{names[-1]}"):  # published meanwhile: its files are not replaced
+            for name in names[:-1]:
+                self.remote.upload(folder / name, f"{where}/{name}")
+            if self.remote.upload(folder / names[-1], f"{where}/{names[-1]}", if_absent=True):
+                return True
         for name in names:
             (folder / name).unlink(missing_ok=True)
-        self.fetch(folder, names)
+        if not self.fetch(folder, names):
+            raise FileNotFoundError(f"{self.remote.url}/{where}: published by another builder, then gone")
         return False
 
     def checkpoints(self) -> ObjectStore | None:

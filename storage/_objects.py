@@ -17,17 +17,26 @@ ARTIFACTS_ENDPOINT_URL.
 
 from __future__ import annotations
 
+import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 from urllib.parse import urlsplit
 
-from storage._errors import StorageConfigError
+from storage._errors import StorageConfigError, StorageUnavailableError
+
+logger = logging.getLogger(__name__)
 
 _MISSING = {"404", "NoSuchKey", "NotFound", "NoSuchBucket"}
-_PRECONDITION = {"PreconditionFailed", "412", "ConditionalRequestConflict", "409"}
+_PRECONDITION = {"PreconditionFailed", "412"}  # not 409 (a conflicting write still in flight): an error
+# What no wait mends: the bucket, the credentials or the region are wrong (anything else, botocore has
+# already retried through its standard retries before `check` sees it).
+_CONFIG = {"NoSuchBucket", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "AllAccessDisabled",
+           "AuthorizationHeaderMalformed", "PermanentRedirect", "InvalidBucketName", "301", "403", "404"}
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")  # S3's bucket naming rules, as far as a URL shows
 
 
 def _code(exc: Exception) -> str:
@@ -44,9 +53,13 @@ class ObjectStore:
     @classmethod
     def from_url(cls, url: str, *, endpoint_url: str | None = None) -> ObjectStore:
         parts = urlsplit(url)
-        if parts.scheme != "s3" or not parts.netloc or parts.query or parts.fragment:
+        if "@" in parts.netloc:  # never echo it: what precedes the @ would be credentials
+            raise StorageConfigError("ARTIFACTS_URL holds credentials: write s3://BUCKET/PREFIX and give the keys "
+                                     "where boto3 reads them (AWS_SHARED_CREDENTIALS_FILE, a pod identity)")
+        if parts.scheme != "s3" or not _BUCKET.match(parts.netloc) or parts.query or parts.fragment:
             raise StorageConfigError(f"ARTIFACTS_URL={url!r} is not an object-store URL: write s3://BUCKET/PREFIX "
-                                     "(an S3-compatible server is named by ARTIFACTS_ENDPOINT_URL)")
+                                     "(a bucket name of 3-63 lower-case letters, digits, '.' and '-'; an "
+                                     "S3-compatible server and its port go in ARTIFACTS_ENDPOINT_URL)")
         return cls(parts.netloc, parts.path, endpoint_url=endpoint_url)
 
     @property
@@ -73,19 +86,26 @@ class ObjectStore:
 
     def check(self) -> None:
         """The bucket is there and these credentials may list it; else an error naming the fix."""
-        from botocore.exceptions import BotoCoreError, ClientError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 
         try:
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self.key(), MaxKeys=1)
         except ClientError as exc:
+            if _code(exc) not in _CONFIG:
+                raise StorageUnavailableError(f"ARTIFACTS_URL {self.url}: the object store failed a listing after "
+                                              f"its retries ({_code(exc) or exc})") from None
             raise StorageConfigError(
-                f"ARTIFACTS_URL {self.url}: the bucket refused a listing ({_code(exc) or exc}): create the bucket "
-                "or give these credentials s3:ListBucket, s3:GetObject, s3:PutObject and s3:DeleteObject on it"
-            ) from None
+                f"ARTIFACTS_URL {self.url}: the bucket refused a listing ({_code(exc)}): create the bucket, check "
+                "the region, or give these credentials s3:ListBucket, s3:GetObject, s3:PutObject and "
+                "s3:DeleteObject on it") from None
+        except NoCredentialsError:
+            raise StorageConfigError(f"ARTIFACTS_URL {self.url}: no credentials for the object store: give them "
+                                     "where boto3 reads them (AWS_SHARED_CREDENTIALS_FILE, AWS_ACCESS_KEY_ID and "
+                                     "AWS_SECRET_ACCESS_KEY, a pod identity)") from None
         except BotoCoreError as exc:
             where = self.endpoint_url or "AWS S3"
-            raise StorageConfigError(f"ARTIFACTS_URL {self.url}: cannot reach {where} ({exc}); check "
-                                     "ARTIFACTS_ENDPOINT_URL and the credentials (boto3's usual places)") from None
+            raise StorageUnavailableError(f"ARTIFACTS_URL {self.url}: cannot reach {where} after its retries "
+                                          f"({type(exc).__name__}); check ARTIFACTS_ENDPOINT_URL") from None
 
     def exists(self, name: str) -> bool:
         from botocore.exceptions import ClientError
@@ -147,10 +167,14 @@ class ObjectStore:
     def delete_under(self, under: str) -> int:
         """Delete every object under `under/`; how many were deleted."""
         keys = [self.key(name) for name in self.names(under)]
+        failed = []
         for start in range(0, len(keys), 1000):
-            self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[start:start + 1000]],
-                                                                 "Quiet": True})
-        return len(keys)
+            answer = self.client.delete_objects(Bucket=self.bucket, Delete={
+                "Objects": [{"Key": k} for k in keys[start:start + 1000]], "Quiet": True})
+            failed += [f"{e.get('Key')} ({e.get('Code')})" for e in answer.get("Errors", [])]
+        if failed:
+            logger.warning("%s: %d object(s) not deleted: %s", self.url, len(failed), ", ".join(failed[:5]))
+        return len(keys) - len(failed)
 
     def artifact_store(self) -> PrefixedArtifactStore:
         from optuna.artifacts import Boto3ArtifactStore

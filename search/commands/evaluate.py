@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction, settings: Settings) -> None:
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_spec(args.name, studies_dir=settings.studies_dir, **overrides(args))
+    settings.artifacts().check(settings.store_url(args.storage))  # before the test split is read or anything queued
     study = open_study(args.name, settings.store_url(args.storage))
     check_compatible(study, spec)
     accesses = study.user_attrs.get(attrs.TEST_ACCESSES, [])

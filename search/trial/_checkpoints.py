@@ -81,32 +81,47 @@ def _copy_local(source: Path, folder: Path) -> bool:
 
 
 def _copy_remote(remote: ObjectStore, source: Path, folder: Path) -> bool:
+    """`source`'s checkpoint from the bucket, when it is whole there: both files (the epoch's file is
+    uploaded last, so weights without it are a checkpoint whose upload was cut short)."""
     present = set(remote.names(source.name))
-    if f"{source.name}/{REMOTE_FILES[0]}" not in present:
+    if not all(f"{source.name}/{name}" in present for name in REMOTE_FILES):
         return False
     for name in REMOTE_FILES:
-        if f"{source.name}/{name}" in present:
-            remote.download(f"{source.name}/{name}", folder / name)
+        remote.download(f"{source.name}/{name}", folder / name)
     return True
+
+
+def _push(remote: ObjectStore, folder: Path) -> None:
+    """This attempt's checkpoint to the bucket: the weights, then the epoch they are of."""
+    for name in REMOTE_FILES:
+        if (folder / name).is_file():
+            remote.upload(folder / name, f"{folder.name}/{name}")
 
 
 def adopt(folder: Path, earlier: list[Path], number: int, *, remote: ObjectStore | None = None) -> None:
     """Copy the newest checkpoint of the lineage (`earlier`, newest first) into this attempt's
     folder, from this machine's folder or else from object storage, then drop the earlier folders.
-    A copy cut short leaves files that ResumableBackup cannot read: the retry then starts over,
-    with a warning, as after a kill mid-write."""
+    With object storage the copy is uploaded under this attempt before the earlier attempts' objects
+    are deleted, so a retry killed before its own first checkpoint leaves the lineage's newest one in
+    the bucket. A copy cut short leaves files that ResumableBackup cannot read: the retry then starts
+    over, with a warning, as after a kill mid-write; a copy that failed deletes nothing from the bucket."""
     for source in earlier:
         try:
-            found = _copy_local(source, folder) or (remote is not None and _copy_remote(remote, source, folder))
+            if _copy_local(source, folder):
+                found_in = "this machine's folder"
+            elif remote is not None and _copy_remote(remote, source, folder):
+                found_in = remote.url
+            else:
+                continue
+            if remote is not None:
+                _push(remote, folder)
         except Exception as exc:  # noqa: BLE001 - OSError, or botocore's errors: start over, never fail
             logger.warning("trial %d: could not copy the checkpoint of %s (%s); training from scratch",
                            number, source.name, exc)
-            forget(folder)
-            break
-        if found:
-            logger.info("trial %d resumes from the checkpoint of %s%s", number, source.name,
-                        "" if remote is None else f" ({remote.url})")
-            break
+            forget(folder, *earlier)  # here only: the bucket keeps them for a later attempt
+            return
+        logger.info("trial %d resumes from the checkpoint of %s (from %s)", number, source.name, found_in)
+        break
     forget(*earlier, remote=remote)
 
 
@@ -144,9 +159,13 @@ class ResumableBackup(keras.callbacks.BackupAndRestore):
             return
         with self.timer.phase("checkpoint"):
             super().on_epoch_end(epoch, logs)
-            if self.remote is not None:  # the weights, then the epoch they are of
-                for name in REMOTE_FILES:
-                    self.remote.upload(self.folder / name, f"{self.folder.name}/{name}")
+            if self.remote is not None:
+                try:
+                    _push(self.remote, self.folder)
+                except Exception as exc:  # noqa: BLE001 - botocore's errors: the local checkpoint stands
+                    logger.warning("trial %d: checkpoint of epoch %d not uploaded to %s (%s); a retry on another "
+                                   "machine resumes from the last one uploaded", self.trial.number, epoch + 1,
+                                   self.remote.url, exc)
         self._written_epoch, self._last_write = epoch, self.clock()
         self.writes += 1
 

@@ -115,7 +115,8 @@ LONG_EPOCH_BATCHES = 128
 # One batch of a tensor made once per worker: 40 ms an epoch (the first layer's matmul, 51 ms alone
 # for a 2048x512 head, is most of it), 9.0% of the trials, the same validation curves (issue 26).
 # Images keep their training batch: a whole validation set's conv activations would not fit a GPU.
-AUTO_VALIDATION_ROWS = 16_384  # auto's largest validation batch of feature vectors
+AUTO_VALIDATION_ROWS = 16_384  # auto's largest validation batch of feature vectors ...
+AUTO_VALIDATION_BYTES = 256 * 2**20  # ... and of bytes (a wide base's features: fewer rows a batch)
 _validation_tensors: dict[int, tuple[weakref.ref, weakref.ref, tuple]] = {}
 
 
@@ -131,7 +132,8 @@ def validation_data(splits: Splits, setting: int | Literal["auto", "train"]) -> 
         return arrays, setting
     if splits.x_val.ndim != 2:  # images (or any input of more than one axis a sample): the training batch
         return arrays, None
-    rows = min(len(splits.y_val), AUTO_VALIDATION_ROWS)
+    row_bytes = max(1, splits.x_val[:1].nbytes)
+    rows = max(1, min(len(splits.y_val), AUTO_VALIDATION_ROWS, AUTO_VALIDATION_BYTES // row_bytes))
     if keras.backend.backend() != "tensorflow":
         return arrays, rows
     import tensorflow as tf  # only on the TensorFlow backend (JAX runs without it installed)
@@ -140,7 +142,9 @@ def validation_data(splits: Splits, setting: int | Literal["auto", "train"]) -> 
     cached = _validation_tensors.get(id(x))
     if cached is None or cached[0]() is not x or cached[1]() is not y:
         with tf.device("/cpu:0"):  # where Keras's adapter keeps them too: no GPU memory held between trials
-            cached = (weakref.ref(x), weakref.ref(y), (tf.convert_to_tensor(x), tf.convert_to_tensor(y)))
+            # Floats as Keras's array adapter casts them (floatx); labels as they are.
+            x_tensor = tf.convert_to_tensor(x, dtype=keras.backend.floatx() if x.dtype.kind == "f" else None)
+            cached = (weakref.ref(x), weakref.ref(y), (x_tensor, tf.convert_to_tensor(y)))
         _validation_tensors[id(x)] = cached
         weakref.finalize(x, _validation_tensors.pop, id(x), None)
     tensors = cached[2]

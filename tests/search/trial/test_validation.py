@@ -57,14 +57,35 @@ def test_auto_validates_feature_vectors_in_one_batch_and_images_at_the_training_
 
 
 def test_the_validation_batch_changes_no_result():
+    """Every validation figure Keras logs (loss, accuracy, top-k), each epoch, whatever the batch."""
     features, cfg = _features(), _head_cfg()
-    curves = {}
+    logged, curves = {}, {}
     for setting in ("train", "auto", 7):
+        epochs = []
+        record = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs, out=epochs: out.append(dict(logs)))
         result, _ = train(cfg, features, FitOptions(max_epochs=3, patience=5, validation_batch=setting), seed=1,
-                          make_model=head_model())
-        curves[setting] = result.curve
+                          make_model=head_model(), callbacks=[record])
+        logged[setting], curves[setting] = epochs, result.curve
         keras.backend.clear_session()
     assert curves["auto"] == curves["train"] == curves[7]
+    names = sorted(k for k in logged["train"][0] if k.startswith("val_"))
+    assert "val_loss" in names and "val_accuracy" in names
+    for setting in ("auto", 7):
+        for ours, keras_default in zip(logged[setting], logged["train"], strict=True):
+            np.testing.assert_allclose([ours[k] for k in names], [keras_default[k] for k in names], rtol=1e-5)
+
+
+def test_auto_caps_a_batch_by_bytes_too(monkeypatch):
+    """A wide base's features (25,088-d and more) would make one validation batch of gigabytes."""
+    from search.trial import _train
+
+    features = _features(n_train=20, n_val=40)
+    monkeypatch.setattr(_train, "AUTO_VALIDATION_BYTES", 10 * features.x_val[:1].nbytes)
+    data, batch = validation_data(features, "auto")
+    if keras.backend.backend() == "tensorflow":
+        assert batch is None and [len(y) for _, y in data] == [10, 10, 10, 10]
+    else:
+        assert batch == 10
 
 
 def test_the_optimizer_is_built_before_fit_so_the_train_step_is_traced_once():
