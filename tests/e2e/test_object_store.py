@@ -13,24 +13,10 @@ import time
 import optuna
 import pytest
 from helpers.s3_server import s3_server
+from helpers.synthetic import SERVICE_STUDY
 from optuna.trial import TrialState
 
 from storage import close_storage, open_storage
-
-STUDY = """
-architecture: s003_mnist_cnn
-dataset: mnist
-space:
-  optimizer: {choices: [adam, rmsprop]}
-  learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}
-  dense_units: {choices: [32, 64]}
-  batch_size: {choices: [64]}
-sampler: tpe
-pruner: none
-budget: {trials: 3, max_epochs: 6}
-early_stopping: {patience: 10}
-data: {max_train: 1500, max_val: 200}
-"""
 
 
 def _wait(condition, timeout: float, what: str, procs, logs):
@@ -49,7 +35,8 @@ def test_a_retry_on_another_machine_resumes_from_the_checkpoint_in_object_storag
                                                                                   shared_datasets, shared_cache):
     studies = tmp_path / "studies"
     studies.mkdir()
-    (studies / "objects.yaml").write_text(STUDY)
+    (studies / "objects.yaml").write_text(
+        SERVICE_STUDY.replace("TRIALS", "3").replace("EPOCHS", "6").replace("MAX_TRAIN", "1500"))
     with s3_server(tmp_path / "moto") as s3:
         env = {**os.environ, **s3.env("study-a"), "STUDIES_DIR": str(studies), "STORAGE": journal_pg_url,
                "DATA_DIR": str(shared_datasets), "DATA_CACHE": str(shared_cache), "CUDA_VISIBLE_DEVICES": "",

@@ -7,12 +7,10 @@ import contextlib
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers.processes import free_port, stop
+from helpers.processes import free_port, stop, wait_for_server
 
 
 @contextlib.contextmanager
@@ -28,17 +26,7 @@ def mlflow_server(folder: Path, timeout: float = 90) -> Iterator[str]:
                              "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"mlflow server did not start: {(folder / 'server.log').read_text()[-3000:]}")
-            time.sleep(0.5)
+        wait_for_server(proc, f"{uri}/health", folder / "server.log", "mlflow server", timeout)
         yield uri
     finally:
         stop(proc)

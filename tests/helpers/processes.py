@@ -6,6 +6,9 @@ import os
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent.parent
@@ -32,6 +35,23 @@ def stop(proc: subprocess.Popen, timeout: float = 20) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_for_server(proc: subprocess.Popen, url: str, log: Path, what: str, timeout: float) -> None:
+    """Until `url` answers (any HTTP status), or fail with the end of the server's log when `proc`
+    exits or `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:
+            return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not start: {log.read_text()[-3000:]}")
+        time.sleep(0.3)
 
 
 def tls_secrets(folder: Path, *hosts: str) -> Path:

@@ -8,13 +8,11 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from helpers.processes import free_port, stop
+from helpers.processes import free_port, stop, wait_for_server
 
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "cnn-search-test", "AWS_SECRET_ACCESS_KEY": "cnn-search-test-secret",
                "AWS_DEFAULT_REGION": "us-east-1"}
@@ -51,16 +49,7 @@ def s3_server(folder: Path, *, bucket: str = "cnn-search-test", timeout: float =
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                with urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2):
-                    break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"moto's S3 server did not start: {(folder / 'moto.log').read_text()[-3000:]}")
-            time.sleep(0.3)
+        wait_for_server(proc, f"{endpoint}/moto-api/", folder / "moto.log", "moto's S3 server", timeout)
         server = S3Server(endpoint, bucket)
         server.client().create_bucket(Bucket=bucket)
         yield server

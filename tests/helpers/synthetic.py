@@ -78,3 +78,20 @@ def memory_study(text: str, name: str = "tiny") -> tuple:
     study = create_study(spec, optuna.storages.InMemoryStorage())
     study.sampler, study.pruner = make_sampler(spec), make_pruner(spec)
     return spec, study
+
+
+# The service's fault tests' study: MNIST, a small CNN; fill in TRIALS, EPOCHS and MAX_TRAIN.
+SERVICE_STUDY = """
+architecture: s003_mnist_cnn
+dataset: mnist
+space:
+  optimizer: {choices: [adam, rmsprop]}
+  learning_rate: {low: 1.0e-4, high: 1.0e-2, log: true}
+  dense_units: {choices: [32, 64]}
+  batch_size: {choices: [64]}
+sampler: tpe
+pruner: none
+budget: {trials: TRIALS, max_epochs: EPOCHS}
+early_stopping: {patience: 10}
+data: {max_train: MAX_TRAIN, max_val: 200}
+"""
