@@ -15,11 +15,19 @@ reaper fails.
 
 "The trial was finished by someone else" (the reaper failed it while this worker was paused or
 cut off) comes out as one exception, `TrialTakenOver`, whichever call ran into it.
+
+Popping a queued trial (Optuna's `_pop_waiting_trial_id`: WAITING -> RUNNING) is the write whose
+repeat answers wrongly: when the first attempt landed but its acknowledgement was lost, the retry
+finds the trial RUNNING and says "taken by another worker", and the trial would stay RUNNING with no
+worker until the reaper failed it as silent. So a pop retried after an error that answers False
+reads the trial: RUNNING with a start time (set by the store as it committed the pop) inside the
+failed attempt's own span is this worker's pop, and is taken (`set_trial_state_values`, below).
 """
 
 from __future__ import annotations
 
 import abc
+import datetime
 import logging
 import random
 import threading
@@ -115,7 +123,9 @@ class ResilientStorage(BaseStorage):
         return isinstance(exc, self._errors)
 
     def _call(self, name: str, *args: Any, **kwargs: Any) -> Any:
-        method = getattr(self.backend, name)
+        return self._retried(getattr(self.backend, name), *args, **kwargs)
+
+    def _retried(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(self._transient), wait=self._backoff.wait,
                                      before_sleep=self._backoff.log, sleep=self._sleep, reraise=True)
         started = time.perf_counter()
@@ -135,6 +145,34 @@ class ResilientStorage(BaseStorage):
     def remove_session(self) -> None:
         self.backend.remove_session()
 
+    def set_trial_state_values(self, trial_id: int, state: optuna.trial.TrialState,
+                               values: Any = None) -> bool:
+        """Retried through outages; a pop (RUNNING, no values) retried after an ambiguous failure
+        that then answers "taken" is recognised as this worker's own when it was (module docstring)."""
+        if state != optuna.trial.TrialState.RUNNING or values is not None:
+            return self._call("set_trial_state_values", trial_id, state, values)
+        spans: list[list[datetime.datetime]] = []
+
+        def pop(*args: Any) -> bool:
+            spans.append([datetime.datetime.now()])
+            try:
+                return self.backend.set_trial_state_values(*args)
+            finally:
+                spans[-1].append(datetime.datetime.now())
+
+        if self._retried(pop, trial_id, state, values):
+            return True
+        if len(spans) < 2:  # refused at the first attempt: another worker's
+            return False
+        frozen = self._call("get_trial", trial_id)
+        started = frozen.datetime_start
+        ours = frozen.state == optuna.trial.TrialState.RUNNING and started is not None and any(
+            begin <= started <= end for begin, end in spans[:-1])
+        if ours:
+            logger.warning("trial %d: its pop landed before the store's acknowledgement was lost; this worker "
+                           "runs it", frozen.number)
+        return ours
+
     def check_trial_is_updatable(self, trial_id: int, trial_state: optuna.trial.TrialState) -> None:
         try:
             self.backend.check_trial_is_updatable(trial_id, trial_state)
@@ -147,7 +185,7 @@ _DELEGATED = (
     "create_new_study", "delete_study", "set_study_user_attr", "set_study_system_attr", "get_study_id_from_name",
     "get_study_name_from_id", "get_study_directions", "get_study_user_attrs", "get_study_system_attrs",
     "get_all_studies", "create_new_trial", "set_trial_param", "get_trial_id_from_study_id_trial_number",
-    "get_trial_number_from_id", "get_trial_param", "set_trial_state_values", "set_trial_intermediate_value",
+    "get_trial_number_from_id", "get_trial_param", "set_trial_intermediate_value",
     "set_trial_user_attr", "set_trial_system_attr", "get_trial", "get_all_trials", "get_n_trials",
     "get_best_trial", "get_trial_params", "get_trial_user_attrs", "get_trial_system_attrs",
 )

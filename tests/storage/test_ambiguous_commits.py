@@ -101,3 +101,51 @@ def test_a_result_told_again_after_a_lost_acknowledgement_is_kept(layout):
     assert calls == [1]
     [told] = study.get_trials(deepcopy=False)
     assert (told.state, told.value) == (TrialState.COMPLETE, 0.75)
+
+
+def _raise_before_commit(storage: optuna.storages.RDBStorage, method: str) -> list[int]:
+    """Make `method` fail once without writing, as a connection lost before COMMIT would."""
+    original, calls = getattr(storage, method), []
+
+    def flaky(*args, **kwargs):
+        if not calls:
+            calls.append(1)
+            raise sqlalchemy.exc.OperationalError(method, {}, Exception("server closed the connection"))
+        return original(*args, **kwargs)
+
+    setattr(storage, method, flaky)
+    return calls
+
+
+def test_a_pop_whose_acknowledgement_was_lost_is_taken_by_its_worker(layout):
+    """A queued retry popped (WAITING -> RUNNING), committed, acknowledgement lost: the retried pop
+    finds it RUNNING. The worker recognises its own pop and runs the queued trial; it used to take it
+    for another worker's, create a new trial, and leave the popped one RUNNING with no worker until
+    the reaper failed it as silent (a step towards MAX_STALE_RETRIES)."""
+    store, rdb = layout
+    study = optuna.create_study(study_name="popped", storage=resilient(store, max_backoff=0.1))
+    study.enqueue_trial({"x": 0.25})
+    calls = _commit_then_raise(rdb, "set_trial_state_values")
+    trial = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert calls == [1]
+    assert (trial.number, trial.params) == (0, {"x": 0.25})
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.RUNNING]  # no second trial
+
+
+def test_a_pop_that_did_not_land_leaves_a_queued_trial_another_worker_took_to_it(layout):
+    """The first attempt failed before COMMIT and, while this worker backed off, another popped the
+    trial: its start lies outside this worker's failed attempt, so this worker does not claim it and
+    asks for a new trial instead."""
+    from search.study._store import ResilientStorage
+
+    store, rdb = layout
+    optuna.create_study(study_name="raced", storage=rdb).enqueue_trial({"x": 0.75})
+    other = optuna.load_study(study_name="raced", storage=rdb)
+    taken = []
+    study = optuna.load_study(study_name="raced", storage=ResilientStorage(
+        store, max_backoff=0.1, sleep=lambda seconds: taken.append(other.ask()) if not taken else None))
+    calls = _raise_before_commit(rdb, "set_trial_state_values")
+    mine = study.ask({"x": optuna.distributions.FloatDistribution(0, 1)})
+    assert calls == [1] and [t.number for t in taken] == [0]  # the other worker popped it meanwhile
+    assert mine.number == 1  # not the other worker's trial
+    assert [t.state for t in study.get_trials(deepcopy=False)] == [TrialState.RUNNING, TrialState.RUNNING]
