@@ -14,7 +14,7 @@ import sys
 
 from dashboards.auth import AuthFileError, BasicAuth, read_users
 from search.settings import Settings
-from storage import Artifacts, artifact_store, describe, is_loopback, open_storage
+from storage import describe, is_loopback, open_storage
 
 logger = logging.getLogger(__name__)
 
@@ -42,9 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                        "set DASHBOARD_AUTH_FILE (Kubernetes does) unless only trusted hosts reach it", args.host)
     url = settings.store_url(args.storage)
     storage = open_storage(url, create_schema=False)
-    artifacts = Artifacts.open(args.artifacts or settings.artifacts_dir, settings.artifacts_url,
-                               settings.artifacts_endpoint_url)
-    app = BasicAuth(wsgi(storage, artifact_store=artifact_store(artifacts)), users)
+    app = BasicAuth(wsgi(storage, artifact_store=settings.artifacts(args.artifacts).artifact_store()), users)
     print(f"optuna-dashboard for {describe(url)} at http://{args.host}:{args.port}/"
           f"{'' if users is None else f' (login: {len(users)} user(s) of DASHBOARD_AUTH_FILE)'}", flush=True)
     bottle.run(app, host=args.host, port=args.port, quiet=True)  # what optuna_dashboard.run_server runs

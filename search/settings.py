@@ -124,9 +124,10 @@ class Settings(BaseSettings):
         a password-less URL takes its password from STORAGE_PASSWORD_FILE."""
         return resolve_url(url or self.storage, password_file=self.storage_password_file, user=self.storage_user or None)
 
-    def artifacts(self) -> Artifacts:
-        """ARTIFACTS_DIR, with ARTIFACTS_URL's object storage when set (its folder created)."""
-        return Artifacts.open(self.artifacts_dir, self.artifacts_url, self.artifacts_endpoint_url)
+    def artifacts(self, root: str | os.PathLike | None = None) -> Artifacts:
+        """ARTIFACTS_DIR (or `root`, a command's own flag), with ARTIFACTS_URL's object storage when set
+        (the folder created)."""
+        return Artifacts.open(root or self.artifacts_dir, self.artifacts_url, self.artifacts_endpoint_url)
 
     def store_roles(self) -> list[tuple[str, StoreRole]]:
         """The least-privilege roles the create step makes, named by the setting that asks for each."""

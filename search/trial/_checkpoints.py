@@ -223,18 +223,26 @@ class Checkpoints:
             for key, value in ((attrs.RETRY_OF, origin), (attrs.FAIL_REASON, None), (attrs.FAIL_MESSAGE, None)):
                 trial.set_user_attr(key, value)
             adopt(folder, earlier, trial.number, remote=self.remote)
+        backup: ResumableBackup | None = None
+
+        def uploaded() -> ObjectStore | None:
+            """The bucket, when this lineage may have objects there: a retry's, or an attempt that wrote a
+            checkpoint. A first attempt that wrote none (most short trials) ends without a call to it."""
+            return self.remote if earlier or (backup is not None and backup.writes) else None
+
         try:
-            yield ResumableBackup(folder, trial, every_s=self.every_s, stop=stop, timer=timer, clock=self.clock,
-                                  remote=self.remote)
+            backup = ResumableBackup(folder, trial, every_s=self.every_s, stop=stop, timer=timer, clock=self.clock,
+                                     remote=self.remote)
+            yield backup
         except _KEEP:
             raise
         except Exception as exc:
             lost = _lost(trial, exc)
             if lost is not None:
                 raise lost from exc
-            forget(folder, *earlier, remote=self.remote)
+            forget(folder, *earlier, remote=uploaded())
             raise
         except BaseException:
-            forget(folder, *earlier, remote=self.remote)
+            forget(folder, *earlier, remote=uploaded())
             raise
-        forget(folder, *earlier, remote=self.remote)
+        forget(folder, *earlier, remote=uploaded())

@@ -206,6 +206,27 @@ def test_checkpoints_reach_a_retry_on_another_machine_and_are_deleted_when_the_l
     assert s3.keys("ckpt/") == []  # the lineage ended: its checkpoints are gone from the bucket
 
 
+def test_a_first_attempt_that_wrote_no_checkpoint_ends_without_a_call_to_the_bucket(s3, tmp_path):
+    from storage import attrs
+
+    study = optuna.create_study(storage=optuna.storages.InMemoryStorage())
+    study.set_user_attr(attrs.STUDY_UID, "u3")
+    remote = _machine(s3, tmp_path, "one", "quiet").checkpoints()
+    calls = []
+
+    class Counting(type(remote)):
+        def names(self, under=""):
+            calls.append(under)
+            return super().names(under)
+
+    counting = Counting(remote.bucket, remote.prefix, client=remote.client)
+    _fit_attempt(study.ask(), tmp_path / "one", counting, epochs=0)  # finished, nothing written: no call
+    assert calls == []
+    written = study.ask()
+    _fit_attempt(written, tmp_path / "one", counting, epochs=2)  # wrote: its objects are deleted at the end
+    assert calls == [f"s-u3-{written.number}"] and s3.keys("quiet/") == []
+
+
 def test_a_half_uploaded_checkpoint_is_not_resumed_and_a_failed_upload_does_not_fail_the_trial(s3, tmp_path, caplog):
     from storage import attrs
 
