@@ -23,7 +23,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
 from search.errors import FailReason
-from search.study._store import is_duplicate, storage_of, trial_id
+from search.study._store import is_duplicate, outages_met, storage_of, trial_id
 from storage import attrs
 
 logger = logging.getLogger(__name__)
@@ -137,8 +137,10 @@ class Reaper:
     heartbeat is read as a token that changes, not as a time), so clock skew and time zones between
     workers and reapers do not matter, and a trial with no heartbeat yet is judged from when this
     reaper first saw it. An outage is never judged as death: a store call that failed, or took more
-    than grace/2 (the resilient store waited one out), or a pass more than `grace` after the last one
-    (this process was stalled) forgets every observation, and the trials then get a whole grace
+    than grace/2 (the resilient store waited one out), a call of this process (any thread) that had to
+    wait to retry since the last pass (an outage shorter than grace/2 still leaves other workers'
+    heartbeats in a backoff of up to STORE_MAX_BACKOFF), or a pass more than `grace` after the last
+    one (this process was stalled) forgets every observation, and the trials then get a whole grace
     period of contact to beat again; after the store was out, `settle` seconds more (the longest
     backoff of a worker's store calls, STORE_MAX_BACKOFF: its heartbeat may still be waiting to
     retry). Kubernetes' node controller judges node heartbeats the same way, by when it saw them change.
@@ -151,6 +153,7 @@ class Reaper:
         self.seen: dict[int, tuple[object, float]] = {}  # trial number -> (its heartbeat, when it last changed)
         self._last_pass: float | None = None
         self._hold_until = -math.inf  # after an outage: no trial is judged silent from before this
+        self._outages_met: int | None = None  # the store's count of calls that waited out an outage, last pass
 
     def __call__(self, study: optuna.Study) -> list[int]:
         started = self.clock()
@@ -161,8 +164,11 @@ class Reaper:
             raise
         now = self.clock()
         gap = None if self._last_pass is None else started - self._last_pass
+        met, self._outages_met = self._outages_met, outages_met(study)
         if now - started > self.grace / 2:
             self.forget(f"a store call took {now - started:.0f}s", now, outage=True)
+        elif met is not None and self._outages_met != met:
+            self.forget("the store was unreachable for a moment", now, outage=True)
         elif gap is not None and gap > self.grace:
             self.forget(f"this reaper did not look for {gap:.0f}s", now, outage=False)
         self._last_pass = now

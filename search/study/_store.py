@@ -115,6 +115,15 @@ class ResilientStorage(BaseStorage):
         self._backoff = _Backoff(max_backoff, jitter)
         self._sleep = sleep
         self._errors = storage_errors()
+        # How many times a call of this process (any thread) found the store unreachable and waited
+        # to retry: the reaper reads it (search.study._retries.Reaper), because a reaper whose own
+        # call got through an outage quickly must still not judge heartbeats that are waiting out a
+        # longer backoff than its own.
+        self.outages_met = 0
+
+    def _waiting(self, state: tenacity.RetryCallState) -> None:
+        self.outages_met += 1
+        self._backoff.log(state)
 
     def _transient(self, exc: BaseException) -> bool:
         """An outage, not a refusal: the storage proxy refusing this client's token is not retried."""
@@ -127,7 +136,7 @@ class ResilientStorage(BaseStorage):
 
     def _retried(self, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         retrying = tenacity.Retrying(retry=tenacity.retry_if_exception(self._transient), wait=self._backoff.wait,
-                                     before_sleep=self._backoff.log, sleep=self._sleep, reraise=True)
+                                     before_sleep=self._waiting, sleep=self._sleep, reraise=True)
         started = time.perf_counter()
         try:
             return retrying(method, *args, **kwargs)
@@ -221,6 +230,12 @@ def resilient(storage: BaseStorage, *, max_backoff: float = MAX_BACKOFF) -> Resi
 def trial_id(trial: optuna.Trial | optuna.trial.FrozenTrial) -> int:
     # Optuna has no public trial id; the storage API is keyed by it (heartbeats, the reaper).
     return trial._trial_id
+
+
+def outages_met(study: optuna.Study) -> int:
+    """How many store calls of this process have waited to retry through an outage (0 for a store
+    that is not the resilient one: it waits through none)."""
+    return getattr(storage_of(study), "outages_met", 0)
 
 
 def storage_of(study: optuna.Study) -> BaseStorage:

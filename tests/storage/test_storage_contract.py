@@ -10,11 +10,13 @@ import uuid
 
 import optuna
 import pytest
+import sqlalchemy.exc
 from optuna.trial import TrialState
 
 from search import create_study, parse_spec
 from search.errors import StudyMismatchError
 from search.study._retries import Reaper
+from search.study._store import ResilientStorage
 from search.study._study import budget_used, counts, load_existing
 from storage import (
     JOURNAL_PG_PREFIX,
@@ -228,6 +230,8 @@ def test_a_reaper_never_judges_across_its_own_outage(store):
     assert patient(study) == []
 
     class Slow:  # a call the resilient store held through an outage: it succeeded, 30 s later
+        _storage = study._storage
+
         def get_trials(self, **kwargs):
             slow.now += 30.0
             return study.get_trials(**kwargs)
@@ -235,6 +239,47 @@ def test_a_reaper_never_judges_across_its_own_outage(store):
     assert patient(Slow()) == [] and _reap_for(study, 3.0, grace=4.0, reaper=patient) == []
     slow.now += 5.0  # a pass after more than a grace period without looking (a stalled process)
     assert patient(study) == [] and second.number in patient.seen
+
+
+class _Blip:
+    """A store whose next call fails `failures` times before it works: an outage its caller rides out in a
+    moment (a stand-in, not a subclass: the store's calls to itself never fail)."""
+
+    def __init__(self, store) -> None:
+        self.store, self.failures = store, 0
+
+    def __getattr__(self, name: str):
+        attr = getattr(self.store, name)
+        if name.startswith("_") or not callable(attr):
+            return attr
+
+        def flaky(*args, **kwargs):
+            if self.failures > 0:
+                self.failures -= 1
+                raise sqlalchemy.exc.OperationalError("SELECT 1", {}, Exception("server closed the connection"))
+            return attr(*args, **kwargs)
+
+        return flaky
+
+
+def test_an_outage_shorter_than_half_the_grace_period_still_holds_the_reapers_judgement(store):
+    """CI (the outage sweep's 3-s outage, grace 6 s): the reaper's own call rode the outage out in under
+    grace/2, so it saw nothing amiss, while the other worker's heartbeat was still in its backoff (1, 2,
+    4 s... after its first failure); that worker's live trial was failed as stale. A call of this process
+    that waited to retry, however briefly, now counts as an outage: `settle` plus a grace period."""
+    plain = _no_warm_start(store)
+    trial = _run_next(plain)
+    plain._storage.set_trial_system_attr(trial._trial_id, attrs.HEARTBEAT, 1.0)  # its last beat, then silence
+    blip = _Blip(plain._storage)
+    study = optuna.load_study(study_name=plain.study_name, storage=ResilientStorage(blip, sleep=lambda s: None))
+    clock = _Clock()
+    reaper = Reaper(4.0, settle=10.0, clock=clock)
+    assert reaper(study) == []
+    clock.now += 1.0
+    blip.failures = 2  # the reaper's next call waits to retry twice, and takes no time on its clock
+    assert reaper(study) == [] and blip.failures == 0
+    assert _reap_for(study, 12.0, grace=4.0, reaper=reaper) == []  # the settle time, then under a grace period
+    assert _reap_for(study, 3.0, grace=4.0, reaper=reaper) == [trial.number]  # silent through both: dead
 
 
 def test_every_running_trial_silent_at_once_is_given_a_second_grace_period(store, caplog):
