@@ -6,7 +6,9 @@ saves, measured side by side in one run.
 defaults: that baseline against the settings' defaults. --compare checkpoints: a checkpoint every
 epoch (CHECKPOINT_EVERY_S=0) against every 60 s. --compare validation: the validation batch
 (VALIDATION_BATCH_SIZE=train, Keras's default, against auto) and the optimizer built before the first
-trace (BUILD_OPTIMIZER_FIRST), each alone and together. The settings a comparison varies are taken out of
+trace (BUILD_OPTIMIZER_FIRST), each alone and together. --compare input: the split copied into the
+worker for Keras's array adapter (INPUT_PIPELINE=arrays) against batches gathered from the memory-mapped
+cache (stream). The settings a comparison varies are taken out of
 this process's environment, so the defaults are the declared ones.
 
 Each run is a real `python -m search run NAME --workers 1` (embedded journal store, heartbeats, the
@@ -55,6 +57,7 @@ COMPARISONS = {
     },
     "defaults": {"baseline": _OFF, "defaults": {}},
     "checkpoints": {"every epoch": {"CHECKPOINT_EVERY_S": "0"}, "every 60 s": {"CHECKPOINT_EVERY_S": "60"}},
+    "input": {"arrays": {"INPUT_PIPELINE": "arrays"}, "stream": {"INPUT_PIPELINE": "stream"}},
     "validation": {
         "baseline": {"VALIDATION_BATCH_SIZE": "train", "BUILD_OPTIMIZER_FIRST": "false"},
         "validation batch": {"VALIDATION_BATCH_SIZE": "auto", "BUILD_OPTIMIZER_FIRST": "false"},
@@ -65,6 +68,7 @@ COMPARISONS = {
 TITLES = {"overheads": "steps per call and gc.freeze, each alone and together",
           "defaults": "the overhead changes off against today's defaults",
           "checkpoints": "checkpoints every epoch vs every 60 s",
+          "input": "images copied into each worker (arrays) vs streamed from the shared cache",
           "validation": "the validation batch and the optimizer built first, each alone and together"}
 
 

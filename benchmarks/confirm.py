@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--top-k", type=int, default=5)
     args = parser.parse_args(argv)
     work, _, env = scratch(args)
-    common = ["--profile", "quick", "--dataset", "cifar10", *(["--trials", str(args.trials)] if args.trials else [])]
+    common = ["--profile", "quick", "--dataset", "cifar10", "--trials", str(args.trials)]
     rows = finished_rows(args)
     for seed, name in seeded_studies(args, work, "fc_head", "fc_head_confirm", rows):
         search_s, _ = _cli("run", name, "--workers", str(args.workers), *common, env=env)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
               f"({top1_s:.0f} s); top-{args.top_k} pick trial {topk['trial']} test {topk['test_accuracy']:.4f} "
               f"({topk_s:.0f} s)", flush=True)
     rows.sort(key=lambda r: r["seed"])
-    lines = [f"fc_head, quick profile, CIFAR-10 ({args.trials or 100} trials a search, {args.workers} workers), "
+    lines = [f"fc_head, quick profile, CIFAR-10 ({args.trials} trials a search, {args.workers} workers), "
              f"sampler seeds 0-{args.seeds - 1}; the top-1 pick (make evaluate --top-k 1: the search's best, 3 seeds) "
              f"against the top-{args.top_k} confirmed pick (3 seeds each, as trials on {args.workers} workers):"]
     for r in rows:

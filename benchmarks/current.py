@@ -160,7 +160,15 @@ HEADLINES: tuple[Headline, ...] = (
     {"name": "bench-decode", "title": r"^bench-decode:",
      "figure": r"^(?P<images>[\d,]+) (?P<size>\d+x\d+)x3 JPGs.*?^decode \+ cache[^\n]*?\((?P<rate>[\d,]+ images/s)\)"
                r".*?^peak RSS[^\n]*?= (?P<ratio>[\d.]+x) the arrays",
-     "template": "{images} {size} JPGs at {rate}; peak RSS {ratio} the decoded arrays", "goal": GOAL},
+     "template": "{images} {size} JPGs at {rate}; peak RSS {ratio} the decoded arrays",
+     "goal": r"^peak RSS[^\n]*\(goal: ([^:;)\n]+)"},
+    {"name": "bench-decode, packed workers", "title": r"^bench-decode:.*packed workers",
+     "figure": r"^(?P<images>[\d,]+) (?P<size>\d+x\d+)x3 JPGs.*?"
+               r"^  INPUT_PIPELINE=stream: (?P<workers>\d+) workers hold (?P<stream>[\d.]+x) one copy.*?"
+               r"^  INPUT_PIPELINE=arrays: \d+ workers hold (?P<arrays>[\d.]+x) one copy",
+     "template": "{workers} workers training on {images} {size} images hold {stream} one copy of them streamed "
+                 "from the shared cache ({arrays} copied into each)",
+     "goal": r"^  INPUT_PIPELINE=stream:[^\n]*\(goal: ([^:;)\n]+)"},
     {"name": "bench-breakdown", "title": r"^bench-breakdown:", "figure": breakdown_figure},
     {"name": "bench-gpu", "title": r"^bench-gpu:", "figure": gpu_figure},
     {"name": "bench-pareto", "title": r"^bench-pareto:",
@@ -195,6 +203,11 @@ HEADLINES: tuple[Headline, ...] = (
      "template": "PostgreSQL stopped twice a run for 0.5x-5x the grace period (up to {longest}): {reaped} trials "
                  "reaped, {given} lineages given up, budget met in {met} of {runs} runs",
      "fixed_goal": "no trial reaped or lineage given up for an outage; every budget met"},
+    {"name": "the main job on the CPU (by hand)", "title": r"^the main job, make study NAME=fc_head PROFILE=quick",
+     "figure": r"^end to end \(make study\):[^\n]*?(?P<after>\d+:\d\d) -- met"
+               r".*?^test accuracy \(evaluated once\): (?P<test>[\d.]+)",
+     "template": "make study NAME=fc_head PROFILE=quick in {after} end to end; test accuracy {test} after make evaluate",
+     "goal": GOAL},
     {"name": "fc_head, 100 trials on the CPU (by hand)", "title": r"^fc_head, 100",
      "figure": r"^trial time, first start to last finish[^\n]*?:\s+(?P<time>[\d.]+ min) for (?P<trials>\d+) trials"
                r".*?^peak resident memory, largest process[^\n]*?= (?P<rss>[\d.]+ GiB)"

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     work, journal, env = scratch(args)
     common = ["--profile", "quick", "--dataset", "cifar10", "--workers", str(args.workers), "--poll", "1",
-              *(["--trials", str(args.trials)] if args.trials else [])]
+              "--trials", str(args.trials)]
     rows = finished_rows(args)
     for seed, name in seeded_studies(args, work, "fc_head_ft", "fc_head_ft", rows):
         run_s = _run(name, common, env)
@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
         save_row(args, rows[-1])
         print(json.dumps(rows[-1]), flush=True)
     rows.sort(key=lambda r: r["seed"])
-    lines = [f"fc_head_ft, quick profile, CIFAR-10 ({args.trials or 100} head trials, then the 5 best heads "
+    lines = [f"fc_head_ft, quick profile, CIFAR-10 ({args.trials} head trials, then the 5 best heads "
              f"fine-tuned for 3 epochs on the search's 5,000 images; {args.workers} workers), sampler seeds "
              f"0-{args.seeds - 1}; wall times from the first trial's start (the base, trained once, apart):"]
     for r in rows:

@@ -61,6 +61,9 @@ LABELS = {"service": "this service", "optuna": "plain Optuna", "keras-tuner": "K
 BUDGETS = {"fc_head": 600, "simple_cnn": 3600}  # default seconds a run
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the budget: the table's columns
 UNBOUNDED_TRIALS = 100_000  # the study's trial budget: the wall clock stops every method first
+# What every method loads the study with; the budget again, as a command line's: the quick profile caps a
+# study's trials (60) unless one is given.
+OVERRIDES = {"profile": "quick", "dataset": "cifar10", "trials": UNBOUNDED_TRIALS}
 STOP_GRACE_S = 60  # after SIGTERM at the budget, then SIGKILL; nothing after the budget counts
 HEADLINES = PEERS_HEADLINES  # defined in benchmarks.current (it cannot import this module: a cycle)
 
@@ -271,13 +274,13 @@ def run_method(case: str, method: str, seed: int, args: argparse.Namespace, env:
     budget = args.budget_s or BUDGETS[case]
     log, records = work / "logs" / f"{name}-{method}.log", work / "records" / f"{name}-{method}.jsonl"
     records.unlink(missing_ok=True)
-    overrides = {"profile": "quick", "dataset": "cifar10"}
+    overrides = OVERRIDES
     if method == "service":
         journal = work / "stores" / f"{name}.journal"
         journal.unlink(missing_ok=True)
         url = f"journal://{journal}"
         argv = [sys.executable, "-m", "search", "run", name, "--workers", str(args.workers),
-                *(arg for key, value in overrides.items() for arg in (f"--{key}", value))]
+                *(arg for key, value in overrides.items() for arg in (f"--{key}", str(value)))]
         started = timed(argv, {**env, "STORAGE": url}, log, budget)
         events = service_events(name, url, started)
     else:
@@ -293,7 +296,7 @@ def prepare(case: str, args: argparse.Namespace, env: dict[str, str], work: Path
     """Untimed: the data cache and, for fc_head, the base and its features, once; what the trials see."""
     out = work / "records" / f"{case}-prepared.json"
     config = work / "records" / f"{case}-prepare.json"
-    config.write_text(json.dumps({"study": f"peers_{case}_s0", "overrides": {"profile": "quick", "dataset": "cifar10"},
+    config.write_text(json.dumps({"study": f"peers_{case}_s0", "overrides": OVERRIDES,
                                   "records": str(out)}))
     started = time.perf_counter()
     run = subprocess.run([sys.executable, "-m", "benchmarks.peer_methods", "prepare", str(config)], env=env, cwd=ROOT,

@@ -11,7 +11,15 @@ from data._errors import DatasetError, TestSplitAccessError
 from data._load import Dataset, array_fingerprint, default_cache_dir, final_evaluation, load_dataset
 from data._ref import DEFAULT_TEST_FRACTION, DatasetRef
 from data._specs import DATASETS, DatasetSpec, dataset_spec
-from data._splits import Splits, fold_splits, stratified_folds, stratified_split, stratified_subset, train_val_splits
+from data._splits import (
+    Rows,
+    Splits,
+    fold_splits,
+    stratified_folds,
+    stratified_split,
+    stratified_subset,
+    train_val_splits,
+)
 
 __all__ = [
     "Arrays",
@@ -21,6 +29,7 @@ __all__ = [
     "DatasetError",
     "DatasetRef",
     "DatasetSpec",
+    "Rows",
     "Splits",
     "TestSplitAccessError",
     "array_fingerprint",

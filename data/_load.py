@@ -1,10 +1,11 @@
-"""load_dataset(): find a source, decode it once, cache the arrays (uint8) atomically.
+"""load_dataset(): find a source, decode it once, cache the arrays (uint8) atomically, map them.
 
 A named dataset (cifar10, cifar100, mnist) comes from DATA_DIR (pickle folders, image folders or a
 .tar.gz of one, mnist.npz), then Keras's own download and cache, else a DatasetError that says what
 was looked for and how to provide it. Any other name is a dataset of one's own in DATA_DIR, and a
 path is one anywhere (data._user). Every Dataset carries a description: shape, classes, names,
-source, sizes, how the test split came about.
+source, sizes, how the test split came about. The images come back memory-mapped from the cache
+(read-only): the processes of one machine share one copy in the page cache.
 """
 
 from __future__ import annotations
@@ -168,8 +169,11 @@ def _write_cache(target: Path, raw: RawData, meta: dict) -> None:
 
 
 def _read_cache(folder: Path) -> tuple[RawData, dict]:
+    """The cached arrays, the images memory-mapped read-only: every process on the machine maps the same
+    file, and the page cache holds it once (labels are small and read)."""
     meta = json.loads((folder / "meta.json").read_text())
-    arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False) for k in ("x_train", "y_train", "x_test", "y_test")}
+    arrays = {k: np.load(folder / f"{k}.npy", allow_pickle=False, mmap_mode="r" if k.startswith("x") else None)
+              for k in ("x_train", "y_train", "x_test", "y_test")}
     return RawData(class_names=tuple(meta["class_names"]), **arrays), meta
 
 
@@ -236,7 +240,8 @@ def _cached(name: str, source: Path, folder: Path, decode, label_mode: str = "fi
         "description": describe(raw, source, fingerprint, **info),
     }
     _write_cache(folder, raw, meta)
-    return _dataset(name, raw, meta)
+    del raw  # the decoded copy goes; the images come back mapped from the cache, as every other process reads them
+    return _dataset(name, *_read_cache(folder))
 
 
 def describe(raw: RawData, source: Path | str, fingerprint: str, *, format: str, test_split: str = "given",

@@ -48,6 +48,47 @@ def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
     return subset
 
 
+class Rows:
+    """Rows `index` of an array (the memory-mapped data cache), gathered only when read: a split that
+    holds no copy of its images. Every worker on a machine maps the same cache file, so the page
+    cache holds the images once however many workers train on them (INPUT_PIPELINE=stream).
+
+    Reads like a read-only array where the trainer reads one: len, shape, dtype, ndim, nbytes (of
+    the rows), `rows[i]`, `rows[a:b]` and `rows[indices]` (a gathered copy of those rows, in the
+    order asked), np.asarray(rows) (a copy of them all)."""
+
+    def __init__(self, base: np.ndarray, index: np.ndarray) -> None:
+        self.base, self.index = base, np.asarray(index, dtype=np.int64)
+        self.dtype, self.shape = base.dtype, (len(self.index), *base.shape[1:])
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64)) * self.dtype.itemsize
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __getitem__(self, key):
+        picked = self.index[key]
+        if np.ndim(picked) == 0:
+            return np.asarray(self.base[int(picked)])
+        # Gathered in file order (page cache locality), returned in the order asked.
+        order = np.argsort(picked, kind="stable")
+        out = np.empty((len(picked), *self.shape[1:]), self.dtype)
+        out[order] = self.base[picked[order]]
+        return out
+
+    def __array__(self, dtype=None, copy=None):
+        return self[:] if dtype is None else self[:].astype(dtype)
+
+    def __repr__(self) -> str:
+        return f"Rows({len(self):,} of {len(self.base):,} rows, shape {self.shape}, {self.dtype})"
+
+
 class ImageArrays:
     """Shape and class count, derived from x_train and class_names (Dataset and Splits)."""
 
@@ -67,33 +108,40 @@ class ImageArrays:
 class Splits(ImageArrays):
     """What a trial may see: training and validation images. No test split here."""
 
-    x_train: np.ndarray
+    x_train: np.ndarray | Rows  # Rows: streamed from the memory-mapped cache (train_val_splits(stream=True))
     y_train: np.ndarray
-    x_val: np.ndarray
+    x_val: np.ndarray | Rows
     y_val: np.ndarray
     class_names: tuple[str, ...]
     fingerprint: str
 
+    @property
+    def streamed(self) -> bool:
+        """Whether images are rows of the shared cache, read batch by batch (no copy in this process)."""
+        return isinstance(self.x_train, Rows) or isinstance(self.x_val, Rows)
+
 
 def train_val_splits(
-    dataset, *, val_fraction: float = 0.1, seed: int = 0, max_train: int | None = None, max_val: int | None = None
+    dataset, *, val_fraction: float = 0.1, seed: int = 0, max_train: int | None = None, max_val: int | None = None,
+    stream: bool = False,
 ) -> Splits:
-    """Hold out a stratified validation split from the training data (10% by default)."""
+    """Hold out a stratified validation split from the training data (10% by default). stream: the
+    images as Rows of the dataset's arrays (no copy), else copied out of them."""
     train_idx, val_idx = stratified_split(dataset.y_train, val_fraction, seed)
-    return _splits(dataset, train_idx, val_idx, f"val{val_fraction}:s{seed}", max_train, max_val, seed)
+    return _splits(dataset, train_idx, val_idx, f"val{val_fraction}:s{seed}", max_train, max_val, seed, stream)
 
 
 def fold_splits(dataset, *, folds: int, seed: int = 0, max_train: int | None = None,
-                max_val: int | None = None) -> list[Splits]:
+                max_val: int | None = None, stream: bool = False) -> list[Splits]:
     """K-fold cross-validation's splits: fold i validates on the i-th of `folds` stratified parts of
     the training data and trains on the others."""
     parts = stratified_folds(dataset.y_train, folds, seed)
     return [_splits(dataset, np.concatenate(parts[:i] + parts[i + 1:]), val, f"fold{i}of{folds}:s{seed}", max_train,
-                    max_val, seed) for i, val in enumerate(parts)]
+                    max_val, seed, stream) for i, val in enumerate(parts)]
 
 
 def _splits(dataset, train_idx: np.ndarray, val_idx: np.ndarray, how: str, max_train: int | None,
-            max_val: int | None, seed: int) -> Splits:
+            max_val: int | None, seed: int, stream: bool = False) -> Splits:
     train_idx, val_idx = np.sort(train_idx), val_idx
     if max_train is not None:
         train_idx = train_idx[stratified_subset(dataset.y_train[train_idx], max_train, seed)]
@@ -101,10 +149,11 @@ def _splits(dataset, train_idx: np.ndarray, val_idx: np.ndarray, how: str, max_t
         val_idx = val_idx[stratified_subset(dataset.y_train[val_idx], max_val, seed)]
     if len(train_idx) == 0 or len(val_idx) == 0:
         raise DatasetError(f"{dataset.name}: splitting left an empty train or validation split")
+    rows = (lambda idx: Rows(dataset.x_train, idx)) if stream else dataset.x_train.__getitem__
     return Splits(
-        dataset.x_train[train_idx],
+        rows(train_idx),
         dataset.y_train[train_idx],
-        dataset.x_train[val_idx],
+        rows(val_idx),
         dataset.y_train[val_idx],
         dataset.class_names,
         f"{dataset.fingerprint}:{how}:n{len(train_idx)}/{len(val_idx)}",

@@ -93,6 +93,11 @@ class Settings(BaseSettings):
         "workers packed on one GPU, each under a memory cap; auto: as many as the first trials' peak GPU "
         "memory allows (python -m search run)"))
     worker_threads: int = Field(0, ge=0, description="CPU threads per worker's TensorFlow ops; 0: all")
+    input_pipeline: Literal["auto", "stream", "arrays"] = Field("auto", description=(
+        "how a worker's trials read their images; stream: batch by batch from the memory-mapped data cache, "
+        "which the workers of a machine share (no copy per worker); arrays: the split copied into the worker "
+        "and handed to Keras's array adapter (which copies it again per fit); auto: stream, but arrays for a "
+        "worker alone on its GPU"))
     cuda_visible_devices: str | None = Field(None, description="GPUs this process may use (unset: all)")
     worker_max_rss_growth_mb: float = Field(
         512.0, ge=0, description="RSS growth after which a worker restarts itself between trials; 0: off")

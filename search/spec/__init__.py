@@ -5,7 +5,7 @@ Never imports a deep-learning backend (import-linter contract `spec-study-no-bac
 is checked, and `status` runs, without Keras.
 """
 
-from search.spec._data import load_data, study_folds, study_splits
+from search.spec._data import load_data, streams, study_folds, study_splits
 from search.spec._knobs import KNOBS, LR_SCHEDULES, OPTIMIZERS, parameter_knob
 from search.spec._load import available_studies, load_spec, parse_spec, profiles, study_path
 from search.spec._schema import CONSTRAINTS, DEFAULT_TOP_K, OBJECTIVE_METRICS, minimized
@@ -59,6 +59,7 @@ __all__ = [
     "parse_spec",
     "profiles",
     "study_json_schema",
+    "streams",
     "study_folds",
     "study_splits",
     "study_path",

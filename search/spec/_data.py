@@ -13,15 +13,24 @@ def load_data(spec: StudySpec, settings: Settings) -> Dataset:
                         cache_dir=settings.data_cache, allow_download=not settings.data_offline)
 
 
-def study_splits(spec: StudySpec, dataset: Dataset) -> Splits:
+def streams(setting: str, *, own_gpu: bool) -> bool:
+    """INPUT_PIPELINE for a worker: stream its splits from the shared cache, or copy them (arrays). auto
+    streams, except on a GPU the worker has to itself: there Keras's array adapter feeds the card
+    from one tensor with no Python per batch, and no other worker shares the machine's memory."""
+    return setting == "stream" or (setting == "auto" and not own_gpu)
+
+
+def study_splits(spec: StudySpec, dataset: Dataset, *, stream: bool = False) -> Splits:
     """The study's train/validation split of `dataset` (the test split is never part of it); with
     `data.folds`, the first fold's (the one trials are pruned on)."""
-    return study_folds(spec, dataset)[0]
+    return study_folds(spec, dataset, stream=stream)[0]
 
 
-def study_folds(spec: StudySpec, dataset: Dataset) -> list[Splits]:
-    """Each split a trial is scored on: the one held-out split, or the K folds of `data.folds`."""
+def study_folds(spec: StudySpec, dataset: Dataset, *, stream: bool = False) -> list[Splits]:
+    """Each split a trial is scored on: the one held-out split, or the K folds of `data.folds`. stream:
+    rows of the memory-mapped cache read batch by batch (data.Rows), else copies."""
     if spec.folds is None:
         return [train_val_splits(dataset, val_fraction=spec.val_fraction, seed=spec.seed,
-                                 max_train=spec.max_train, max_val=spec.max_val)]
-    return fold_splits(dataset, folds=spec.folds, seed=spec.seed, max_train=spec.max_train, max_val=spec.max_val)
+                                 max_train=spec.max_train, max_val=spec.max_val, stream=stream)]
+    return fold_splits(dataset, folds=spec.folds, seed=spec.seed, max_train=spec.max_train, max_val=spec.max_val,
+                       stream=stream)

@@ -76,7 +76,8 @@ def parse_spec(text: str, *, name: str, where: str = "<study>", **overrides: Any
     except ValidationError as exc:
         raise spec_error(exc, where) from None
     spec = _to_spec(study, name)
-    return spec if "profile" not in overrides else _with_profile(spec, overrides["profile"])
+    return spec if "profile" not in overrides else _with_profile(spec, overrides["profile"],
+                                                                 trials_given="trials" in overrides)
 
 
 MAX_ALIASES = 100  # a study file may reuse a mapping with &anchor / *alias; "a billion laughs" may not
@@ -187,7 +188,8 @@ def profiles() -> dict[str, Profile]:
     return {name: Profile.model_validate(body) for name, body in raw.items()}
 
 
-def _with_profile(spec: StudySpec, name: str) -> StudySpec:
+def _with_profile(spec: StudySpec, name: str, *, trials_given: bool = False) -> StudySpec:
+    """The profile's changes; a trial budget given on the command line (--trials, TRIALS) is kept."""
     if name not in profiles():
         raise StudySpecError("profile", f"unknown profile {name!r}; known: {', '.join(profiles())}")
     p = profiles()[name]
@@ -195,13 +197,20 @@ def _with_profile(spec: StudySpec, name: str) -> StudySpec:
     if cache is not None and not cache.base_weights:
         cache = dataclasses.replace(cache, base=cache.base or p.base,
                                     base_epochs=_cap(cache.base_epochs, p.base_epochs),
-                                    base_max_train=_cap(cache.base_max_train, p.base_max_train))
+                                    base_max_train=_cap(cache.base_max_train, p.base_max_train),
+                                    base_precision=_unless_set(cache.base_precision, p.base_precision))
     if cache is not None:
         cache = dataclasses.replace(cache, search_max_train=_cap(cache.search_max_train, p.search_max_train))
     return dataclasses.replace(
-        spec, profile=name, max_epochs=_cap(spec.max_epochs, p.max_epochs), feature_cache=cache,
+        spec, profile=name, max_epochs=_cap(spec.max_epochs, p.max_epochs),
+        trials=spec.trials if trials_given else _cap(spec.trials, p.trials), feature_cache=cache,
         max_train=spec.max_train if p.max_train is None else p.max_train,
         max_val=spec.max_val if p.max_val is None else p.max_val)
+
+
+def _unless_set(value: str, profile: str | None) -> str:
+    """The profile's base precision where the study leaves the base to the study's precision."""
+    return profile if profile is not None and value == "study" else value
 
 
 def _cap(value: int | None, limit: int | None) -> int | None:

@@ -20,6 +20,7 @@ from search.spec._knobs import KNOBS, check_value, fits
 from search.spec._schema_sources import Architecture, BuilderArchitecture, architecture_value
 from search.spec._schema_types import (
     FEATURE_BASES,
+    PRECISIONS,
     AtLeastOne,
     AtLeastThree,
     Bool,
@@ -329,6 +330,9 @@ class FeatureCacheSection(Section):
     base_max_train: SubsetSize | None = Field(None, description="train the base on a subset of this many images")
     base_batch_size: AtLeastOne = Field(128, description="the base's training batch size")
     base_weights: str | None = Field(None, description="a weights file for the base, which is then not trained")
+    base_precision: Literal[("study", "auto", *PRECISIONS)] = Field("study", description=(
+        "the Keras dtype policy the base trains under; study: the study's precision; auto: mixed_bfloat16 "
+        "on a CPU with bfloat16 instructions (AVX512_BF16, AMX) and no GPU, else the study's precision"))
     search_max_train: SubsetSize | None = Field(None, description=(
         "trials train their heads on a stratified subset of this many cached training features (the "
         "validation split stays whole); `make evaluate` retrains the winner on all of them"))
@@ -409,4 +413,7 @@ class Profile(Section):
     base: FeatureBase | None = Field(None, description="feature_cache.base, where the study names none")
     base_epochs: PositiveInt | None = Field(None, description="caps feature_cache.base_epochs")
     base_max_train: PositiveInt | None = Field(None, description="caps feature_cache.base_max_train")
+    base_precision: Literal[("auto", *PRECISIONS)] | None = Field(None, description=(
+        "feature_cache.base_precision, where the study leaves it to the study's precision"))
+    trials: PositiveInt | None = Field(None, description="caps budget.trials")
     search_max_train: PositiveInt | None = Field(None, description="caps feature_cache.search_max_train")

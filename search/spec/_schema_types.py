@@ -13,6 +13,7 @@ from models import PRESETS
 from search.errors import StudySpecError
 from search.spec._knobs import KNOBS
 
+PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies a study may train under
 FEATURE_BASES = tuple(sorted(n for n, p in PRESETS.items() if p.family in ("convnet", "wrn")))
 
 

@@ -18,13 +18,13 @@ from data._augment import AugmentParams
 from search.settings import STUDIES_DIR as SETTINGS_STUDIES_DIR
 from search.spec._knobs import KNOBS, fits
 from search.spec._schema import DEFAULT_TOP_K, FeatureCacheSection, minimized
+from search.spec._schema_types import PRECISIONS  # noqa: F401 - re-exported: search.spec.PRECISIONS
 
 logger = logging.getLogger(__name__)
 AUGMENT_FIELDS = frozenset(f.name for f in dataclasses.fields(AugmentParams))
 
 STUDIES_DIR = SETTINGS_STUDIES_DIR  # one definition: search/settings.py
 PROFILES_FILE = Path(__file__).parent / "profiles.yaml"
-PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16")  # Keras dtype policies a study may train under
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,7 @@ class FeatureCacheSpec:
     base_max_train: int | None = _CACHE_FIELDS["base_max_train"].default
     base_batch_size: int = _CACHE_FIELDS["base_batch_size"].default
     base_weights: str | None = _CACHE_FIELDS["base_weights"].default
+    base_precision: str = _CACHE_FIELDS["base_precision"].default
     search_max_train: int | None = _CACHE_FIELDS["search_max_train"].default
 
 
@@ -168,6 +169,8 @@ class StudySpec:
             fields["builder_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.builder_files.items()}
         if self.training_files:
             fields["training_files"] = {ref: f"sha256:{sha[:16]}" for ref, sha in self.training_files.items()}
+        if self.feature_cache is not None and self.feature_cache.base_precision == "study":
+            del fields["feature_cache"]["base_precision"]  # the default: studies written before it keep their hash
         if self.fine_tune is not None:  # how many heads are promoted is a budget, not an identity
             fields["fine_tune"] = {k: v for k, v in _jsonable(self.fine_tune).items() if k != "top_k"}
         # Only when not the default, so that the studies written before them keep their hash.

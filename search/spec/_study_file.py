@@ -40,15 +40,13 @@ from search.spec._schema_sources import (
     architecture_value,
     dataset_value,
 )
-from search.spec._schema_types import Bool, FailureStreak, NonNegativeInt, Problem, Section, Text
-from search.spec._spec import PRECISIONS
+from search.spec._schema_types import PRECISIONS, Bool, FailureStreak, NonNegativeInt, Problem, Section, Text
 from search.spec._strategies import objectives_problem
 
 # The schedules whose rate a missing knob would ruin (ExponentialDecay with rate 0 is 0 after one decay step).
 NEEDS = {"step": ("decay_rate", "decay_epochs"), "exponential": ("decay_rate",)}
 
 logger = logging.getLogger(__name__)
-
 
 
 def _knob_problem(knob: Any, arch: Architecture | None) -> str | None:

@@ -27,13 +27,15 @@ from pathlib import Path
 import keras
 import numpy as np
 
-from data import Splits, publish_file, publish_folder, stratified_subset
+from data import Rows, Splits, publish_file, publish_folder, stratified_subset
 from data.preprocessing import normalization_layer, training_model
 from models import architecture, build, is_builder_reference
 from models._blocks import classifier_head
+from search import runtime
 from search.errors import WorkerStopping
 from search.spec import StudySpec, TrainParams, TrialConfig
 from search.trial._base_estimate import SlowBase, base_estimate
+from search.trial._batches import Batches
 from search.trial._train import FitOptions, ModelBuilder, image_model, release, train
 from storage import Artifacts, build_lock
 
@@ -109,14 +111,25 @@ def _base_training(fc) -> dict:
     return setup
 
 
+def base_precision(spec: StudySpec) -> str:
+    """The Keras dtype policy the base trains under: feature_cache.base_precision, `study` the study's
+    precision, `auto` mixed_bfloat16 on a CPU that computes bfloat16 natively with no GPU visible."""
+    setting = spec.feature_cache.base_precision
+    if setting == "study":
+        return spec.precision
+    if setting == "auto":
+        return "mixed_bfloat16" if runtime.cpu_bfloat16() and runtime.device().startswith("cpu") else spec.precision
+    return setting
+
+
 def base_key(spec: StudySpec, splits: Splits) -> str:
     fc = spec.feature_cache
     key = {"preset": base_preset(spec), "dataset": spec.dataset, "labels": spec.label_mode, "seed": spec.seed,
            "normalization": spec.normalization, "training": _base_training(fc), "data": splits.fingerprint}
     if base_preset(spec) in spec.builder_files:  # a builder's weights are those of one version of its file
         key["builder_sha256"] = spec.builder_files[base_preset(spec)]
-    if spec.precision != "float32":  # the base trains under the study's precision (float32: keys as before)
-        key["precision"] = spec.precision
+    if base_precision(spec) != "float32":  # float32: keys as before
+        key["precision"] = base_precision(spec)
     blob = json.dumps(key, sort_keys=True, default=str)
     return f"{_base_label(spec)}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -157,12 +170,12 @@ def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Artifa
             _remove_unfinished(folder, ".tmp-*")
         idx = stratified_subset(splits.y_train, fc.base_max_train, spec.seed) if fc.base_max_train else slice(None)
         base_splits = dataclasses.replace(splits, x_train=splits.x_train[idx], y_train=splits.y_train[idx])
-        logger.info("training the %s base once: %d epochs on %d images (cached as %s)", base_preset(spec),
-                    fc.base_epochs, len(base_splits.y_train), target)
+        logger.info("training the %s base once: %d epochs on %d images under %s (cached as %s)", base_preset(spec),
+                    fc.base_epochs, len(base_splits.y_train), base_precision(spec), target)
         cfg = TrialConfig(base_params(spec, splits), TrainParams("adam", 1e-3, batch_size=fc.base_batch_size), None)
         # The base is not a trial: validation accuracy and the built-in loss, whatever the study's
-        # objective metric and training extras; the study's precision and XLA setting.
-        options = FitOptions(max_epochs=fc.base_epochs, patience=fc.base_epochs, precision=spec.precision,
+        # objective metric and training extras; its own precision (base_precision) and the study's XLA setting.
+        options = FitOptions(max_epochs=fc.base_epochs, patience=fc.base_epochs, precision=base_precision(spec),
                              jit_compile=spec.jit_compile, verbose=1 if sys.stderr.isatty() else 0)
         result, model = train(cfg, base_splits, options, seed=spec.seed, label="base",
                               make_model=image_model(spec.normalization),
@@ -206,9 +219,13 @@ def feature_extractor(spec: StudySpec, splits: Splits, weights: Path) -> keras.M
     return keras.Model(inputs, frozen_base(spec, splits, weights)(x), name="feature_extractor")
 
 
-def extract(extractor: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+def extract(extractor: keras.Model, x: np.ndarray | Rows, batch_size: int = 256) -> np.ndarray:
     started = time.perf_counter()
-    out = np.asarray(extractor.predict(x, batch_size=batch_size, verbose=1 if sys.stderr.isatty() else 0),
+    if isinstance(x, Rows):  # streamed from the shared cache (INPUT_PIPELINE=stream): batch by batch
+        data, batch = Batches(x, np.zeros(len(x), np.int64), batch_size, shuffle=False), None
+    else:
+        data, batch = x, batch_size
+    out = np.asarray(extractor.predict(data, batch_size=batch, verbose=1 if sys.stderr.isatty() else 0),
                      dtype=np.float32)
     logger.info("features of %d images in %.0fs (%.0f images/s)", len(x), time.perf_counter() - started,
                 len(x) / max(time.perf_counter() - started, 1e-9))

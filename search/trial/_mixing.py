@@ -10,13 +10,12 @@ validation, and every accuracy is computed against a hard label (the argmax of a
 
 from __future__ import annotations
 
-import math
-
 import keras
 import numpy as np
 from keras import ops
 
 from data.preprocessing import AugmentParams
+from search.trial._batches import Batches
 from search.trial._recipe import SparseSmoothedCrossentropy
 
 
@@ -61,7 +60,7 @@ class HardLabelTopK(_OnHardLabels, keras.metrics.SparseTopKCategoricalAccuracy):
     pass
 
 
-class MixedBatches(keras.utils.PyDataset):
+class MixedBatches(Batches):
     """Shuffled training batches, each mixed by MixUp or CutMix; reshuffled every epoch (seeded).
 
     Images come back in the training arrays' dtype (uint8 pixels rounded after mixing), labels as
@@ -69,20 +68,15 @@ class MixedBatches(keras.utils.PyDataset):
 
     def __init__(self, x: np.ndarray, y: np.ndarray, num_classes: int, batch_size: int, augment: AugmentParams,
                  *, seed: int) -> None:
-        super().__init__(workers=1, use_multiprocessing=False)
         if not augment.soft_labels:
             raise ValueError("MixedBatches needs mixup or cutmix on")
-        self.x, self.y, self.num_classes, self.batch_size = x, y, int(num_classes), int(batch_size)
-        self.rng = np.random.default_rng(seed)
-        self.order = self.rng.permutation(len(x))
+        super().__init__(x, y, batch_size, shuffle=True, seed=seed)
+        self.num_classes = int(num_classes)
         self.mixers = ([keras.layers.MixUp(alpha=augment.mixup_alpha, seed=seed)] if augment.mixup else []) + (
             [keras.layers.CutMix(factor=augment.cutmix_alpha, seed=seed + 1)] if augment.cutmix else [])
 
-    def __len__(self) -> int:
-        return max(math.ceil(len(self.x) / self.batch_size), 1)
-
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        idx = np.sort(self.order[index * self.batch_size:(index + 1) * self.batch_size])
+        idx = self.rows(index)
         images = self.x[idx].astype("float32")
         labels = keras.utils.to_categorical(self.y[idx], self.num_classes).astype("float32")
         mixer = self.mixers[0] if len(self.mixers) == 1 else self.mixers[int(self.rng.random() < 0.5)]
@@ -92,6 +86,3 @@ class MixedBatches(keras.utils.PyDataset):
             info = np.iinfo(self.x.dtype)
             images = np.clip(np.rint(images), info.min, info.max).astype(self.x.dtype)
         return images, ops.convert_to_numpy(mixed["labels"]).astype("float32")
-
-    def on_epoch_end(self) -> None:
-        self.order = self.rng.permutation(len(self.x))

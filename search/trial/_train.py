@@ -23,6 +23,7 @@ from data.preprocessing import normalization_layer, training_model
 from models import BuilderChangedError, BuilderError, BuilderParams, build
 from search.errors import FATAL, FailReason, TrialFailure
 from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig, minimized
+from search.trial._batches import Batches
 from search.trial._constraints import architecture_params
 from search.trial._extras import extras_of, user_callbacks, user_loss
 from search.trial._metrics import BalancedAccuracy, MacroF1
@@ -120,9 +121,17 @@ AUTO_VALIDATION_BYTES = 256 * 2**20  # ... and of bytes (a wide base's features:
 _validation_tensors: dict[int, tuple[weakref.ref, weakref.ref, tuple]] = {}
 
 
-def validation_data(splits: Splits, setting: int | Literal["auto", "train"]) -> tuple[object, int | None]:
+def validation_data(splits: Splits, setting: int | Literal["auto", "train"],
+                    batch_size: int | None = None) -> tuple[object, int | None]:
     """fit's validation_data and validation_batch_size under VALIDATION_BATCH_SIZE `setting`: "train"
-    (None: fit's training batch size), an integer, or "auto" (see AUTO_VALIDATION_ROWS)."""
+    (None: fit's training batch size), an integer, or "auto" (see AUTO_VALIDATION_ROWS). Streamed
+    splits (INPUT_PIPELINE=stream) validate from Batches of `batch_size` (the training batch) or the
+    setting's integer."""
+    if splits.streamed:
+        rows = setting if isinstance(setting, int) and not isinstance(setting, bool) else batch_size
+        if rows is None:
+            raise ValueError("a streamed validation split needs a batch size")
+        return Batches(splits.x_val, splits.y_val, rows, shuffle=False), None
     arrays = (splits.x_val, splits.y_val)
     if setting == "train":
         return arrays, None
@@ -247,7 +256,7 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
         log = EpochLog(label, options.max_epochs, options.metric)
         stop = keras.callbacks.EarlyStopping(monitor=options.metric, mode=options.mode, patience=options.patience,
                                              restore_best_weights=True)
-        val_data, val_batch = validation_data(splits, options.validation_batch)
+        val_data, val_batch = validation_data(splits, options.validation_batch, cfg.train.batch_size)
         started = time.perf_counter()
         history = model.fit(
             *training_data(cfg, splits, seed), epochs=options.max_epochs,
@@ -304,10 +313,13 @@ def load_model(path: Path) -> keras.Model:
 
 
 def training_data(cfg: TrialConfig, splits: Splits, seed: int) -> tuple:
-    """fit's training data: the arrays and a batch size, or batches mixed by MixUp/CutMix (soft labels)."""
+    """fit's training data: the arrays and a batch size, batches mixed by MixUp/CutMix (soft labels), or
+    batches gathered from the shared cache (a streamed split)."""
     if soft_labels(cfg):
         return (MixedBatches(splits.x_train, splits.y_train, splits.num_classes, cfg.train.batch_size, cfg.augment,
                              seed=seed), None, None)
+    if splits.streamed:
+        return Batches(splits.x_train, splits.y_train, cfg.train.batch_size, shuffle=True, seed=seed), None, None
     return splits.x_train, splits.y_train, cfg.train.batch_size
 
 

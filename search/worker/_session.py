@@ -19,7 +19,7 @@ from data import Splits
 from search._tracking import tracker
 from search.errors import WorkerStopping
 from search.settings import Settings
-from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, study_folds
+from search.spec import StudySpec, load_data, load_spec, make_pruner, make_sampler, streams, study_folds
 from search.study import (
     FineTuneStage,
     budget_used,
@@ -112,13 +112,16 @@ class WorkerSession:
         spec = self.spec
         dataset = load_data(spec, self.settings)
         check_same_data(self.study, spec, dataset.fingerprint)
-        self.splits, *self.other_folds = study_folds(spec, dataset)
+        own_gpu = self.placement.gpu is not None and self.placement.memory_fraction is None and not self.placement.grow
+        self.splits, *self.other_folds = study_folds(spec, dataset,
+                                                     stream=streams(self.settings.input_pipeline, own_gpu=own_gpu))
         if self.confirming:  # evaluate's retraining: the one split (the first fold's), not the folds
             self.other_folds = []
         self.image_shape = self.splits.input_shape
-        logger.info("%s: %s train %d / val %d images (fingerprint %s)%s", self.label, spec.dataset,
+        logger.info("%s: %s train %d / val %d images (fingerprint %s)%s, %s", self.label, spec.dataset,
                     len(self.splits.y_train), len(self.splits.y_val), self.splits.fingerprint,
-                    f", the first of {spec.folds} folds" if spec.folds else "")
+                    f", the first of {spec.folds} folds" if spec.folds else "",
+                    "streamed from the shared cache" if self.splits.streamed else "copied into this worker")
         return spec.feature_cache is None or self._prepare_features()
 
     def _prepare_features(self) -> bool:

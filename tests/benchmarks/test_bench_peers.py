@@ -83,7 +83,7 @@ def test_simple_cnns_goal_against_keras_tuner():
 def test_every_method_reads_the_shipped_study_seeded_unbounded_and_without_warm_start(tmp_path):
     args = peers.arguments().parse_args(["--max-train", "1000", "--max-val", "500", "--base-epochs", "1"])
     name = peers.write_study(tmp_path, "fc_head", 4, args)
-    spec = load_spec(name, studies_dir=tmp_path, profile="quick", dataset="cifar10")
+    spec = load_spec(name, studies_dir=tmp_path, **peers.OVERRIDES)
     shipped = load_spec("fc_head", profile="quick", dataset="cifar10")
     assert spec.space == shipped.space and spec.max_epochs == shipped.max_epochs == 20
     assert (spec.sampler, spec.sampler_options, spec.trials, spec.warm_start) == ("tpe", {"seed": 4},

@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 import yaml
 from helpers.processes import REPO
+from helpers.synthetic import easy_splits
 
 from data._augment import AugmentParams
 from search import StudySpecError, available_studies, load_spec, make_pruner, make_sampler, parse_spec
@@ -67,8 +68,13 @@ def test_overrides_and_profile():
 
 def test_quick_profile_puts_a_lighter_base_under_fc_head_unless_the_file_names_one():
     quick = load_spec("fc_head", profile="quick").feature_cache
-    assert (quick.base, quick.base_epochs, quick.base_max_train, quick.search_max_train) == (
-        "s003_vgg_blocks", 8, 20000, 5000)
+    assert (quick.base, quick.base_epochs, quick.base_max_train, quick.search_max_train, quick.base_precision) == (
+        "s003_vgg_blocks", 8, 20000, 5000, "auto")
+    assert load_spec("fc_head").feature_cache.base_precision == "study"
+    # The main job in about 10 minutes (issue 26): at most 60 trials, unless a budget is given
+    assert load_spec("fc_head", profile="quick").trials == 60 and load_spec("fc_head").trials == 100
+    assert load_spec("fc_head", profile="quick", trials=100).trials == 100
+    assert load_spec("mnist_cnn", profile="quick").trials == 30  # a cap: a smaller budget is kept
     assert load_spec("fc_head").feature_cache.base is None  # without a profile: seed 002's own base
     text = (REPO / "search/studies/fc_head.yaml").read_text()
     named = text.replace("feature_cache: {base_epochs: 15", "feature_cache: {base: s000_model_3_1, base_epochs: 15")
@@ -232,7 +238,9 @@ def test_file_sections_declare_every_field_of_their_typed_config():
 # Recorded before the study file became a declared schema: (no profile, smoke, quick).
 SHIPPED_HASHES = {
     "conv_blocks": ("e65c2fd6c0876e5f", "ecf27172d5ac0cee", "e65c2fd6c0876e5f"),
-    "fc_head": ("0b85b2576b29fadc", "09ae0bbef75bfb35", "b9a490d157a47cf6"),
+    # fc_head and fc_head_ft quick changed on purpose (issue 26, the main job): the quick profile's base
+    # trains under base_precision auto (mixed_bfloat16 on a CPU with bfloat16 instructions); was b9a490d157a47cf6
+    "fc_head": ("0b85b2576b29fadc", "09ae0bbef75bfb35", "767fd217adf8b4bf"),
     "mnist_cnn": ("a15de6fa5c1d7614", "6674607f323dc25f", "a15de6fa5c1d7614"),
     # simple_cnn and vgg_bn changed on purpose: lr_schedule and decay_rate searched, so the seeds' warm starts
     # carry their rmsprop(decay=1e-6) (tests/search/trial/test_recipe.py)
@@ -241,7 +249,7 @@ SHIPPED_HASHES = {
     "vgg_bn": ("ae6b668c08d5765c", "f59f24df7cfe3cd7", "ae6b668c08d5765c"),
     "wrn": ("1cb721ea3c1ea8c1", "da16dc9fd3fd1b50", "1cb721ea3c1ea8c1"),
     "my_images": None,  # added since: a builder study, its hash covers the builder file (see below)
-    "fc_head_ft": ("5bccbe839d6bdc9d", "71fbd1ac6bb44676", "6b492156f76b7588"),  # added with fine_tune
+    "fc_head_ft": ("5bccbe839d6bdc9d", "71fbd1ac6bb44676", "5d36aba3bdaf4eff"),  # added with fine_tune; quick was 6b492156f76b7588
 }
 
 
@@ -357,3 +365,32 @@ def test_studies_folder_is_an_argument_not_the_environment(tmp_path, monkeypatch
 def test_optimizers_are_listed_once():
     assert KNOBS["optimizer"].allowed == tuple(OPTIMIZERS)
     assert all(name in KNOBS["optimizer"].doc for name in OPTIMIZERS)
+
+
+def test_the_base_precision_of_a_feature_cache_study(monkeypatch):
+    """feature_cache.base_precision: the study's (default), one policy, or auto: mixed_bfloat16 on a CPU that
+    computes bfloat16 natively and no GPU, else the study's. It is part of the base's cache key."""
+    from search import runtime
+    from search.trial._features import base_key, base_precision
+
+    text = (REPO / "search/studies/fc_head.yaml").read_text().replace("dataset: cifar100", "dataset: cifar10")
+    study = parse_spec(text, name="fc_head")
+    auto = parse_spec(text.replace("base_batch_size: 128}", "base_batch_size: 128, base_precision: auto}"),
+                      name="fc_head")
+    fixed = parse_spec(text.replace("base_batch_size: 128}", "base_batch_size: 128, base_precision: mixed_float16}"),
+                       name="fc_head")
+    assert base_precision(study) == "float32" and base_precision(fixed) == "mixed_float16"
+    for native, device, expected in ((True, "cpu", "mixed_bfloat16"), (False, "cpu", "float32"),
+                                     (True, "gpu:1", "float32")):
+        monkeypatch.setattr(runtime, "cpu_bfloat16", lambda native=native: native)
+        monkeypatch.setattr(runtime, "device", lambda device=device: device)
+        assert base_precision(auto) == expected, (native, device)
+    splits = easy_splits(20, 10)
+    monkeypatch.setattr(runtime, "cpu_bfloat16", lambda: True)
+    monkeypatch.setattr(runtime, "device", lambda: "cpu")
+    assert base_key(auto, splits) != base_key(study, splits) == base_key(
+        parse_spec(text.replace("base_batch_size: 128}", "base_batch_size: 128, base_precision: study}"),
+                   name="fc_head"), splits)
+    with pytest.raises(StudySpecError, match="base_precision"):
+        parse_spec(text.replace("base_batch_size: 128}", "base_batch_size: 128, base_precision: float64}"),
+                   name="fc_head")
