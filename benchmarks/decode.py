@@ -166,7 +166,8 @@ def decode_in_child(root: Path, cache: Path) -> tuple[dict, int]:
 def packed_report(runs: list[dict], workers: int, copy_bytes: int) -> list[str]:
     mb = 1024 * 1024
     lines = [f"{workers} packed workers on the cache at once, each: split (10% validation), one epoch of batches "
-             f"read, Keras fit held in its first step; one copy of the training images = {copy_bytes / mb:,.0f} MiB"]
+             f"read, Keras fit held in its first step; one copy of the training images = {copy_bytes / mb:,.0f} MiB "
+             "(all of the dataset's training array, the validation rows included)"]
     for run in runs:
         ratio = run["pss_kib"] * 1024 / copy_bytes
         goal = f" (goal: at most 1.3x: {'met' if ratio <= 1.3 else 'MISSED'})" if run["mode"] == "stream" else ""

@@ -72,6 +72,20 @@ def cpu_bfloat16() -> bool:
     return bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
+def memory_bytes() -> int:
+    """This machine's memory as this process may use it: MemTotal, or the cgroup's limit when lower
+    (a container's memory limit, cgroup v2 or v1)."""
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            text = Path(limit).read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            total = min(total, int(text))
+    return total
+
+
 def rss_mib() -> float:
     """This process's resident memory now (MiB)."""
     with open("/proc/self/statm") as f:

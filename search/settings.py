@@ -96,8 +96,9 @@ class Settings(BaseSettings):
     input_pipeline: Literal["auto", "stream", "arrays"] = Field("auto", description=(
         "how a worker's trials read their images; stream: batch by batch from the memory-mapped data cache, "
         "which the workers of a machine share (no copy per worker); arrays: the split copied into the worker "
-        "and handed to Keras's array adapter (which copies it again per fit); auto: stream, but arrays for a "
-        "worker alone on its GPU"))
+        "and handed to Keras's array adapter (which copies it again per fit), 1.08-1.12x faster a trial on a "
+        "2-core CPU; auto: stream when the dataset's training images take more than 1/32 of the machine's "
+        "memory (or its container's limit), else arrays"))
     cuda_visible_devices: str | None = Field(None, description="GPUs this process may use (unset: all)")
     worker_max_rss_growth_mb: float = Field(
         512.0, ge=0, description="RSS growth after which a worker restarts itself between trials; 0: off")

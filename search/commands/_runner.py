@@ -205,6 +205,8 @@ class Runner:
                 self._pack()
                 bar.update(counts(self.study))
             except storage_errors() as exc:
+                # Whichever call failed, the workers' heartbeats may be waiting it out: judge nothing from before
+                self.reaper.forget("a store call failed", self.reaper.clock(), outage=True)
                 bar.note(f"[study {self.args.name}] store unreachable ({type(exc).__name__}); workers are backing off")
             if not any(alive):
                 return

@@ -13,11 +13,15 @@ def load_data(spec: StudySpec, settings: Settings) -> Dataset:
                         cache_dir=settings.data_cache, allow_download=not settings.data_offline)
 
 
-def streams(setting: str, *, own_gpu: bool) -> bool:
-    """INPUT_PIPELINE for a worker: stream its splits from the shared cache, or copy them (arrays). auto
-    streams, except on a GPU the worker has to itself: there Keras's array adapter feeds the card
-    from one tensor with no Python per batch, and no other worker shares the machine's memory."""
-    return setting == "stream" or (setting == "auto" and not own_gpu)
+STREAM_SHARE = 32  # INPUT_PIPELINE=auto streams data larger than 1/STREAM_SHARE of the machine's memory
+
+
+def streams(setting: str, *, data_bytes: int, memory_bytes: int) -> bool:
+    """INPUT_PIPELINE for a worker: stream its splits from the shared cache, or copy them (arrays). Copies
+    are 1.08-1.12x faster a trial on a 2-core CPU (BENCHMARKS.md, bench-breakdown --compare input) but
+    cost about 2.2x the split per worker (bench-decode); auto streams once the training images take more
+    than 1/32 of memory, where a few workers' copies would take a quarter of it or more."""
+    return setting == "stream" or (setting == "auto" and data_bytes * STREAM_SHARE > memory_bytes)
 
 
 def study_splits(spec: StudySpec, dataset: Dataset, *, stream: bool = False) -> Splits:

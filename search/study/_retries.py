@@ -156,7 +156,7 @@ class Reaper:
         self._outages_met: int | None = None  # the store's count of calls that waited out an outage, last pass
 
     def __call__(self, study: optuna.Study) -> list[int]:
-        started = self.clock()
+        started, before = self.clock(), outages_met(study)
         try:
             running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
         except BaseException:
@@ -164,10 +164,11 @@ class Reaper:
             raise
         now = self.clock()
         gap = None if self._last_pass is None else started - self._last_pass
-        met, self._outages_met = self._outages_met, outages_met(study)
+        # Since the last pass (the first pass: since this call began)
+        met, self._outages_met = (before if self._outages_met is None else self._outages_met), outages_met(study)
         if now - started > self.grace / 2:
             self.forget(f"a store call took {now - started:.0f}s", now, outage=True)
-        elif met is not None and self._outages_met != met:
+        elif self._outages_met != met:
             self.forget("the store was unreachable for a moment", now, outage=True)
         elif gap is not None and gap > self.grace:
             self.forget(f"this reaper did not look for {gap:.0f}s", now, outage=False)

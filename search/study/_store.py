@@ -115,14 +115,15 @@ class ResilientStorage(BaseStorage):
         self._backoff = _Backoff(max_backoff, jitter)
         self._sleep = sleep
         self._errors = storage_errors()
-        # How many times a call of this process (any thread) found the store unreachable and waited
-        # to retry: the reaper reads it (search.study._retries.Reaper), because a reaper whose own
-        # call got through an outage quickly must still not judge heartbeats that are waiting out a
-        # longer backoff than its own.
+        # How many calls of this process (any thread) found the store unreachable and waited to retry
+        # (once a call, however long it waits): the reaper reads it (search.study._retries.Reaper),
+        # because a reaper whose own call got through an outage quickly must still not judge
+        # heartbeats that are waiting out a longer backoff than its own.
         self.outages_met = 0
 
     def _waiting(self, state: tenacity.RetryCallState) -> None:
-        self.outages_met += 1
+        if state.attempt_number == 1:  # a call's first wait: one stuck call must not hold the reaper forever
+            self.outages_met += 1
         self._backoff.log(state)
 
     def _transient(self, exc: BaseException) -> bool:

@@ -128,8 +128,11 @@ def base_key(spec: StudySpec, splits: Splits) -> str:
            "normalization": spec.normalization, "training": _base_training(fc), "data": splits.fingerprint}
     if base_preset(spec) in spec.builder_files:  # a builder's weights are those of one version of its file
         key["builder_sha256"] = spec.builder_files[base_preset(spec)]
-    if base_precision(spec) != "float32":  # float32: keys as before
-        key["precision"] = base_precision(spec)
+    # `auto` is keyed as written, not as this machine resolves it: every machine of the study takes the
+    # one base the first builder trained (its precision is in base.json), as the space hash says they do.
+    precision = "auto" if spec.feature_cache.base_precision == "auto" else base_precision(spec)
+    if precision != "float32":  # float32: keys as before
+        key["precision"] = precision
     blob = json.dumps(key, sort_keys=True, default=str)
     return f"{_base_label(spec)}-{spec.dataset}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
 
@@ -184,7 +187,8 @@ def ensure_base(spec: StudySpec, splits: Splits, stop=None, *, artifacts: Artifa
         folder.mkdir(parents=True, exist_ok=True)
         tmp = _temp_name()
         (folder / f".{tmp}.json").write_text(json.dumps({"val_accuracy": result.best_val_accuracy,
-                                                         "epochs": result.epochs_run, "seconds": result.train_seconds}))
+                                                         "epochs": result.epochs_run, "seconds": result.train_seconds,
+                                                         "precision": options.precision}))
         publish_file(folder / f".{tmp}.json", folder / "base.json")
         arch.save_weights(folder / f".{tmp}.weights.h5")
         publish_file(folder / f".{tmp}.weights.h5", target)  # last: a base is finished when this file exists

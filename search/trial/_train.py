@@ -257,9 +257,10 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
         stop = keras.callbacks.EarlyStopping(monitor=options.metric, mode=options.mode, patience=options.patience,
                                              restore_best_weights=True)
         val_data, val_batch = validation_data(splits, options.validation_batch, cfg.train.batch_size)
+        data = training_data(cfg, splits, seed)
         started = time.perf_counter()
         history = model.fit(
-            *training_data(cfg, splits, seed), epochs=options.max_epochs,
+            *data, shuffle=shuffled(data), epochs=options.max_epochs,
             validation_data=val_data, validation_batch_size=val_batch, verbose=options.verbose,
             callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *recipe_callbacks(cfg.train, options.metric),
                        *callbacks, *user_callbacks(options.extras, cfg.knobs), stop],
@@ -295,7 +296,8 @@ def fit_all(cfg: TrialConfig, splits: Splits, options: FitOptions, *, epochs: in
     model = compiled_model(cfg, splits, seed, make_model, options)
     callbacks = [c for c in recipe_callbacks(cfg.train, options.metric)
                  if not isinstance(c, keras.callbacks.ReduceLROnPlateau)]
-    history = model.fit(*training_data(cfg, splits, seed), epochs=epochs, verbose=options.verbose,
+    data = training_data(cfg, splits, seed)
+    history = model.fit(*data, shuffle=shuffled(data), epochs=epochs, verbose=options.verbose,
                         callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks,
                                    *user_callbacks(options.extras, cfg.knobs)])
     losses = history.history.get("loss", [])
@@ -321,6 +323,12 @@ def training_data(cfg: TrialConfig, splits: Splits, seed: int) -> tuple:
     if splits.streamed:
         return Batches(splits.x_train, splits.y_train, cfg.train.batch_size, shuffle=True, seed=seed), None, None
     return splits.x_train, splits.y_train, cfg.train.batch_size
+
+
+def shuffled(data: tuple) -> bool:
+    """fit's `shuffle` for training_data's output: arrays are shuffled by Keras's adapter; Batches shuffle
+    themselves (seeded), and Keras would shuffle their order again with Python's global `random`."""
+    return not isinstance(data[0], Batches)
 
 
 def soft_labels(cfg: TrialConfig) -> bool:

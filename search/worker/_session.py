@@ -16,6 +16,7 @@ import optuna
 from optuna.trial import TrialState
 
 from data import Splits
+from search import runtime
 from search._tracking import tracker
 from search.errors import WorkerStopping
 from search.settings import Settings
@@ -112,9 +113,9 @@ class WorkerSession:
         spec = self.spec
         dataset = load_data(spec, self.settings)
         check_same_data(self.study, spec, dataset.fingerprint)
-        own_gpu = self.placement.gpu is not None and self.placement.memory_fraction is None and not self.placement.grow
-        self.splits, *self.other_folds = study_folds(spec, dataset,
-                                                     stream=streams(self.settings.input_pipeline, own_gpu=own_gpu))
+        stream = streams(self.settings.input_pipeline, data_bytes=dataset.x_train.nbytes,
+                         memory_bytes=runtime.memory_bytes())
+        self.splits, *self.other_folds = study_folds(spec, dataset, stream=stream)
         if self.confirming:  # evaluate's retraining: the one split (the first fold's), not the folds
             self.other_folds = []
         self.image_shape = self.splits.input_shape

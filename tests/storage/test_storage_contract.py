@@ -213,6 +213,8 @@ def test_a_reaper_never_judges_across_its_own_outage(store):
     assert reaper(study) == []
 
     class Down:
+        _storage = study._storage
+
         def get_trials(self, **kwargs):
             clock.now += 3.0
             raise OSError("the store is down")

@@ -386,8 +386,11 @@ def test_the_base_precision_of_a_feature_cache_study(monkeypatch):
         monkeypatch.setattr(runtime, "device", lambda device=device: device)
         assert base_precision(auto) == expected, (native, device)
     splits = easy_splits(20, 10)
+    monkeypatch.setattr(runtime, "cpu_bfloat16", lambda: False)
+    without_bf16 = base_key(auto, splits)
     monkeypatch.setattr(runtime, "cpu_bfloat16", lambda: True)
     monkeypatch.setattr(runtime, "device", lambda: "cpu")
+    assert base_key(auto, splits) == without_bf16  # every machine of the study takes the first builder's base
     assert base_key(auto, splits) != base_key(study, splits) == base_key(
         parse_spec(text.replace("base_batch_size: 128}", "base_batch_size: 128, base_precision: study}"),
                    name="fc_head"), splits)

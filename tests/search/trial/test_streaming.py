@@ -3,6 +3,8 @@ cache (Batches over data.Rows) against the same split copied into the worker."""
 
 from __future__ import annotations
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -32,9 +34,14 @@ def _splits(tmp_path, stream: bool) -> Splits:
     return Splits(pick(train_idx), y[train_idx], pick(val_idx), y[val_idx], CLASSES, "synthetic")
 
 
-def test_a_worker_streams_unless_it_has_a_gpu_to_itself():
-    assert streams("auto", own_gpu=False) and streams("stream", own_gpu=True)
-    assert not streams("auto", own_gpu=True) and not streams("arrays", own_gpu=False)
+def test_auto_streams_data_larger_than_a_32nd_of_memory(monkeypatch):
+    gib = 2**30
+    assert streams("auto", data_bytes=gib, memory_bytes=24 * gib)  # 100,000 64x64 images on this machine
+    assert not streams("auto", data_bytes=138 * 2**20, memory_bytes=24 * gib)  # CIFAR-10's training split
+    assert streams("stream", data_bytes=1, memory_bytes=gib) and not streams("arrays", data_bytes=gib, memory_bytes=gib)
+    from search import runtime
+
+    assert 0 < runtime.memory_bytes() <= os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def test_batches_cover_every_row_once_an_epoch_shuffled_by_seed_and_validation_in_order(tmp_path):
