@@ -127,7 +127,7 @@ bench-gpu: $(STAMP) ## GPU placement, packing and GPU memory across trials (need
 bench-storage: $(STAMP) ## ask/tell latency and worker scaling on the local PostgreSQL; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.storage $(BENCH_ARGS)
 
-bench-decode: $(STAMP) ## decode 100,000 generated 64x64 images of one's own: peak RSS vs the arrays, and time; appends to BENCHMARKS.md
+bench-decode: $(STAMP) ## decode 100,000 generated 64x64 images of one's own (peak RSS vs the arrays, time), then 4 workers training on them: summed PSS, streamed vs copied; appends to BENCHMARKS.md
 	$(PY) -m benchmarks.decode $(BENCH_ARGS)
 
 bench-breakdown: $(STAMP) ## where a trial's time goes (simple_cnn smoke, fc_head-like, full data) and what each overhead change saves; appends to BENCHMARKS.md

@@ -204,7 +204,7 @@ HEADLINES: tuple[Headline, ...] = (
                  "reaped, {given} lineages given up, budget met in {met} of {runs} runs",
      "fixed_goal": "no trial reaped or lineage given up for an outage; every budget met"},
     {"name": "the main job on the CPU (by hand)", "title": r"^the main job, make study NAME=fc_head PROFILE=quick",
-     "figure": r"^end to end \(make study\):[^\n]*?(?P<after>\d+:\d\d) -- met"
+     "figure": r"^end to end \(make study\):[^\n]*?(?P<after>\d+:\d\d)(?: \(goal[^)\n]*\))? -- met"
                r".*?^test accuracy \(evaluated once\): (?P<test>[\d.]+)",
      "template": "make study NAME=fc_head PROFILE=quick in {after} end to end; test accuracy {test} after make evaluate",
      "goal": GOAL},
