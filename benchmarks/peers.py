@@ -7,6 +7,8 @@ from the moment its process starts, start-up included), over several seeds (`--s
 Methods (`--methods`; benchmarks/peer_methods.py has the two peers):
 - service: `python -m search run NAME --workers 2 --profile quick`, as a user runs it (a scratch
   journal store and studies folder under `--workdir`), stopped with SIGTERM at the budget;
+- service-data (not run unless named): the same, its study file with `budget: {fidelity: data}`
+  (Hyperband's first rungs train on 1/9 and 1/3 of the training images; search.spec._fidelity);
 - optuna: one process, TPESampler(multivariate=True) + HyperbandPruner + Keras EarlyStopping +
   KerasPruningCallback;
 - keras-tuner: keras_tuner.Hyperband, max_epochs the same cap, its default factor.
@@ -56,8 +58,11 @@ from benchmarks.current import PEERS_HEADLINES
 from benchmarks.machine import publish, quiet_tensorflow
 
 ROOT = Path(__file__).resolve().parent.parent
-METHODS = ("service", "optuna", "keras-tuner")
-LABELS = {"service": "this service", "optuna": "plain Optuna", "keras-tuner": "Keras Tuner's Hyperband"}
+METHODS = ("service", "optuna", "keras-tuner", "service-data")
+DEFAULT_METHODS = ("service", "optuna", "keras-tuner")
+LABELS = {"service": "this service", "optuna": "plain Optuna", "keras-tuner": "Keras Tuner's Hyperband",
+          "service-data": "this service, data fid."}
+SUFFIX = {"service-data": "_data"}  # its own study: the fidelity is part of a study's identity
 BUDGETS = {"fc_head": 600, "simple_cnn": 3600}  # default seconds a run
 FRACTIONS = (0.25, 0.5, 0.75, 1.0)  # of the budget: the table's columns
 UNBOUNDED_TRIALS = 100_000  # the study's trial budget: the wall clock stops every method first
@@ -153,12 +158,30 @@ def run_line(run: Run) -> str:
             f"trials/min; first complete at {first}; best {_cell(run.best_at(run.budget_s))}")
 
 
-def verdict(case: str, runs: list[Run], budget_s: float) -> str | None:
-    """The goal line of a case, when both of its methods ran."""
+def verdicts(case: str, runs: list[Run], budget_s: float) -> list[str]:
+    """The goal lines of a case: this service (and with fidelity by data) against its peer, and fidelity
+    by data against epochs only, for the methods that ran."""
+    found = [verdict(case, runs, budget_s, ours) for ours in ("service", "service-data")]
+    by_method = {m: [r for r in runs if r.method == m] for m in ("service", "service-data")}
+    if all(by_method.values()):
+        data, epochs = (mean_best(by_method[m], budget_s) for m in ("service-data", "service"))
+        rates = [statistics.mean(r.per_minute for r in by_method[m]) for m in ("service-data", "service")]
+        seeds = min(len(v) for v in by_method.values())
+        found.append(None if data is None or epochs is None else (
+            f"{case}: fidelity by data {data:.4f} against epochs only {epochs:.4f} ({data - epochs:+.4f}) best "
+            f"validation accuracy after {budget_s:.0f} s, {rates[0]:.2f} against {rates[1]:.2f} trials/min, mean of "
+            f"{seeds} seed{'s' if seeds > 1 else ''}"))
+    return [line for line in found if line]
+
+
+def verdict(case: str, runs: list[Run], budget_s: float, method: str = "service") -> str | None:
+    """The goal line of a case for `method` (service or service-data), when it and its peer ran."""
     peer = "optuna" if case == "fc_head" else "keras-tuner"
-    ours, theirs = [r for r in runs if r.method == "service"], [r for r in runs if r.method == peer]
+    ours, theirs = [r for r in runs if r.method == method], [r for r in runs if r.method == peer]
     if not ours or not theirs:
         return None
+    # fidelity by data's line starts otherwise, so that the headlines (benchmarks.current) read the service's
+    case_as = case if method == "service" else f"{case} (fidelity by data)"
     best, peer_best = mean_best(ours, budget_s), mean_best(theirs, budget_s)
     if best is None or peer_best is None:
         return f"{case}: a method had no complete trial in some seed; no comparison"
@@ -167,12 +190,12 @@ def verdict(case: str, runs: list[Run], budget_s: float) -> str | None:
         rate, peer_rate = statistics.mean(r.per_minute for r in ours), statistics.mean(r.per_minute for r in theirs)
         ratio = rate / peer_rate if peer_rate else float("inf")
         met = ratio >= 2 and best >= peer_best and seeds >= 3
-        return (f"fc_head: this service {rate:.2f} trials/min against plain Optuna's {peer_rate:.2f} ({ratio:.2f}x), "
+        return (f"{case_as}: this service {rate:.2f} trials/min against plain Optuna's {peer_rate:.2f} ({ratio:.2f}x), "
                 f"best validation accuracy {best:.4f} against {peer_best:.4f} ({best - peer_best:+.4f}) after "
                 f"{budget_s:.0f} s, mean of {seeds} seeds (goal: at least 2x plain Optuna's trials a minute at equal "
                 f"or better best validation accuracy, mean of 3 seeds: {'met' if met else 'not met'})")
     met = best > peer_best and seeds >= 2
-    return (f"simple_cnn: this service's best validation accuracy {best:.4f} against Keras Tuner's Hyperband's "
+    return (f"{case_as}: this service's best validation accuracy {best:.4f} against Keras Tuner's Hyperband's "
             f"{peer_best:.4f} ({best - peer_best:+.4f}) after {budget_s:.0f} s, mean of {seeds} seeds (goal: higher "
             f"than Keras Tuner's Hyperband at the same wall time, mean of at least 2 seeds: "
             f"{'met' if met else 'not met'})")
@@ -194,12 +217,14 @@ def describe(case: str, info: dict, budget_s: float, seeds: int, args: argparse.
 # ----------------------------------------------------------------------------------------------- running
 
 
-def study_file(case: str, seed: int, args: argparse.Namespace) -> dict:
-    """The shipped study file, TPE seeded, the trial budget unbounded, and the smoke options applied."""
+def study_file(case: str, seed: int, args: argparse.Namespace, method: str = "service") -> dict:
+    """The shipped study file, TPE seeded, the trial budget unbounded, and the smoke options applied;
+    for service-data, fidelity by data."""
     raw = yaml.safe_load((ROOT / "search" / "studies" / f"{case}.yaml").read_text())
     raw["sampler"] = {"name": "tpe", "seed": seed}
     raw["budget"] = {**raw.get("budget", {}), "trials": UNBOUNDED_TRIALS,
-                     **({"max_epochs": args.epochs} if args.epochs else {})}
+                     **({"max_epochs": args.epochs} if args.epochs else {}),
+                     **({"fidelity": "data"} if method == "service-data" else {})}
     if not args.warm_start:
         raw.pop("warm_start", None)
     data = {k: v for k, v in (("max_train", args.max_train), ("max_val", args.max_val)) if v}
@@ -210,10 +235,14 @@ def study_file(case: str, seed: int, args: argparse.Namespace) -> dict:
     return raw
 
 
-def write_study(folder: Path, case: str, seed: int, args: argparse.Namespace) -> str:
-    """study_file's study as `peers_<case>_s<seed>.yaml` in `folder`; its name."""
-    name = f"peers_{case}_s{seed}"
-    text = yaml.safe_dump(study_file(case, seed, args), sort_keys=False)  # the space's order matters (`when`)
+def study_name(case: str, seed: int, method: str = "service") -> str:
+    return f"peers_{case}_s{seed}{SUFFIX.get(method, '')}"
+
+
+def write_study(folder: Path, case: str, seed: int, args: argparse.Namespace, method: str = "service") -> str:
+    """study_file's study as `peers_<case>_s<seed>[_data].yaml` in `folder`; its name."""
+    name = study_name(case, seed, method)
+    text = yaml.safe_dump(study_file(case, seed, args, method), sort_keys=False)  # the space's order matters
     (folder / f"{name}.yaml").write_text(text)
     return name
 
@@ -270,12 +299,12 @@ def peer_events(records: Path, started: float) -> tuple[Event, ...]:
 
 
 def run_method(case: str, method: str, seed: int, args: argparse.Namespace, env: dict[str, str], work: Path) -> Run:
-    name = f"peers_{case}_s{seed}"
+    name = study_name(case, seed, method)
     budget = args.budget_s or BUDGETS[case]
     log, records = work / "logs" / f"{name}-{method}.log", work / "records" / f"{name}-{method}.jsonl"
     records.unlink(missing_ok=True)
     overrides = OVERRIDES
-    if method == "service":
+    if method.startswith("service"):
         journal = work / "stores" / f"{name}.journal"
         journal.unlink(missing_ok=True)
         url = f"journal://{journal}"
@@ -329,7 +358,8 @@ def scratch(args: argparse.Namespace) -> tuple[Path, dict[str, str]]:
 
 def run_case(case: str, args: argparse.Namespace, work: Path, env: dict[str, str]) -> tuple[list[Run], dict]:
     for seed in range(args.seeds):
-        write_study(work / "studies", case, seed, args)
+        for method in {"service", *args.methods} & {"service", "service-data"}:
+            write_study(work / "studies", case, seed, args, method)
     info = prepare(case, args, env, work)
     runs = []
     for seed in range(args.seeds):
@@ -349,14 +379,14 @@ def case_lines(case: str, runs: list[Run], info: dict, args: argparse.Namespace,
     lines = [describe(case, info, budget, args.seeds, args), *map(run_line, runs),
              "  best validation accuracy by elapsed time, mean of seeds (—: a seed had no complete trial yet), and "
              "finished trials a minute:", *table(runs, budget), f"  plot: {plot}"]
-    found = verdict(case, runs, budget)
-    return lines + ([found] if found else [])
+    return lines + verdicts(case, runs, budget)
 
 
 def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.peers", description=__doc__.split("\n\n")[0])
     parser.add_argument("--case", choices=["fc_head", "simple_cnn", "both"], default="both")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(DEFAULT_METHODS),
+                        help=f"default: {' '.join(DEFAULT_METHODS)}")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--budget-s", type=float, default=None,
                         help=f"wall-clock seconds a run (default: {', '.join(f'{k} {v}' for k, v in BUDGETS.items())})")

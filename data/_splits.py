@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,6 +48,19 @@ def stratified_subset(y: np.ndarray, n: int, seed: int) -> np.ndarray:
         return np.arange(len(y))
     _, subset = stratified_split(y, n / len(y), seed)
     return subset
+
+
+def nested_subsets(y: np.ndarray, fractions: Sequence[float], seed: int) -> list[np.ndarray]:
+    """For each fraction in (0, 1], sorted indices of about that share of every class of y (at least
+    one image of each), nested: a smaller fraction's images are among every larger one's. One seeded
+    permutation per class, each subset its first rows. Deterministic for a seed."""
+    bad = [f for f in fractions if not 0.0 < f <= 1.0]
+    if bad:
+        raise ValueError(f"fractions must be in (0, 1] but got {bad}")
+    rng = np.random.default_rng(seed)
+    orders = [rng.permutation(np.flatnonzero(y == cls)) for cls in np.unique(y)]
+    return [np.sort(np.concatenate([order[:max(1, int(round(f * len(order))))] for order in orders]))
+            for f in fractions]
 
 
 class Rows:
@@ -119,6 +134,13 @@ class Splits(ImageArrays):
     def streamed(self) -> bool:
         """Whether images are rows of the shared cache, read batch by batch (no copy in this process)."""
         return isinstance(self.x_train, Rows) or isinstance(self.x_val, Rows)
+
+    def train_subset(self, index: np.ndarray) -> Splits:
+        """These splits training on rows `index` of x_train only (the same validation split): gathered
+        rows of streamed splits (no copy), copied ones of arrays."""
+        x = Rows(self.x_train.base, self.x_train.index[index]) if isinstance(self.x_train, Rows) else self.x_train[index]
+        return dataclasses.replace(self, x_train=x, y_train=self.y_train[index],
+                                   fingerprint=f"{self.fingerprint}:sub{len(index)}")
 
 
 def train_val_splits(

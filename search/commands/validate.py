@@ -6,7 +6,7 @@ import argparse
 
 from search._cli import add_study_args, overrides
 from search.settings import Settings
-from search.spec import load_spec
+from search.spec import describe_fractions, load_spec
 
 HELP = "check a study file"
 
@@ -18,4 +18,6 @@ def add_parser(sub: argparse._SubParsersAction, settings: Settings) -> None:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     spec = load_spec(args.name, studies_dir=settings.studies_dir, **overrides(args))
     print(f"{spec.name}: valid ({len(spec.space)} knobs, {len(spec.warm_start)} warm starts, hash {spec.space_hash()})")
+    if spec.data_fractions:
+        print(f"  fidelity by data: {describe_fractions(spec.data_fractions)}")
     return 0

@@ -6,6 +6,7 @@ is checked, and `status` runs, without Keras.
 """
 
 from search.spec._data import load_data, streams, study_folds, study_splits
+from search.spec._fidelity import FIDELITIES, data_fractions, describe_fractions, stages
 from search.spec._knobs import KNOBS, LR_SCHEDULES, OPTIMIZERS, parameter_knob
 from search.spec._load import available_studies, load_spec, parse_spec, profiles, study_path
 from search.spec._schema import CONSTRAINTS, DEFAULT_TOP_K, OBJECTIVE_METRICS, minimized
@@ -33,6 +34,7 @@ from search.spec._study_file import StudyFile, study_json_schema
 __all__ = [
     "CONSTRAINTS",
     "DEFAULT_TOP_K",
+    "FIDELITIES",
     "FINE_TUNE_PREFIX",
     "KNOBS",
     "OBJECTIVE_METRICS",
@@ -50,6 +52,8 @@ __all__ = [
     "TrialConfig",
     "available_studies",
     "check_builders",
+    "data_fractions",
+    "describe_fractions",
     "load_data",
     "load_spec",
     "minimized",
@@ -64,6 +68,7 @@ __all__ = [
     "study_splits",
     "study_path",
     "split_fine_tune",
+    "stages",
     "suggest",
     "suggest_fine_tune",
     "trial_config",

@@ -139,6 +139,7 @@ def _to_spec(study: StudyFile, name: str) -> StudySpec:
         fine_tune=_fine_tune(study),
         max_consecutive_failures=study.max_consecutive_failures, builder_files=_builder_files(study),
         precision=study.precision, jit_compile=study.jit_compile, mlflow=study.tracking.mlflow,
+        fidelity=study.budget.fidelity, min_data_fraction=study.budget.min_data_fraction,
         evaluate_top_k=study.evaluate.top_k, evaluate_seeds=study.evaluate.seeds,
     )
     return dataclasses.replace(spec, warm_start=_fitting(study.warm_start, spec))

@@ -16,6 +16,7 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from data._augment import AugmentParams
+from search.spec._fidelity import FIDELITIES
 from search.spec._knobs import KNOBS, check_value, fits
 from search.spec._schema_sources import Architecture, BuilderArchitecture, architecture_value
 from search.spec._schema_types import (
@@ -182,11 +183,33 @@ class EvaluateSection(Section):
 
 
 class Budget(Section):
-    """How much to search. Not part of the study's identity: it may change between runs."""
+    """How much to search: trials and timeout may change between runs; the epochs cap and the fidelity
+    are part of the study's identity (its trials are compared epoch by epoch)."""
 
     trials: PositiveInt = Field(20, description="trials in all, across every worker")
     max_epochs: PositiveInt = Field(20, description="the most epochs one trial trains (hyperband's max_resource)")
     timeout_s: PositiveNumber | None = Field(None, description="no new trial is asked for after this many seconds")
+    fidelity: Literal[FIDELITIES] = Field("epochs", description=(
+        "what the pruner's early rungs save: epochs (every epoch trains on the whole training set), or data "
+        "(the epochs up to the first rung train on min_data_fraction of it, stratified, each later rung's on "
+        "reduction_factor times more, up to all of it; hyperband or successive_halving only)"))
+    min_data_fraction: Number | None = Field(None, description=(
+        "fidelity data: the share of the training set the epochs up to the first rung train on "
+        "(default 1/reduction_factor^2: 1/9 with hyperband's defaults)"))
+
+    @field_validator("min_data_fraction")
+    @classmethod
+    def _a_share(cls, value: float | None) -> float | None:
+        if value is not None and not 0 < value < 1:
+            raise ValueError(f"must be between 0 and 1 (exclusive) but got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _fraction_with_data(self) -> Budget:
+        if self.min_data_fraction is not None and self.fidelity != "data":
+            raise Problem("min_data_fraction applies to fidelity: data; add fidelity: data or drop it",
+                          "min_data_fraction")
+        return self
 
 
 class EarlyStopping(Section):

@@ -16,9 +16,11 @@ from typing import Any
 from data import DatasetRef
 from data._augment import AugmentParams
 from search.settings import STUDIES_DIR as SETTINGS_STUDIES_DIR
+from search.spec._fidelity import data_fractions, pruner_rungs
 from search.spec._knobs import KNOBS, fits
 from search.spec._schema import DEFAULT_TOP_K, FeatureCacheSection, minimized
 from search.spec._schema_types import PRECISIONS  # noqa: F401 - re-exported: search.spec.PRECISIONS
+from search.spec._strategies import PRUNERS
 
 logger = logging.getLogger(__name__)
 AUGMENT_FIELDS = frozenset(f.name for f in dataclasses.fields(AugmentParams))
@@ -116,6 +118,8 @@ class StudySpec:
     builder_files: dict[str, str] = field(default_factory=dict)  # each user builder used -> its file's sha256
     precision: str = "float32"  # a Keras dtype policy (PRECISIONS)
     jit_compile: bool = False  # True: XLA for every trial; False: Keras's own choice ("auto")
+    fidelity: str = "epochs"  # budget.fidelity: "data" grows the training set at the pruner's rungs
+    min_data_fraction: float | None = None  # budget.min_data_fraction (None: 1/reduction_factor^2)
     dataset_ref: DatasetRef | None = None  # where and how to read `dataset` (None: by name; set after __init__)
 
     def __post_init__(self) -> None:
@@ -156,6 +160,16 @@ class StudySpec:
                     f"choose k below {num_classes}")
         return None
 
+    @property
+    def data_fractions(self) -> tuple[float, ...]:
+        """With fidelity data, the share of the training set each epoch trains on (search.spec._fidelity);
+        () when every epoch trains on all of it."""
+        if self.fidelity != "data":
+            return ()
+        min_resource, reduction_factor = pruner_rungs(self.pruner, self.pruner_options, PRUNERS[self.pruner].defaults)
+        return data_fractions(max_epochs=self.max_epochs, min_resource=min_resource,
+                              reduction_factor=reduction_factor, min_fraction=self.min_data_fraction)
+
     def dimension(self, name: str) -> Dimension | None:
         return next((d for d in self.space if d.name == name), None)
 
@@ -173,6 +187,8 @@ class StudySpec:
             del fields["feature_cache"]["base_precision"]  # the default: studies written before it keep their hash
         if self.fine_tune is not None:  # how many heads are promoted is a budget, not an identity
             fields["fine_tune"] = {k: v for k, v in _jsonable(self.fine_tune).items() if k != "top_k"}
+        if self.fidelity != "epochs":  # what each epoch trains on, as the pruner compares trials by epoch
+            fields["data_fractions"] = [round(f, 6) for f in self.data_fractions]
         # Only when not the default, so that the studies written before them keep their hash.
         fields.update({k: getattr(self, k) for k, default in _HASHED_IF_SET.items() if getattr(self, k) != default})
         return fields

@@ -11,6 +11,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from data import DATASETS, dataset_spec
 from models import PRESETS, base_blocks
+from search.spec._fidelity import RUNG_PRUNERS, pruner_rungs
 from search.spec._knobs import KNOBS, LR_SCHEDULES, SCHEDULE_KNOBS, knob_problem, parameter_problem
 from search.spec._schema import (
     DEFAULT_TOP_K,
@@ -41,7 +42,7 @@ from search.spec._schema_sources import (
     dataset_value,
 )
 from search.spec._schema_types import PRECISIONS, Bool, FailureStreak, NonNegativeInt, Problem, Section, Text
-from search.spec._strategies import objectives_problem
+from search.spec._strategies import PRUNERS, objectives_problem
 
 # The schedules whose rate a missing knob would ruin (ExponentialDecay with rate 0 is 0 after one decay step).
 NEEDS = {"step": ("decay_rate", "decay_epochs"), "exponential": ("decay_rate",)}
@@ -217,7 +218,20 @@ class StudyFile(Section):
                           f"drop {mixing[0]} or the loss", "training", "loss")
         self.sampler.check_builds(self.budget.max_epochs)
         self.pruner.check_builds(self.budget.max_epochs)
+        self._fidelity_fits()
         return self
+
+    def _fidelity_fits(self) -> None:
+        """fidelity: data follows the rungs of hyperband or successive_halving, counted in epochs."""
+        if self.budget.fidelity != "data":
+            return
+        if self.pruner.name not in RUNG_PRUNERS:
+            raise Problem(f"fidelity: data grows the training set at the pruner's rungs, and {self.pruner.name} has "
+                          f"none; use pruner: {' or '.join(RUNG_PRUNERS)}, or fidelity: epochs", "budget", "fidelity")
+        min_resource, _ = pruner_rungs(self.pruner.name, self.pruner.options, PRUNERS[self.pruner.name].defaults)
+        if not isinstance(min_resource, int):
+            raise Problem(f"fidelity: data needs the first rung in epochs, but min_resource is {min_resource!r}; "
+                          "give it as a number of epochs (e.g. 1)", "pruner", "min_resource")
 
 
     def _fine_tune_fits(self) -> None:

@@ -120,7 +120,9 @@ class FineTuning:
         ft = self.spec.fine_tune
         train_params = dataclasses.replace(cfg.train, learning_rate=float(knobs["learning_rate"]),
                                            lr_schedule="constant", warmup_epochs=0.0)
-        options = dataclasses.replace(fit, max_epochs=ft.epochs, patience=min(fit.patience, ft.epochs))
+        # Fine-tuning trials are compared by the median rule, not at rungs: every epoch trains on every image.
+        options = dataclasses.replace(fit, max_epochs=ft.epochs, patience=min(fit.patience, ft.epochs),
+                                      data_fractions=())
         unfreeze, blocks = int(knobs["unfreeze_blocks"]), self.blocks()
         spec, weights, stats = self.spec, self.weights, self.stats
 

@@ -18,11 +18,11 @@ from typing import Literal
 import keras
 import numpy as np
 
-from data import Splits
+from data import Splits, nested_subsets
 from data.preprocessing import normalization_layer, training_model
 from models import BuilderChangedError, BuilderError, BuilderParams, build
 from search.errors import FATAL, FailReason, TrialFailure
-from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig, minimized
+from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig, minimized, stages
 from search.trial._batches import Batches
 from search.trial._constraints import architecture_params
 from search.trial._extras import extras_of, user_callbacks, user_loss
@@ -46,9 +46,10 @@ class NanGuard(keras.callbacks.Callback):
 class EpochLog(keras.callbacks.Callback):
     """One progress line per epoch: trial, epoch, validation accuracy, seconds per epoch."""
 
-    def __init__(self, label: str, max_epochs: int, metric: str = "val_accuracy") -> None:
+    def __init__(self, label: str, max_epochs: int, metric: str = "val_accuracy",
+                 fractions: Sequence[float] = ()) -> None:
         super().__init__()
-        self.label, self.max_epochs, self.metric = label, max_epochs, metric
+        self.label, self.max_epochs, self.metric, self.fractions = label, max_epochs, metric, tuple(fractions)
         self.best = 0.0
         self.curve: list[float] = []
 
@@ -61,8 +62,10 @@ class EpochLog(keras.callbacks.Callback):
         self.curve.append(acc)
         self.best = max(self.best, acc) if math.isfinite(acc) else self.best
         objective = "" if self.metric == "val_accuracy" else f" {self.metric}={float(logs.get(self.metric, 'nan')):.4f}"
-        logger.info("%s epoch %d/%d val_accuracy=%.4f best=%.4f%s loss=%.4f %.1fs/epoch", self.label, epoch + 1,
-                    self.max_epochs, acc, self.best, objective, float(logs.get("loss", float("nan"))),
+        share = self.fractions[epoch] if epoch < len(self.fractions) else 1.0
+        part = "" if share >= 1 else f" (on {share:.0%} of the training set)"
+        logger.info("%s epoch %d/%d%s val_accuracy=%.4f best=%.4f%s loss=%.4f %.1fs/epoch", self.label, epoch + 1,
+                    self.max_epochs, part, acc, self.best, objective, float(logs.get("loss", float("nan"))),
                     time.perf_counter() - self._t0)
 
 
@@ -229,18 +232,27 @@ class FitOptions:
     metric: str = "val_accuracy"  # the objective: early stopping, pruning and the trial's value follow it
     top_k: int = DEFAULT_TOP_K
     extras: dict[str, tuple[str, str]] = field(default_factory=dict)  # the study's training: {kind: (ref, sha256)}
+    # budget.fidelity data: the share of the training set each epoch trains on (() or 1.0: all of it), the
+    # stratified subsets drawn with data_seed (the study's seed: the same images for every trial).
+    data_fractions: tuple[float, ...] = ()
+    data_seed: int = 0
 
     @classmethod
     def for_study(cls, spec: StudySpec, **changes: object) -> FitOptions:
         """The study's options (epochs, patience, precision, XLA, objective metric), with `changes` on top."""
         return dataclasses.replace(cls(max_epochs=spec.max_epochs, patience=spec.patience, precision=spec.precision,
                                        jit_compile=spec.jit_compile, metric=spec.metric, top_k=spec.top_k,
-                                       extras=extras_of(spec)),
+                                       extras=extras_of(spec), data_fractions=spec.data_fractions,
+                                       data_seed=spec.seed),
                                    **changes)
 
     @property
     def mode(self) -> str:
         return "min" if minimized(self.metric) else "max"
+
+    def fractions(self, epochs: int) -> tuple[float, ...]:
+        """The share of the training set each of `epochs` epochs trains on (all of it past the schedule)."""
+        return (*self.data_fractions[:epochs], *(1.0,) * max(0, epochs - len(self.data_fractions)))
 
 
 def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, label: str = "trial",
@@ -253,18 +265,16 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
     keras.utils.set_random_seed(seed)
     try:
         model = compiled_model(cfg, splits, seed, make_model, options)
-        log = EpochLog(label, options.max_epochs, options.metric)
+        log = EpochLog(label, options.max_epochs, options.metric, options.fractions(options.max_epochs))
         stop = keras.callbacks.EarlyStopping(monitor=options.metric, mode=options.mode, patience=options.patience,
                                              restore_best_weights=True)
         val_data, val_batch = validation_data(splits, options.validation_batch, cfg.train.batch_size)
-        data = training_data(cfg, splits, seed)
         started = time.perf_counter()
-        history = model.fit(
-            *data, shuffle=shuffled(data), epochs=options.max_epochs,
-            validation_data=val_data, validation_batch_size=val_batch, verbose=options.verbose,
+        history, images = fit_stages(
+            model, cfg, splits, options, seed=seed, epochs=options.max_epochs,
             callbacks=[keras.callbacks.TerminateOnNaN(), NanGuard(), log, *recipe_callbacks(cfg.train, options.metric),
                        *callbacks, *user_callbacks(options.extras, cfg.knobs), stop],
-        )
+            validation_data=val_data, validation_batch_size=val_batch)
         seconds = time.perf_counter() - started
         accs = [a if math.isfinite(a) else 0.0 for a in history.history.get("val_accuracy", [])]
         if not accs:
@@ -273,7 +283,7 @@ def train(cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, l
         best = best_epoch(values, options.mode)
         result = TrainResult(
             best_val_accuracy=float(max(accs)), best_epoch=best + 1, epochs_run=len(accs), best_value=float(values[best]),
-            train_seconds=seconds, images_per_s=len(accs) * len(splits.x_train) / max(seconds, 1e-9),
+            train_seconds=seconds, images_per_s=images / max(seconds, 1e-9),
             n_params=architecture_params(model), curve=log.curve,
         )
         return result, model
@@ -289,21 +299,93 @@ def fit_all(cfg: TrialConfig, splits: Splits, options: FitOptions, *, epochs: in
             make_model: ModelBuilder | None = None) -> keras.Model:
     """The configuration trained on every image of splits.x_train for `epochs` epochs, validated on
     nothing (scikit-learn's refit): no early stopping, and a `plateau` schedule, which follows the
-    validation metric, keeps its rate. Raises TrialFailure when the loss diverges."""
+    validation metric, keeps its rate. With fidelity by data its epochs train on the study's shares of
+    the images, as the search's did. Raises TrialFailure when the loss diverges."""
     keras.utils.set_random_seed(seed)
     # Compiled with the study's max_epochs, so that a schedule (cosine, warm-up) is where it was at the
     # best epoch in the search, not spread over the refit's epochs.
     model = compiled_model(cfg, splits, seed, make_model, options)
     callbacks = [c for c in recipe_callbacks(cfg.train, options.metric)
                  if not isinstance(c, keras.callbacks.ReduceLROnPlateau)]
-    data = training_data(cfg, splits, seed)
-    history = model.fit(*data, shuffle=shuffled(data), epochs=epochs, verbose=options.verbose,
-                        callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks,
-                                   *user_callbacks(options.extras, cfg.knobs)])
+    history, _ = fit_stages(model, cfg, splits, options, seed=seed, epochs=epochs,
+                            callbacks=[keras.callbacks.TerminateOnNaN(), *callbacks,
+                                       *user_callbacks(options.extras, cfg.knobs)])
     losses = history.history.get("loss", [])
     if not losses or not math.isfinite(losses[-1]):
         raise TrialFailure(FailReason.NAN, f"the loss diverged ({losses[-1:] or 'no epoch'}) training on all the data")
     return model
+
+
+class OneTraining(keras.callbacks.CallbackList):
+    """One CallbackList across the fit calls of a staged training (fidelity by data): its callbacks see
+    one training of all the epochs, on_train_begin before the first stage's first epoch and on_train_end
+    after the last stage, so EarlyStopping keeps its patience and best weights, BackupAndRestore its
+    checkpoint (and restores it once), History every epoch."""
+
+    def __init__(self, callbacks: Sequence[keras.callbacks.Callback], model: keras.Model, *, epochs: int,
+                 verbose: int) -> None:
+        super().__init__(list(callbacks), add_history=True, add_progbar=verbose != 0, model=model, verbose=verbose,
+                         epochs=epochs, steps=None)
+        self.begun = self.ending = False
+
+    @property
+    def history(self) -> keras.callbacks.History:
+        return next(c for c in self.callbacks if isinstance(c, keras.callbacks.History))
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        if not self.begun:
+            self.begun = True
+            super().on_train_begin(logs)
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        if self.ending:
+            super().on_train_end(logs)
+
+
+@contextlib.contextmanager
+def _keeping_raw_weights(optimizer: keras.optimizers.Optimizer | None) -> Iterator[None]:
+    """Keras's fit ends by writing the optimizer's moving averages into the weights (EMA's
+    finalize_variable_values); a stage that is not the last must leave them training."""
+    if optimizer is None:
+        yield
+        return
+    optimizer.finalize_variable_values = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        del optimizer.finalize_variable_values
+
+
+def fit_stages(model: keras.Model, cfg: TrialConfig, splits: Splits, options: FitOptions, *, seed: int, epochs: int,
+               callbacks: Sequence[keras.callbacks.Callback], **validation: object) -> tuple[keras.callbacks.History, int]:
+    """model.fit for `epochs` epochs; with fidelity by data (options.data_fractions), one fit call per
+    run of epochs on one share of the training set (search.spec._fidelity), continuing the epoch count
+    (initial_epoch), the callbacks seeing one training (OneTraining). Returns fit's History and the
+    images trained on."""
+    shares = options.fractions(epochs)
+    plan = stages(shares) if epochs > 0 else []
+    if len(plan) <= 1:
+        data = training_data(cfg, splits, seed)
+        history = model.fit(*data, shuffle=shuffled(data), epochs=epochs, verbose=options.verbose,
+                            callbacks=list(callbacks), **validation)
+        return history, len(history.epoch) * len(splits.y_train)
+    subsets = nested_subsets(splits.y_train, [share for *_, share in plan], options.data_seed)
+    sizes = [len(index) for (first, end, _), index in zip(plan, subsets) for _ in range(first, end)]
+    together = OneTraining(callbacks, model, epochs=epochs, verbose=options.verbose)
+    for i, ((first, end, share), index) in enumerate(zip(plan, subsets)):
+        together.ending = i == len(plan) - 1
+        data = training_data(cfg, splits if share >= 1 else splits.train_subset(index), seed)
+        with contextlib.nullcontext() if together.ending else _keeping_raw_weights(model.optimizer):
+            model.fit(*data, shuffle=shuffled(data), initial_epoch=first, epochs=end, verbose=options.verbose,
+                      callbacks=together, **validation)
+        if model.stop_training and not together.ending:  # early stopping: end the training as fit would
+            if model.optimizer is not None:
+                model.optimizer.finalize_variable_values(model.trainable_weights)
+            together.ending = True
+            together.on_train_end()
+            break
+    history = together.history
+    return history, sum(sizes[e] for e in history.epoch if e < len(sizes))
 
 
 def load_model(path: Path) -> keras.Model:
@@ -367,12 +449,16 @@ def compiled_model(cfg: TrialConfig, splits: Splits, seed: int, make_model: Mode
     with dtype_policy(options.precision):
         model = float32_output((make_model or image_model())(cfg, splits, seed))
         batches = steps_per_epoch(len(splits.y_train), cfg.train.batch_size)
+        # A schedule spans max_epochs of the batches each epoch has: fewer in the epochs of fidelity by data.
+        shares = options.fractions(options.max_epochs)
+        schedule_batches = max(1, round(sum(steps_per_epoch(max(1, round(f * len(splits.y_train))),
+                                                            cfg.train.batch_size) for f in shares) / len(shares)))
         # Accuracy against the integer labels, whatever the loss (label smoothing one-hot encodes inside it;
         # MixUp/CutMix train on mixed one-hot labels, and validate on the integer ones).
         soft = soft_labels(cfg)
         loss = user_loss(options.extras, cfg.knobs) or (
             MixedLabelCrossentropy(cfg.train.label_smoothing) if soft else make_loss(cfg.train))
-        model.compile(optimizer=make_optimizer(cfg.train, batches, options.max_epochs), loss=loss,
+        model.compile(optimizer=make_optimizer(cfg.train, schedule_batches, options.max_epochs), loss=loss,
                       metrics=objective_metrics(options, splits.num_classes, soft=soft),
                       jit_compile=True if options.jit_compile else "auto",
                       steps_per_execution=steps_per_execution(options.steps, architecture_params(model), batches))

@@ -80,6 +80,27 @@ def test_simple_cnns_goal_against_keras_tuner():
     assert peers.verdict("simple_cnn", runs[::2], 3600) is None  # Keras Tuner did not run
 
 
+def test_fidelity_by_data_is_its_own_study_and_its_own_lines():
+    def run(method: str, seed: int, value: float, trials: int) -> Run:
+        return Run("simple_cnn", method, seed, 1200, tuple(Event(100 + i, "pruned", None, 1) for i in range(trials - 1))
+                   + (Event(1100, "complete", value, 15),))
+
+    runs = [run("service", s, 0.60 + s / 100, 4) for s in range(2)] + [
+        run("service-data", s, 0.64 + s / 100, 10) for s in range(2)] + [run("keras-tuner", s, 0.62, 3) for s in range(2)]
+    args = peers.arguments().parse_args(["--seeds", "2", "--methods", "service", "service-data", "keras-tuner"])
+    lines = peers.case_lines("simple_cnn", runs, INFO, args, peers.Path("p.html"))
+    assert lines[-3].startswith("simple_cnn: this service's best validation accuracy 0.6050 against Keras Tuner's "
+                                "Hyperband's 0.6200 (-0.0150) after 1200 s, mean of 2 seeds")
+    assert lines[-2].startswith("simple_cnn (fidelity by data): this service's best validation accuracy 0.6450 "
+                                "against Keras Tuner's Hyperband's 0.6200 (+0.0250)") and lines[-2].endswith("met)")
+    assert lines[-1] == ("simple_cnn: fidelity by data 0.6450 against epochs only 0.6050 (+0.0400) best validation "
+                         "accuracy after 1200 s, 0.50 against 0.20 trials/min, mean of 2 seeds")
+    assert any(line.startswith("    this service, data fid.") for line in lines)
+    # The headline stays the service's own line (epochs only), as before.
+    assert "0.6050 vs Keras Tuner's Hyperband's 0.6200" in current.figure(peers.HEADLINES[1], _section(lines))
+    assert peers.arguments().parse_args([]).methods == ["service", "optuna", "keras-tuner"]
+
+
 def test_every_method_reads_the_shipped_study_seeded_unbounded_and_without_warm_start(tmp_path):
     args = peers.arguments().parse_args(["--max-train", "1000", "--max-val", "500", "--base-epochs", "1"])
     name = peers.write_study(tmp_path, "fc_head", 4, args)
@@ -89,6 +110,12 @@ def test_every_method_reads_the_shipped_study_seeded_unbounded_and_without_warm_
     assert (spec.sampler, spec.sampler_options, spec.trials, spec.warm_start) == ("tpe", {"seed": 4},
                                                                                   peers.UNBOUNDED_TRIALS, ())
     assert (spec.max_train, spec.max_val, spec.feature_cache.base_epochs) == (1000, 500, 1)
+    data = load_spec(peers.write_study(tmp_path, "simple_cnn", 4, args, "service-data"), studies_dir=tmp_path,
+                     **peers.OVERRIDES)
+    epochs = load_spec(peers.write_study(tmp_path, "simple_cnn", 4, args), studies_dir=tmp_path, **peers.OVERRIDES)
+    assert data.name == "peers_simple_cnn_s4_data" and data.space == epochs.space
+    assert (data.fidelity, epochs.fidelity) == ("data", "epochs") and data.data_fractions[:4] == pytest.approx(
+        (1 / 9, 1 / 3, 1 / 3, 1))
     warm = peers.write_study(tmp_path, "fc_head", 0, peers.arguments().parse_args(["--warm-start"]))
     assert load_spec(warm, studies_dir=tmp_path).warm_start == shipped.warm_start != ()
 
