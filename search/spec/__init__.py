@@ -6,7 +6,7 @@ is checked, and `status` runs, without Keras.
 """
 
 from search.spec._data import load_data, streams, study_folds, study_splits
-from search.spec._fidelity import FIDELITIES, data_fractions, describe_fractions, stages
+from search.spec._fidelity import FIDELITIES, data_fractions, describe_fractions, full_data_epoch, percent, stages
 from search.spec._knobs import KNOBS, LR_SCHEDULES, OPTIMIZERS, parameter_knob
 from search.spec._load import available_studies, load_spec, parse_spec, profiles, study_path
 from search.spec._schema import CONSTRAINTS, DEFAULT_TOP_K, OBJECTIVE_METRICS, minimized
@@ -54,6 +54,7 @@ __all__ = [
     "check_builders",
     "data_fractions",
     "describe_fractions",
+    "full_data_epoch",
     "load_data",
     "load_spec",
     "minimized",
@@ -61,6 +62,7 @@ __all__ = [
     "make_sampler",
     "parameter_knob",
     "parse_spec",
+    "percent",
     "profiles",
     "study_json_schema",
     "streams",

@@ -15,6 +15,7 @@ import yaml
 from pydantic import ValidationError
 
 from search.errors import StudySpecError
+from search.spec._fidelity import full_data_epoch, percent
 from search.spec._knobs import parameter_knob
 from search.spec._schema import (
     DEFAULT_TOP_K,
@@ -76,8 +77,13 @@ def parse_spec(text: str, *, name: str, where: str = "<study>", **overrides: Any
     except ValidationError as exc:
         raise spec_error(exc, where) from None
     spec = _to_spec(study, name)
-    return spec if "profile" not in overrides else _with_profile(spec, overrides["profile"],
+    spec = spec if "profile" not in overrides else _with_profile(spec, overrides["profile"],
                                                                  trials_given="trials" in overrides)
+    if spec.data_fractions and full_data_epoch(spec.data_fractions) is None:
+        logger.warning("%s: with fidelity: data and max_epochs %d no epoch trains on all the training set (at most %s "
+                       "of it): raise budget.max_epochs or min_data_fraction for trials that see all of it", name,
+                       spec.max_epochs, percent(max(spec.data_fractions)))
+    return spec
 
 
 MAX_ALIASES = 100  # a study file may reuse a mapping with &anchor / *alias; "a billion laughs" may not

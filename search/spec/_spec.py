@@ -16,7 +16,7 @@ from typing import Any
 from data import DatasetRef
 from data._augment import AugmentParams
 from search.settings import STUDIES_DIR as SETTINGS_STUDIES_DIR
-from search.spec._fidelity import data_fractions, pruner_rungs
+from search.spec._fidelity import data_fractions, rung_options
 from search.spec._knobs import KNOBS, fits
 from search.spec._schema import DEFAULT_TOP_K, FeatureCacheSection, minimized
 from search.spec._schema_types import PRECISIONS  # noqa: F401 - re-exported: search.spec.PRECISIONS
@@ -164,11 +164,10 @@ class StudySpec:
     def data_fractions(self) -> tuple[float, ...]:
         """With fidelity data, the share of the training set each epoch trains on (search.spec._fidelity);
         () when every epoch trains on all of it."""
-        if self.fidelity != "data":
+        rungs = rung_options(self.pruner, self.pruner_options, PRUNERS[self.pruner].defaults)
+        if self.fidelity != "data" or rungs is None:  # no rungs (a benchmark's pruner: none): every epoch on all
             return ()
-        min_resource, reduction_factor = pruner_rungs(self.pruner, self.pruner_options, PRUNERS[self.pruner].defaults)
-        return data_fractions(max_epochs=self.max_epochs, min_resource=min_resource,
-                              reduction_factor=reduction_factor, min_fraction=self.min_data_fraction)
+        return data_fractions(max_epochs=self.max_epochs, min_fraction=self.min_data_fraction, **rungs)
 
     def dimension(self, name: str) -> Dimension | None:
         return next((d for d in self.space if d.name == name), None)

@@ -11,7 +11,7 @@ from pydantic import ConfigDict, Field, ValidationInfo, field_validator, model_v
 
 from data import DATASETS, dataset_spec
 from models import PRESETS, base_blocks
-from search.spec._fidelity import RUNG_PRUNERS, pruner_rungs
+from search.spec._fidelity import RUNG_PRUNERS, rung_options
 from search.spec._knobs import KNOBS, LR_SCHEDULES, SCHEDULE_KNOBS, knob_problem, parameter_problem
 from search.spec._schema import (
     DEFAULT_TOP_K,
@@ -225,10 +225,12 @@ class StudyFile(Section):
         """fidelity: data follows the rungs of hyperband or successive_halving, counted in epochs."""
         if self.budget.fidelity != "data":
             return
-        if self.pruner.name not in RUNG_PRUNERS:
-            raise Problem(f"fidelity: data grows the training set at the pruner's rungs, and {self.pruner.name} has "
-                          f"none; use pruner: {' or '.join(RUNG_PRUNERS)}, or fidelity: epochs", "budget", "fidelity")
-        min_resource, _ = pruner_rungs(self.pruner.name, self.pruner.options, PRUNERS[self.pruner.name].defaults)
+        rungs = rung_options(self.pruner.name, self.pruner.options, PRUNERS[self.pruner.name].defaults)
+        if rungs is None:
+            raise Problem(f"fidelity: data grows the training set at the pruner's rungs, and pruner {self.pruner.name} "
+                          f"has no rungs; use pruner: {' or '.join(RUNG_PRUNERS)}, or fidelity: epochs",
+                          "budget", "fidelity")
+        min_resource = rungs["min_resource"]
         if not isinstance(min_resource, int):
             raise Problem(f"fidelity: data needs the first rung in epochs, but min_resource is {min_resource!r}; "
                           "give it as a number of epochs (e.g. 1)", "pruner", "min_resource")

@@ -45,10 +45,13 @@ def memory_in_use_mib() -> float:
 
 
 class ConstraintWatch(keras.callbacks.Callback):
-    """Measures each limited quantity during fit; `violations()` gives them as Optuna's constraints."""
+    """Measures each limited quantity during fit; `violations()` gives them as Optuna's constraints.
+    `shares`: with fidelity by data, the share of the training set each epoch trains on; an epoch's
+    seconds are divided by it, so that epoch_seconds is the pace of an epoch on all of it."""
 
-    def __init__(self, limits: dict[str, float]) -> None:
+    def __init__(self, limits: dict[str, float], shares: tuple[float, ...] = ()) -> None:
         super().__init__()
+        self.shares = shares
         unknown = set(limits) - set(CONSTRAINTS)
         if unknown:
             raise ValueError(f"unknown constraint(s) {sorted(unknown)}; known: {', '.join(CONSTRAINTS)}")
@@ -73,7 +76,7 @@ class ConstraintWatch(keras.callbacks.Callback):
         self._started = time.perf_counter()
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        seconds = time.perf_counter() - self._started
+        seconds = (time.perf_counter() - self._started) / (self.shares[epoch] if epoch < len(self.shares) else 1.0)
         self._memory()
         if self._first_epoch is None:
             self._first_epoch = epoch  # it compiled the steps: judged only if no other epoch follows

@@ -142,7 +142,8 @@ class Objective:
         cfg = trial_config(self.spec, values, input_shape=self.image_shape, num_classes=self.splits.num_classes)
         # First: a model over max_params is not trained. A fine-tuning trial (its head was feasible) is
         # not held to limits set for heads: its model is the base and the head, on images.
-        watch = ConstraintWatch({} if self.confirming or knobs else self.spec.constraints)
+        watch = ConstraintWatch({} if self.confirming or knobs else self.spec.constraints,
+                                shares=() if knobs else self.fit.data_fractions)
         guard = TrialGuard(trial, self.stop, after_checkpoint=False)
         callbacks: list[keras.callbacks.Callback] = [watch, PhaseCallback(timer), guard]
         if knobs and not self.confirming:  # the median rule among the fine-tuning trials (search.study._fine_tune)

@@ -22,7 +22,8 @@ from data import Splits, nested_subsets
 from data.preprocessing import normalization_layer, training_model
 from models import BuilderChangedError, BuilderError, BuilderParams, build
 from search.errors import FATAL, FailReason, TrialFailure
-from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig, minimized, stages
+from search.spec import DEFAULT_TOP_K, PRECISIONS, StudySpec, TrialConfig, minimized, percent, stages
+from search.study import restart_from_epoch
 from search.trial._batches import Batches
 from search.trial._constraints import architecture_params
 from search.trial._extras import extras_of, user_callbacks, user_loss
@@ -63,7 +64,7 @@ class EpochLog(keras.callbacks.Callback):
         self.best = max(self.best, acc) if math.isfinite(acc) else self.best
         objective = "" if self.metric == "val_accuracy" else f" {self.metric}={float(logs.get(self.metric, 'nan')):.4f}"
         share = self.fractions[epoch] if epoch < len(self.fractions) else 1.0
-        part = "" if share >= 1 else f" (on {share:.0%} of the training set)"
+        part = "" if share >= 1 else f" (on {percent(share)} of the training set)"
         logger.info("%s epoch %d/%d%s val_accuracy=%.4f best=%.4f%s loss=%.4f %.1fs/epoch", self.label, epoch + 1,
                     self.max_epochs, part, acc, self.best, objective, float(logs.get("loss", float("nan"))),
                     time.perf_counter() - self._t0)
@@ -299,11 +300,12 @@ def fit_all(cfg: TrialConfig, splits: Splits, options: FitOptions, *, epochs: in
             make_model: ModelBuilder | None = None) -> keras.Model:
     """The configuration trained on every image of splits.x_train for `epochs` epochs, validated on
     nothing (scikit-learn's refit): no early stopping, and a `plateau` schedule, which follows the
-    validation metric, keeps its rate. With fidelity by data its epochs train on the study's shares of
-    the images, as the search's did. Raises TrialFailure when the loss diverges."""
+    validation metric, keeps its rate. Every epoch trains on all the images, fidelity by data or not:
+    this is the final model, not a rung. Raises TrialFailure when the loss diverges."""
     keras.utils.set_random_seed(seed)
     # Compiled with the study's max_epochs, so that a schedule (cosine, warm-up) is where it was at the
     # best epoch in the search, not spread over the refit's epochs.
+    options = dataclasses.replace(options, data_fractions=())
     model = compiled_model(cfg, splits, seed, make_model, options)
     callbacks = [c for c in recipe_callbacks(cfg.train, options.metric)
                  if not isinstance(c, keras.callbacks.ReduceLROnPlateau)]
@@ -360,29 +362,42 @@ def fit_stages(model: keras.Model, cfg: TrialConfig, splits: Splits, options: Fi
                callbacks: Sequence[keras.callbacks.Callback], **validation: object) -> tuple[keras.callbacks.History, int]:
     """model.fit for `epochs` epochs; with fidelity by data (options.data_fractions), one fit call per
     run of epochs on one share of the training set (search.spec._fidelity), continuing the epoch count
-    (initial_epoch), the callbacks seeing one training (OneTraining). Returns fit's History and the
-    images trained on."""
+    (initial_epoch), the callbacks seeing one training (OneTraining). A checkpoint restored at the
+    training's start (BackupAndRestore) resumes at its epoch, with that epoch's share. Returns fit's
+    History and the images trained on."""
     shares = options.fractions(epochs)
-    plan = stages(shares) if epochs > 0 else []
-    if len(plan) <= 1:
+    if all(share >= 1 for share in shares):
         data = training_data(cfg, splits, seed)
         history = model.fit(*data, shuffle=shuffled(data), epochs=epochs, verbose=options.verbose,
                             callbacks=list(callbacks), **validation)
         return history, len(history.epoch) * len(splits.y_train)
+    plan = stages(shares)
     subsets = nested_subsets(splits.y_train, [share for *_, share in plan], options.data_seed)
     sizes = [len(index) for (first, end, _), index in zip(plan, subsets) for _ in range(first, end)]
     together = OneTraining(callbacks, model, epochs=epochs, verbose=options.verbose)
+    # Begun here, not by the first fit: a restored checkpoint's epoch (Keras keeps it in the model's
+    # _initial_epoch, which every later fit would start from) is where the stages resume.
+    together.on_train_begin()
+    resume = int(getattr(model, "_initial_epoch", None) or 0)
+    restart_from_epoch(model, 0)
+    last = max(i for i, (_, end, _) in enumerate(plan) if end > resume) if resume < epochs else len(plan) - 1
     for i, ((first, end, share), index) in enumerate(zip(plan, subsets)):
-        together.ending = i == len(plan) - 1
+        if end <= resume and i != last:
+            continue
+        together.ending = i == last
         data = training_data(cfg, splits if share >= 1 else splits.train_subset(index), seed)
+        batches = len(data[0]) if data[1] is None else steps_per_epoch(len(data[1]), cfg.train.batch_size)
+        together.set_params({**together.params, "steps": batches})  # the progress bar's, the timer's
         with contextlib.nullcontext() if together.ending else _keeping_raw_weights(model.optimizer):
-            model.fit(*data, shuffle=shuffled(data), initial_epoch=first, epochs=end, verbose=options.verbose,
-                      callbacks=together, **validation)
+            model.fit(*data, shuffle=shuffled(data), initial_epoch=max(first, resume), epochs=end,
+                      verbose=options.verbose, callbacks=together, **validation)
         if model.stop_training and not together.ending:  # early stopping: end the training as fit would
             if model.optimizer is not None:
                 model.optimizer.finalize_variable_values(model.trainable_weights)
             together.ending = True
-            together.on_train_end()
+            together.on_train_end({key: values[-1] for key, values in together.history.history.items()})
+            break
+        if together.ending:
             break
     history = together.history
     return history, sum(sizes[e] for e in history.epoch if e < len(sizes))

@@ -114,8 +114,8 @@ def test_every_method_reads_the_shipped_study_seeded_unbounded_and_without_warm_
                      **peers.OVERRIDES)
     epochs = load_spec(peers.write_study(tmp_path, "simple_cnn", 4, args), studies_dir=tmp_path, **peers.OVERRIDES)
     assert data.name == "peers_simple_cnn_s4_data" and data.space == epochs.space
-    assert (data.fidelity, epochs.fidelity) == ("data", "epochs") and data.data_fractions[:4] == pytest.approx(
-        (1 / 9, 1 / 3, 1 / 3, 1))
+    assert (data.fidelity, epochs.fidelity) == ("data", "epochs") and data.data_fractions[:5] == pytest.approx(
+        (1 / 9, 1 / 9, 1 / 3, 1 / 3, 1))
     warm = peers.write_study(tmp_path, "fc_head", 0, peers.arguments().parse_args(["--warm-start"]))
     assert load_spec(warm, studies_dir=tmp_path).warm_start == shipped.warm_start != ()
 

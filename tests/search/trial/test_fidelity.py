@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import optuna
 import pytest
 from helpers.synthetic import ONE_TRIAL_STUDY
 
@@ -13,6 +14,7 @@ from search import parse_spec
 from search.errors import StudySpecError
 from search.spec import data_fractions, describe_fractions, stages
 from search.spec._space import trial_config
+from search.trial import _train
 from search.trial._train import FitOptions, _keeping_raw_weights, compiled_model, fit_all, fit_stages, train
 
 CLASSES = ("a", "b", "c")
@@ -25,36 +27,61 @@ def _study(budget: str, pruner: str = "hyperband") -> str:
 
 
 def test_the_schedule_follows_the_rungs():
-    # Hyperband's defaults (min_resource 1, reduction_factor 3): rungs at epochs 1, 3, 9.
-    assert data_fractions(max_epochs=5, min_resource=1, reduction_factor=3) == pytest.approx(
-        (1 / 9, 1 / 3, 1 / 3, 1, 1))
-    # Rungs at 2 and 6; a first share of its own; capped at the whole set.
+    # Hyperband's defaults (min_resource 1, reduction_factor 3): rungs at steps 1, 3, 9 (epochs 2, 4, 10).
+    assert data_fractions(max_epochs=6, min_resource=1, reduction_factor=3) == pytest.approx(
+        (1 / 9, 1 / 9, 1 / 3, 1 / 3, 1, 1))
+    # Rungs at steps 2 and 6; a first share of its own; capped at the whole set.
     assert data_fractions(max_epochs=8, min_resource=2, reduction_factor=3, min_fraction=0.2) == pytest.approx(
-        (0.2, 0.2, 0.6, 0.6, 0.6, 0.6, 1, 1))
-    assert data_fractions(max_epochs=4, min_resource=1, reduction_factor=2) == (0.25, 0.5, 1, 1)
+        (0.2, 0.2, 0.2, 0.6, 0.6, 0.6, 0.6, 1))
+    assert data_fractions(max_epochs=4, min_resource=1, reduction_factor=2) == (0.25, 0.25, 0.5, 1)
+    # successive_halving's min_early_stopping_rate moves its first rung: steps 3 and 9.
+    assert data_fractions(max_epochs=11, min_resource=1, reduction_factor=3, min_early_stopping_rate=1) == (
+        pytest.approx((*[1 / 9] * 4, *[1 / 3] * 6, 1)))
     assert stages((0.25, 0.5, 0.5, 1, 1)) == [(0, 1, 0.25), (1, 3, 0.5), (3, 5, 1)]
-    assert describe_fractions((1 / 9, 1 / 3, 1 / 3, 1)) == (
-        "epoch 1: 11% of the training set; epochs 2-3: 33%; epoch 4: all of it")
+    assert describe_fractions((1 / 9, 1 / 9, 1 / 3, 1)) == (
+        "epochs 1-2: 11% of the training set; epoch 3: 33%; epoch 4: all of it")
+    assert describe_fractions((0.004, 1)) == "epoch 1: 0.40% of the training set; epoch 2: all of it"
     with pytest.raises(ValueError, match="reduction_factor >= 2"):
         data_fractions(max_epochs=3, min_resource=1, reduction_factor=1)
 
 
-def test_a_study_file_states_it_and_it_is_part_of_the_identity():
-    spec = parse_spec(_study("{trials: 4, max_epochs: 5, fidelity: data}"), name="f")
-    assert spec.data_fractions == pytest.approx((1 / 9, 1 / 3, 1 / 3, 1, 1))
-    epochs = parse_spec(_study("{trials: 4, max_epochs: 5}"), name="f")
-    assert epochs.data_fractions == () and epochs.space_hash() != spec.space_hash()
-    # The pruner's options move the rungs, so they move the schedule and the hash with it.
-    halving = parse_spec(_study("{trials: 4, max_epochs: 5, fidelity: data}",
-                                "{name: successive_halving, min_resource: 2, reduction_factor: 2}"), name="f")
-    assert halving.data_fractions == (0.25, 0.25, 0.5, 0.5, 1) and halving.space_hash() != spec.space_hash()
-    assert parse_spec(_study("{max_epochs: 3, fidelity: data, min_data_fraction: 0.5}"),
-                      name="f").data_fractions == (0.5, 1, 1)
+@pytest.mark.parametrize("pruner", [
+    optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
+    optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=2, min_early_stopping_rate=1),
+    optuna.pruners.HyperbandPruner(min_resource=1, max_resource=12, reduction_factor=3),
+])
+def test_each_share_ends_at_the_step_optunas_pruner_judges_its_rung(pruner):
+    """Reported as KerasPruningCallback reports (epoch e at step e), a trial passes rung k at the last
+    epoch of the k-th share: the pruner compares trials exactly when they finish a share."""
+    if isinstance(pruner, optuna.pruners.HyperbandPruner):
+        options, rate = {"min_resource": 1, "reduction_factor": 3}, 0
+    else:
+        options, rate = {"min_resource": pruner._min_resource, "reduction_factor": pruner._reduction_factor}, (
+            pruner._min_early_stopping_rate)
+    shares = data_fractions(max_epochs=12, min_early_stopping_rate=rate, **options)
+    study = optuna.create_study(pruner=pruner, direction="maximize")
+    for number in range(4):  # a few trials, so that Hyperband's brackets fill
+        trial = study.ask()
+        judged = {}
+        for step in range(12):
+            trial.report(0.1 * number + 0.01 * step, step)
+            trial.should_prune()
+            rungs = {k for k in study._storage.get_trial(trial._trial_id).system_attrs if k.startswith("completed_rung_")}
+            for key in rungs - set(judged):
+                judged[key] = step
+        study.tell(trial, 0.5)
+        ends = [end - 1 for _, end, share in stages(shares) if share < 1]
+        bracket_rate = 0
+        if isinstance(pruner, optuna.pruners.HyperbandPruner):  # a later bracket starts at a later rung
+            bracket_rate = pruner._get_bracket_id(study, trial)
+        expected = ends[bracket_rate:]
+        assert sorted(judged.values())[:len(expected)] == expected
 
 
 @pytest.mark.parametrize(("budget", "pruner", "where", "says"), [
-    ("{fidelity: data}", "median", "budget.fidelity", "median has none; use pruner: hyperband or successive_halving"),
-    ("{fidelity: data}", "none", "budget.fidelity", "none has none"),
+    ("{fidelity: data}", "median", "budget.fidelity",
+     "pruner median has no rungs; use pruner: hyperband or successive_halving"),
+    ("{fidelity: data}", "none", "budget.fidelity", "pruner none has no rungs"),
     ("{fidelity: data}", "{name: successive_halving, min_resource: auto}", "pruner.min_resource",
      "give it as a number of epochs"),
     ("{min_data_fraction: 0.2}", "hyperband", "budget.min_data_fraction", "add fidelity: data or drop it"),
@@ -104,6 +131,7 @@ class Seen(keras.callbacks.Callback):
         super().__init__()
         self.begins = self.ends = self._batches = 0
         self.epochs: list[tuple[int, int]] = []  # (epoch, batches)
+        self.steps: list[int | None] = []  # each epoch's params["steps"]
         self.fail_after = fail_after
 
     def on_train_begin(self, logs=None):
@@ -117,6 +145,7 @@ class Seen(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         self.epochs.append((epoch, self._batches))
+        self.steps.append(self.params.get("steps"))
         self._batches = 0
         if epoch == self.fail_after:
             raise RuntimeError("the worker was killed")
@@ -134,60 +163,115 @@ def test_each_epoch_trains_on_its_share_and_the_callbacks_see_one_training():
     splits, seen = _splits(), Seen()  # 810 training images: 90, 270, then 810 (3, 9, 27 batches of 30)
     result, model = train(cfg, splits, FitOptions.for_study(spec, patience=10), seed=0, callbacks=[seen],
                           make_model=_dense)
-    assert seen.epochs == [(0, 3), (1, 9), (2, 9), (3, 27), (4, 27), (5, 27)]
-    assert (seen.begins, seen.ends) == (1, 1)
+    assert seen.epochs == [(0, 3), (1, 3), (2, 9), (3, 9), (4, 27), (5, 27)]
+    assert (seen.begins, seen.ends) == (1, 1) and seen.steps == [3, 3, 9, 9, 27, 27]  # the progress bar's target
     assert result.epochs_run == 6 and len(result.curve) == 6 and result.best_val_accuracy >= 0.9
-    assert result.images_per_s * result.train_seconds == pytest.approx(90 + 2 * 270 + 3 * 810)
+    assert result.images_per_s * result.train_seconds == pytest.approx(2 * 90 + 2 * 270 + 2 * 810)
     # The same study with fidelity by epochs: every epoch on all 810.
     spec, cfg = _config("{max_epochs: 2}")
     seen = Seen()
     train(cfg, splits, FitOptions.for_study(spec, patience=10), seed=0, callbacks=[seen], make_model=_dense)
     assert seen.epochs == [(0, 27), (1, 27)]
-
-
-def test_early_stopping_counts_its_patience_across_the_shares():
-    """A rate of 0 never improves: patience 1 stops after epoch 2, in the middle of the 1/3 share; the
-    training ends there, once, and the best epoch's weights are restored."""
-    spec, cfg = _config("{max_epochs: 6, fidelity: data}", learning_rate=0.0)
+    # One epoch, on a share: a single stage still trains on its share.
+    spec, cfg = _config("{max_epochs: 1, fidelity: data}")
     seen = Seen()
-    result, _ = train(cfg, _splits(), FitOptions.for_study(spec, patience=1), seed=0, callbacks=[seen],
-                      make_model=_dense)
-    assert [epoch for epoch, _ in seen.epochs] == [0, 1] and result.epochs_run == 2
+    train(cfg, splits, FitOptions.for_study(spec, patience=10), seed=0, callbacks=[seen], make_model=_dense)
+    assert seen.epochs == [(0, 3)]
+
+
+class Zeroed(keras.callbacks.Callback):
+    """Puts zeros into the weights at the end of epoch `at` (before EarlyStopping's turn)."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def on_train_begin(self, logs=None):
+        self.initial = [np.array(w) for w in self.model.get_weights()]
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.at:
+            self.model.set_weights([np.zeros_like(w) for w in self.model.get_weights()])
+
+
+def test_early_stopping_counts_its_patience_across_the_shares_and_restores_the_best_weights():
+    """A rate of 0 never improves: patience 2 stops after epoch 3, in the middle of the 1/3 share (epochs
+    3-4); the training ends there, once, and EarlyStopping's end restores the best (first) epoch's
+    weights over the zeros a callback wrote at epoch 3."""
+    spec, cfg = _config("{max_epochs: 6, fidelity: data}", learning_rate=0.0)
+    seen, zeroed = Seen(), Zeroed(at=2)
+    result, model = train(cfg, _splits(), FitOptions.for_study(spec, patience=2), seed=0, callbacks=[seen, zeroed],
+                          make_model=_dense)
+    assert [epoch for epoch, _ in seen.epochs] == [0, 1, 2] and result.epochs_run == 3
     assert (seen.begins, seen.ends) == (1, 1) and result.best_epoch == 1
+    for restored, initial in zip(model.get_weights(), zeroed.initial):
+        np.testing.assert_array_equal(restored, initial)
 
 
-def test_a_resumed_training_goes_on_with_the_share_of_its_epoch(tmp_path):
-    """Killed after epoch 5 (on all the data) with Keras's BackupAndRestore, the next attempt restores
-    it once and trains epochs 5-6 on all the data, not the first stages' shares again."""
+@pytest.mark.parametrize("killed_after", [0, 1, 2, 4])
+def test_a_resumed_training_goes_on_from_its_epoch_with_that_epochs_share(tmp_path, killed_after):
+    """Killed after an epoch with Keras's BackupAndRestore, the next attempt restores it once and
+    trains each remaining epoch once, on its own share: not the first stages' shares again, nor an
+    epoch twice (Keras's fit starts every call at the restored epoch unless told otherwise)."""
     spec, cfg = _config("{max_epochs: 6, fidelity: data}")
     options = FitOptions.for_study(spec, patience=10)
-    first = Seen(fail_after=4)
+    first = Seen(fail_after=killed_after)
     with pytest.raises(RuntimeError, match="killed"):
         train(cfg, _splits(), options, seed=0, make_model=_dense,
               callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), first])
-    assert [epoch for epoch, _ in first.epochs] == [0, 1, 2, 3, 4]
+    assert [epoch for epoch, _ in first.epochs] == list(range(killed_after + 1))
     keras.backend.clear_session()
     again = Seen()
     result, _ = train(cfg, _splits(), options, seed=0, make_model=_dense,
                       callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup")), again])
-    assert again.epochs == [(5, 27)] and (again.begins, again.ends) == (1, 1) and result.epochs_run == 1
+    batches = [3, 3, 9, 9, 27, 27]
+    assert again.epochs == [(e, batches[e]) for e in range(killed_after + 1, 6)]
+    assert (again.begins, again.ends) == (1, 1) and result.epochs_run == 5 - killed_after
 
 
-def test_a_refit_past_the_schedule_trains_its_later_epochs_on_everything():
-    """fit_all's path (no validation): epochs past max_epochs train on all the data."""
+def test_a_refit_trains_every_epoch_on_all_the_data_and_fit_stages_past_the_schedule_too(monkeypatch):
     spec, cfg = _config("{max_epochs: 3, fidelity: data}")
     options, seen = FitOptions.for_study(spec), Seen()
     splits = _splits()
     model = compiled_model(cfg, splits, 0, _dense, options)
     history, images = fit_stages(model, cfg, splits, options, seed=0, epochs=5, callbacks=[seen])
-    assert seen.epochs == [(0, 3), (1, 9), (2, 9), (3, 27), (4, 27)] and history.epoch == [0, 1, 2, 3, 4]
-    assert images == 90 + 2 * 270 + 2 * 810 and (seen.begins, seen.ends) == (1, 1)
-    assert options.fractions(5) == pytest.approx((1 / 9, 1 / 3, 1 / 3, 1, 1))
-    assert isinstance(fit_all(cfg, splits, options, epochs=4, seed=0, make_model=_dense), keras.Model)
+    assert seen.epochs == [(0, 3), (1, 3), (2, 9), (3, 27), (4, 27)] and history.epoch == [0, 1, 2, 3, 4]
+    assert images == 2 * 90 + 270 + 2 * 810 and (seen.begins, seen.ends) == (1, 1)
+    assert options.fractions(5) == pytest.approx((1 / 9, 1 / 9, 1 / 3, 1, 1))
+    refit = Seen()
+
+    def counted(model, cfg, splits, options, *, callbacks, **kwargs):
+        return fit_stages(model, cfg, splits, options, callbacks=[*callbacks, refit], **kwargs)
+
+    monkeypatch.setattr(_train, "fit_stages", counted)
+    fit_all(cfg, splits, options, epochs=2, seed=0, make_model=_dense)
+    assert refit.epochs == [(0, 27), (1, 27)]
 
 
-def test_a_stage_before_the_last_leaves_the_moving_averages_out_of_the_weights():
+class Averages(keras.callbacks.Callback):
+    """At the start of each epoch: whether the weights equal the optimizer's moving averages."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.equal: list[bool] = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        optimizer = self.model.optimizer
+        pairs = [(v, optimizer._model_variables_moving_average[optimizer._get_variable_index(v)])
+                 for v in self.model.trainable_variables]
+        self.equal.append(all(np.array_equal(keras.ops.convert_to_numpy(v), keras.ops.convert_to_numpy(a))
+                              for v, a in pairs))
+
+
+def test_a_share_before_the_last_leaves_the_moving_averages_out_of_the_weights():
     """EMA: Keras's fit ends by writing the averages into the weights; between two shares it must not."""
+    spec, cfg = _config("{max_epochs: 5, fidelity: data}", ema=True)
+    averages = Averages()
+    train(cfg, _splits(), FitOptions.for_study(spec, patience=10), seed=0, callbacks=[averages], make_model=_dense)
+    assert averages.equal == [False] * 5  # epochs 3 and 5 begin new shares: the weights still the raw ones
+
+
+def test_keeping_raw_weights_is_undone_after_its_stage():
     variable = keras.Variable(np.ones(2, "float32"))
     optimizer = keras.optimizers.Adam(use_ema=True)
     optimizer.build([variable])
@@ -196,6 +280,4 @@ def test_a_stage_before_the_last_leaves_the_moving_averages_out_of_the_weights()
         optimizer.finalize_variable_values([variable])
     np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), 5.0)
     optimizer.finalize_variable_values([variable])  # the last stage's fit: the average written in
-    average = optimizer._model_variables_moving_average[0]
     assert (keras.ops.convert_to_numpy(variable) != 5.0).all()
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(variable), keras.ops.convert_to_numpy(average))
