@@ -20,6 +20,4 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     print(f"{spec.name}: valid ({len(spec.space)} knobs, {len(spec.warm_start)} warm starts, hash {spec.space_hash()})")
     if spec.data_fractions:
         print(f"  fidelity by data: {describe_fractions(spec.data_fractions)}")
-        if 1.0 not in spec.data_fractions:
-            print(f"  no epoch trains on all the training set: raise budget.max_epochs (now {spec.max_epochs})")
     return 0

@@ -41,7 +41,8 @@ def data_fractions(*, max_epochs: int, min_resource: int, reduction_factor: int,
         rung = 0  # the rung this step leads to: the first at or after it
         while min_resource * reduction_factor ** (min_early_stopping_rate + rung) < step:
             rung += 1
-        fractions.append(min(1.0, first * reduction_factor ** rung))
+        share = first * reduction_factor ** rung
+        fractions.append(1.0 if share >= 1.0 - 1e-9 else share)  # 1/49 * 49 is 0.9999999999999999
     return tuple(fractions)
 
 

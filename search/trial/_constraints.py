@@ -47,7 +47,8 @@ def memory_in_use_mib() -> float:
 class ConstraintWatch(keras.callbacks.Callback):
     """Measures each limited quantity during fit; `violations()` gives them as Optuna's constraints.
     `shares`: with fidelity by data, the share of the training set each epoch trains on; an epoch's
-    seconds are divided by it, so that epoch_seconds is the pace of an epoch on all of it."""
+    training seconds are divided by it (its validation, on the whole validation split, is not), so that
+    epoch_seconds is the pace of an epoch on all of it."""
 
     def __init__(self, limits: dict[str, float], shares: tuple[float, ...] = ()) -> None:
         super().__init__()
@@ -60,6 +61,7 @@ class ConstraintWatch(keras.callbacks.Callback):
         self._started = 0.0
         self._baseline = 0.0
         self._paced = False  # an epoch after a fit's first has been timed (the first traces the functions)
+        self._validating = 0.0  # seconds of this epoch's validation
         self._first_epoch: int | None = None
 
     def on_train_begin(self, logs: dict | None = None) -> None:
@@ -73,10 +75,17 @@ class ConstraintWatch(keras.callbacks.Callback):
         self._first_epoch = None  # each fit (a fold of data.folds) traces its functions again
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._started = time.perf_counter()
+        self._started, self._validating = time.perf_counter(), 0.0
+
+    def on_test_begin(self, logs: dict | None = None) -> None:
+        self._test_started = time.perf_counter()
+
+    def on_test_end(self, logs: dict | None = None) -> None:  # fit's validation, inside the epoch
+        self._validating += time.perf_counter() - self._test_started
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        seconds = (time.perf_counter() - self._started) / (self.shares[epoch] if epoch < len(self.shares) else 1.0)
+        share = self.shares[epoch] if epoch < len(self.shares) else 1.0
+        seconds = (time.perf_counter() - self._started - self._validating) / share + self._validating
         self._memory()
         if self._first_epoch is None:
             self._first_epoch = epoch  # it compiled the steps: judged only if no other epoch follows

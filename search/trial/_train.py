@@ -304,7 +304,8 @@ def fit_all(cfg: TrialConfig, splits: Splits, options: FitOptions, *, epochs: in
     this is the final model, not a rung. Raises TrialFailure when the loss diverges."""
     keras.utils.set_random_seed(seed)
     # Compiled with the study's max_epochs, so that a schedule (cosine, warm-up) is where it was at the
-    # best epoch in the search, not spread over the refit's epochs.
+    # best epoch in the search, not spread over the refit's epochs. (With fidelity by data the search's
+    # early epochs were shorter: the refit's schedule, over full epochs, is a little further along.)
     options = dataclasses.replace(options, data_fractions=())
     model = compiled_model(cfg, splits, seed, make_model, options)
     callbacks = [c for c in recipe_callbacks(cfg.train, options.metric)
@@ -380,7 +381,7 @@ def fit_stages(model: keras.Model, cfg: TrialConfig, splits: Splits, options: Fi
     together.on_train_begin()
     resume = int(getattr(model, "_initial_epoch", None) or 0)
     restart_from_epoch(model, 0)
-    last = max(i for i, (_, end, _) in enumerate(plan) if end > resume) if resume < epochs else len(plan) - 1
+    last = len(plan) - 1
     for i, ((first, end, share), index) in enumerate(zip(plan, subsets)):
         if end <= resume and i != last:
             continue

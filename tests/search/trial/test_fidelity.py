@@ -12,7 +12,8 @@ from helpers.synthetic import ONE_TRIAL_STUDY
 from data import Splits, nested_subsets
 from search import parse_spec
 from search.errors import StudySpecError
-from search.spec import data_fractions, describe_fractions, stages
+from search.spec import PRUNERS, data_fractions, describe_fractions, stages
+from search.spec._fidelity import rung_options
 from search.spec._space import trial_config
 from search.trial import _train
 from search.trial._train import FitOptions, _keeping_raw_weights, compiled_model, fit_all, fit_stages, train
@@ -41,41 +42,62 @@ def test_the_schedule_follows_the_rungs():
     assert describe_fractions((1 / 9, 1 / 9, 1 / 3, 1)) == (
         "epochs 1-2: 11% of the training set; epoch 3: 33%; epoch 4: all of it")
     assert describe_fractions((0.004, 1)) == "epoch 1: 0.40% of the training set; epoch 2: all of it"
+    assert data_fractions(max_epochs=9, min_resource=1, reduction_factor=7)[-1] == 1.0  # not 0.9999999999999999
     with pytest.raises(ValueError, match="reduction_factor >= 2"):
         data_fractions(max_epochs=3, min_resource=1, reduction_factor=1)
 
 
-@pytest.mark.parametrize("pruner", [
-    optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3),
-    optuna.pruners.SuccessiveHalvingPruner(min_resource=2, reduction_factor=2, min_early_stopping_rate=1),
-    optuna.pruners.HyperbandPruner(min_resource=1, max_resource=12, reduction_factor=3),
+@pytest.mark.parametrize(("name", "options"), [
+    ("successive_halving", {}),
+    ("successive_halving", {"min_resource": 2, "reduction_factor": 2, "min_early_stopping_rate": 1}),
+    ("hyperband", {"max_resource": 12}),
 ])
-def test_each_share_ends_at_the_step_optunas_pruner_judges_its_rung(pruner):
+def test_each_share_ends_at_the_step_optunas_pruner_judges_its_rung(name, options):
     """Reported as KerasPruningCallback reports (epoch e at step e), a trial passes rung k at the last
-    epoch of the k-th share: the pruner compares trials exactly when they finish a share."""
-    if isinstance(pruner, optuna.pruners.HyperbandPruner):
-        options, rate = {"min_resource": 1, "reduction_factor": 3}, 0
-    else:
-        options, rate = {"min_resource": pruner._min_resource, "reduction_factor": pruner._reduction_factor}, (
-            pruner._min_early_stopping_rate)
-    shares = data_fractions(max_epochs=12, min_early_stopping_rate=rate, **options)
-    study = optuna.create_study(pruner=pruner, direction="maximize")
-    for number in range(4):  # a few trials, so that Hyperband's brackets fill
+    epoch of the k-th share: the pruner compares trials exactly when they finish a share. The
+    schedule from the study's path (rung_options), the pruner from Optuna."""
+    rungs = rung_options(name, {k: v for k, v in options.items() if k != "max_resource"}, PRUNERS[name].defaults)
+    shares = data_fractions(max_epochs=12, **rungs)
+    ends = [end - 1 for _, end, share in stages(shares) if share < 1]
+    pruner = PRUNERS[name].build(options)
+    study = optuna.create_study(study_name="rungs", pruner=pruner, direction="maximize")
+    brackets = set()
+    for number in range(8):  # trials enough that Hyperband's first bracket has some
         trial = study.ask()
         judged = {}
         for step in range(12):
             trial.report(0.1 * number + 0.01 * step, step)
             trial.should_prune()
-            rungs = {k for k in study._storage.get_trial(trial._trial_id).system_attrs if k.startswith("completed_rung_")}
-            for key in rungs - set(judged):
+            attrs = study._storage.get_trial(trial._trial_id).system_attrs
+            for key in {k for k in attrs if k.startswith("completed_rung_")} - set(judged):
                 judged[key] = step
         study.tell(trial, 0.5)
-        ends = [end - 1 for _, end, share in stages(shares) if share < 1]
-        bracket_rate = 0
-        if isinstance(pruner, optuna.pruners.HyperbandPruner):  # a later bracket starts at a later rung
-            bracket_rate = pruner._get_bracket_id(study, trial)
-        expected = ends[bracket_rate:]
+        # Hyperband's bracket b starts at its b-th rung of the same grid.
+        bracket = pruner._get_bracket_id(study, trial) if name == "hyperband" else 0
+        brackets.add(bracket)
+        expected = ends[bracket:]
         assert sorted(judged.values())[:len(expected)] == expected
+    assert 0 in brackets and ends  # the first rung's step was checked
+
+
+def test_a_study_file_states_it_and_it_is_part_of_the_identity():
+    spec = parse_spec(_study("{trials: 4, max_epochs: 5, fidelity: data}"), name="f")
+    assert spec.data_fractions == pytest.approx((1 / 9, 1 / 9, 1 / 3, 1 / 3, 1))
+    epochs = parse_spec(_study("{trials: 4, max_epochs: 5}"), name="f")
+    assert epochs.data_fractions == () and epochs.space_hash() != spec.space_hash()
+    # The pruner's options move the rungs, so they move the schedule and the hash with it.
+    halving = parse_spec(_study("{trials: 4, max_epochs: 6, fidelity: data}",
+                                "{name: successive_halving, min_resource: 2, reduction_factor: 2}"), name="f")
+    assert halving.data_fractions == (0.25, 0.25, 0.25, 0.5, 0.5, 1) and halving.space_hash() != spec.space_hash()
+    assert parse_spec(_study("{max_epochs: 3, fidelity: data, min_data_fraction: 0.5}"),
+                      name="f").data_fractions == (0.5, 0.5, 1)
+
+
+def test_a_budget_that_ends_before_the_whole_training_set_is_said(caplog):
+    with caplog.at_level("WARNING"):
+        spec = parse_spec(_study("{max_epochs: 6, fidelity: data}"), name="f", profile="smoke")  # 2 epochs
+    assert spec.data_fractions == pytest.approx((1 / 9, 1 / 9))
+    assert "no epoch trains on all the training set (at most 11% of it)" in caplog.text
 
 
 @pytest.mark.parametrize(("budget", "pruner", "where", "says"), [
