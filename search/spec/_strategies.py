@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+import numpy as np
 import optuna
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
@@ -209,11 +210,20 @@ def _build_error(strategy: Strategy, options: Mapping[str, Any], managed: dict[s
     return None
 
 
+def worker_seed(seed: int, worker_index: int) -> int:
+    """Worker 0's sampler seed is the study's; worker i's is drawn from (seed, i) by numpy's SeedSequence,
+    so that workers started together do not sample alike, and neither do two studies of nearby seeds
+    (seed + i gave seed 0's worker 1 and seed 1's worker 0 one stream: the same first trials)."""
+    if worker_index == 0:
+        return int(seed)
+    return int(np.random.SeedSequence([int(seed), int(worker_index)]).generate_state(1)[0])
+
+
 def make_sampler(spec: StudyLike, *, worker_index: int = 0) -> optuna.samplers.BaseSampler:
-    """Each worker gets seed + worker_index, so workers started together do not sample alike."""
+    """Each worker gets its worker_seed, so workers started together do not sample alike."""
     opts = dict(spec.sampler_options)
     seed = opts.pop("seed", spec.seed)
-    seed = None if seed is None else int(seed) + worker_index
+    seed = None if seed is None else worker_seed(seed, worker_index)
     if spec.sampler == "gp" and importlib.util.find_spec("torch") is None:
         raise RuntimeError("sampler 'gp' needs PyTorch, which is not installed by default; "
                            "run `make venv EXTRAS=dev,gp` or choose sampler tpe")

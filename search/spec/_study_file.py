@@ -98,7 +98,8 @@ class StudyFile(Section):
     data: DataSection = Field(default_factory=DataSection)
     tracking: TrackingSection = Field(default_factory=TrackingSection)
     evaluate: EvaluateSection = Field(default_factory=EvaluateSection)
-    seed: NonNegativeInt = Field(0, description="seeds the split, the sampler (plus the worker index) and training")
+    seed: NonNegativeInt = Field(0, description=(
+        "seeds the split, the sampler (worker 0 with it, worker i with a seed drawn from it and i) and training"))
     feature_cache: FeatureCacheSection | None = Field(None, json_schema_extra=lambda s: s["anyOf"].append(
         {"type": "boolean", "description": "true: the defaults; false: no feature cache"}))
     fine_tune: FineTuneSection | None = Field(None, description=(

@@ -16,6 +16,7 @@ from search import (
     suggest,
     trial_config,
 )
+from search.spec._strategies import worker_seed
 
 
 def test_conditional_knob_only_when_its_condition_holds():
@@ -65,3 +66,7 @@ def test_seeded_workers_sample_differently():
         study = optuna.create_study(sampler=make_sampler(spec, worker_index=worker))
         first.append(suggest(study.ask(), spec)["learning_rate"])
     assert len(set(first)) == 4
+    # Two studies of nearby seeds share no worker's stream (seed + index gave seed 0's worker 1 and seed 1's
+    # worker 0 the same first trial).
+    seeds = {worker_seed(seed, worker) for seed in range(8) for worker in range(8)}
+    assert len(seeds) == 64 and worker_seed(5, 0) == 5
