@@ -121,11 +121,22 @@ PEERS_SIMPLE_CNN: Headline = {
                 "Hyperband's {peer} ({delta}); {seeds} seeds",
     "goal": r"^simple_cnn: this service[^\n]*\(goal: ([^)\n]+)\)",
 }
-PEERS_HEADLINES: tuple[Headline, ...] = (PEERS_FC_HEAD, PEERS_SIMPLE_CNN)
+PEERS_FIDELITY: Headline = {
+    "name": "bench-peers, simple_cnn by data", "title": r"^bench-peers:", "part": r"^simple_cnn: fidelity by data",
+    "figure": r"^simple_cnn: fidelity by data (?P<data>[\d.]+) against epochs only (?P<epochs>[\d.]+) "
+              r"\((?P<delta>[+-][\d.]+)\) best validation accuracy after (?P<budget>\d+ s), (?P<rate>[\d.]+) against "
+              r"(?P<epochs_rate>[\d.]+) trials/min, mean of (?P<seeds>\d+) seeds?",
+    "template": "simple_cnn, full CIFAR-10, {budget} a run: fidelity by data {data} vs epochs only {epochs} ({delta}) "
+                "best validation accuracy, {rate} vs {epochs_rate} trials/min; {seeds} seed(s)",
+    "fixed_goal": "measured against epochs only (issue 26, part 2), no target",
+}
+PEERS_HEADLINES: tuple[Headline, ...] = (PEERS_FC_HEAD, PEERS_SIMPLE_CNN, PEERS_FIDELITY)
 
 
 HEADLINES: tuple[Headline, ...] = (
     PEERS_FC_HEAD,
+    PEERS_SIMPLE_CNN,
+    PEERS_FIDELITY,
     {"name": "bench-data", "title": r"^bench-data:",
      "figure": r"^ +(?P<ours>our [^:\n]+?): .*?ratio \(ours / ImageDataGenerator\): (?P<ratio>[\d.]+x)",
      "template": "{ours} {ratio} ImageDataGenerator's images/s", "goal": GOAL},

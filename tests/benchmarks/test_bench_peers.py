@@ -52,7 +52,7 @@ def test_fc_heads_table_goal_and_headline_from_fixed_runs():
     assert "    this service                0.6100      0.7000      0.7000      0.7000        0.30" in lines
     assert "    plain Optuna                     —           —           —      0.6500        0.10" in lines
     section = _section(lines)
-    fc_head, simple_cnn = peers.HEADLINES
+    fc_head, simple_cnn, _ = peers.HEADLINES
     assert current.figure(fc_head, section) == ("fc_head quick, 600 s a run: 3.00x plain Optuna's trials a minute "
                                                 "(0.30 vs 0.10), best validation accuracy 0.7000 vs 0.6500 (+0.0500); "
                                                 "3 seeds")
@@ -96,8 +96,11 @@ def test_fidelity_by_data_is_its_own_study_and_its_own_lines():
     assert lines[-1] == ("simple_cnn: fidelity by data 0.6450 against epochs only 0.6050 (+0.0400) best validation "
                          "accuracy after 1200 s, 0.50 against 0.20 trials/min, mean of 2 seeds")
     assert any(line.startswith("    this service, data fid.") for line in lines)
-    # The headline stays the service's own line (epochs only), as before.
+    # The headline stays the service's own line (epochs only), as before; fidelity by data has its own.
     assert "0.6050 vs Keras Tuner's Hyperband's 0.6200" in current.figure(peers.HEADLINES[1], _section(lines))
+    assert current.figure(peers.HEADLINES[2], _section(lines)) == (
+        "simple_cnn, full CIFAR-10, 1200 s a run: fidelity by data 0.6450 vs epochs only 0.6050 (+0.0400) best "
+        "validation accuracy, 0.50 vs 0.20 trials/min; 2 seed(s)")
     assert peers.arguments().parse_args([]).methods == ["service", "optuna", "keras-tuner"]
 
 
