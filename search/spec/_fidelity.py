@@ -69,7 +69,7 @@ def stages(fractions: Sequence[float]) -> list[tuple[int, int, float]]:
 
 
 def describe_fractions(fractions: Sequence[float]) -> str:
-    """'epoch 1: 11% of the training set; epochs 2-3: 33%; epochs 4-15: all of it'."""
+    """'epochs 1-2: 11% of the training set; epochs 3-4: 33%; epochs 5-15: all of it'."""
     parts = []
     for i, (first, end, fraction) in enumerate(stages(fractions)):
         epochs = f"epoch {first + 1}" if end == first + 1 else f"epochs {first + 1}-{end}"

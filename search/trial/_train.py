@@ -398,8 +398,6 @@ def fit_stages(model: keras.Model, cfg: TrialConfig, splits: Splits, options: Fi
             together.ending = True
             together.on_train_end({key: values[-1] for key, values in together.history.history.items()})
             break
-        if together.ending:
-            break
     history = together.history
     return history, sum(sizes[e] for e in history.epoch if e < len(sizes))
 
